@@ -1,0 +1,89 @@
+"""Cost model: how to attend to remote tokens known only by their VQ codes.
+
+Three formulations compute the same attention (exactly, in exact arithmetic):
+
+``codewords`` (G = 1 only)
+    Attend over the K projected codewords, each with a log(count) bias, count =
+    number of remote tokens carrying that code (0 masks it). Cost independent
+    of the number of remote tokens Tr.
+``tokens``
+    Gather each remote token's key/value from the projected tables
+    (sum over G rows) inside the attention loop.
+``dequantize``
+    Decode codes to D-dim embeddings and project them with W_k, W_v (a GEMM),
+    then attend to them as ordinary tokens. Needs no projected tables, whose
+    memory is 2 * G * K * Hkv*d elements per layer (100 MB fp32 for G = 32,
+    K = 1024, D = 768), so it is the only sane choice for large G.
+
+Costs are counted in multiply-adds of fp32 work per call, with memory-bound
+steps converted by a factor: ``GATHER_COST`` multiply-adds per gathered table
+element (L2-resident table rows are about as cheap as an FMA stream, larger
+tables cost more: see ``_gather_cost``). The kernels call
+:func:`attention_strategy`; the runtime calls :func:`remote_plan`, which also
+weighs the table memory against ``table_budget_bytes``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Multiply-adds charged per table element gathered: cache-resident vs streamed from memory.
+GATHER_COST_CACHED = 1.0
+GATHER_COST_STREAMED = 4.0
+# Tables larger than this stream from memory (a generous per-core L2 + share of L3).
+CACHE_BYTES = 8 << 20
+# Default per-layer budget for the two projected tables (K and V), fp32.
+TABLE_BUDGET_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class RemoteShape:
+    """Sizes of one remote-attention call (per layer)."""
+
+    batch: int
+    heads: int  # query heads H
+    kv_heads: int  # Hkv
+    head_dim: int  # d
+    queries: int  # Tq
+    remote: int  # Tr
+    groups: int  # G
+    codebook_size: int  # K
+    model_dim: int  # D
+    elem_bytes: int = 4
+
+    @property
+    def table_bytes(self) -> int:
+        """Memory of the K and V projected tables of one layer."""
+        return 2 * self.groups * self.codebook_size * self.kv_heads * self.head_dim * self.elem_bytes
+
+
+def _gather_cost(s: RemoteShape) -> float:
+    return GATHER_COST_CACHED if s.table_bytes <= CACHE_BYTES else GATHER_COST_STREAMED
+
+
+def costs(s: RemoteShape) -> dict[str, float]:
+    """Estimated multiply-adds of each formulation (codewords only when G = 1)."""
+    per_key = 2 * s.batch * s.heads * s.queries * s.head_dim  # q.k and p.v for one key, all queries
+    kv_width = 2 * s.kv_heads * s.head_dim  # K and V elements per remote token
+    out = {
+        "tokens": per_key * s.remote + _gather_cost(s) * s.batch * s.remote * s.groups * kv_width,
+        "dequantize": per_key * s.remote
+        + s.batch * s.remote * s.model_dim * kv_width  # projection GEMM
+        + GATHER_COST_CACHED * s.batch * s.remote * s.model_dim,  # decode
+    }
+    if s.groups == 1:
+        out["codewords"] = per_key * s.codebook_size + s.batch * s.remote  # + histogram
+    return out
+
+
+def attention_strategy(s: RemoteShape) -> str:
+    """Inside the attention op (tables given): ``codewords`` or ``tokens``."""
+    c = costs(s)
+    return "codewords" if "codewords" in c and c["codewords"] < c["tokens"] else "tokens"
+
+
+def remote_plan(s: RemoteShape, table_budget_bytes: int = TABLE_BUDGET_BYTES) -> str:
+    """For the runtime: ``codewords``, ``tokens`` or ``dequantize`` (tables only within budget)."""
+    if s.table_bytes > table_budget_bytes:
+        return "dequantize"
+    c = costs(s)
+    return min(c, key=c.get)

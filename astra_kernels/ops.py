@@ -1,0 +1,225 @@
+"""Public ops: validate, pick a backend, flatten, call the registered op.
+
+Every function accepts ``backend=None`` (the fastest backend available for
+the inputs' device, see :func:`astra_kernels.available_backends`) or one of
+``"reference"``, ``"cpu"``, ``"triton"``, ``"cuda"``. Semantics are identical
+on every backend.
+
+Wire format of :func:`pack_codes`: codes are flattened in C order and written
+as a little-endian bit stream, ``bits`` bits each, least significant bit
+first; stream bit j is bit ``j % 8`` of byte ``j // 8``; the last byte is
+zero-padded. The stream is exactly ``ceil(numel * bits / 8)`` bytes.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _checks, _library, backends
+
+
+def code_bits(codebook_size: int) -> int:
+    """Bits per code on the wire: ceil(log2 K), at least 1."""
+    if isinstance(codebook_size, bool) or not isinstance(codebook_size, int):
+        raise TypeError(f"codebook_size must be an int, got {type(codebook_size).__name__}")
+    if codebook_size < 2:
+        raise ValueError(f"codebook_size must be at least 2, got {codebook_size}")
+    return (codebook_size - 1).bit_length()
+
+
+def packed_size(num_codes: int, bits: int) -> int:
+    """Bytes of the packed stream for ``num_codes`` codes of ``bits`` bits."""
+    return (num_codes * bits + 7) // 8
+
+
+def vq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, backend: str | None = None):
+    """Grouped nearest-codeword quantization.
+
+    Args:
+        x: (..., D) float32/float16/bfloat16. Group g is ``x[..., g*Dg:(g+1)*Dg]``.
+        codebooks: (G, K, Dg) with Dg = D // G, same dtype and device as ``x``.
+
+    Returns:
+        codes: (..., G) int32, index of the nearest codeword by squared L2
+        distance, lowest index on ties.
+        sqdist: (..., G) float32, the squared distance to that codeword (>= 0).
+        Differentiable with respect to ``x`` and ``codebooks`` (the code held
+        fixed), so ``sqdist.mean()`` is a commitment loss.
+
+    A group containing NaN or Inf (non-finite squared norm) gets code 0 and a
+    non-finite sqdist on every backend; check ``sqdist.isfinite()`` to detect
+    it. See :func:`astra_kernels.reference.vq_encode` for the exact contract.
+    """
+    g, _, dg = _checks.codebooks(codebooks)
+    _checks.vq_input(x, codebooks, g, dg)
+    name = backends.resolve(backend, x.device)
+    lead = x.shape[:-1]
+    flat = x.reshape(-1, g * dg)
+    if flat.shape[0] == 0:
+        return (x.new_empty((*lead, g), dtype=torch.int32), x.new_empty((*lead, g), dtype=torch.float32))
+    codes, sqdist = _library.vq_encode(flat, codebooks, name)
+    return codes.reshape(*lead, g), sqdist.reshape(*lead, g)
+
+
+def vq_decode(codes: torch.Tensor, codebooks: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
+    """Codebook lookup: codes (..., G) in [0, K) -> (..., G*Dg) in the codebooks' dtype.
+
+    Differentiable with respect to ``codebooks``.
+    """
+    g, k, dg = _checks.codebooks(codebooks)
+    _checks.codes_input("codes", codes)
+    if codes.dim() < 1 or codes.shape[-1] != g:
+        raise ValueError(f"codes must have shape (..., G={g}), got {tuple(codes.shape)}")
+    _checks.same_device(codes=codes, codebooks=codebooks)
+    _checks.codes_in_range("codes", codes, k, f"codebook size K={k}")
+    name = backends.resolve(backend, codes.device)
+    lead = codes.shape[:-1]
+    flat = codes.reshape(-1, g).to(torch.int32).contiguous()
+    if flat.shape[0] == 0:
+        return codebooks.new_empty((*lead, g * dg))
+    return _library.vq_decode(flat, codebooks, name).reshape(*lead, g * dg)
+
+
+def pack_codes(codes: torch.Tensor, bits: int, *, backend: str | None = None) -> torch.Tensor:
+    """Bit-pack integer codes in [0, 2**bits) into the wire format (module docstring).
+
+    Returns a 1-D uint8 tensor of exactly ``ceil(codes.numel() * bits / 8)`` bytes.
+    """
+    _checks.codes_input("codes", codes)
+    bits = _checks.bits(bits)
+    _checks.codes_in_range("codes", codes, 1 << bits, f"not representable in bits={bits}")
+    name = backends.resolve(backend, codes.device)
+    flat = codes.reshape(-1).to(torch.int32).contiguous()
+    if flat.numel() == 0:
+        return codes.new_empty((0,), dtype=torch.uint8)
+    return _library.pack_codes(flat, bits, name)
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, shape, *, backend: str | None = None) -> torch.Tensor:
+    """Inverse of :func:`pack_codes`: returns int32 codes of ``shape``."""
+    _checks.tensor("packed", packed)
+    if packed.dtype != torch.uint8:
+        raise TypeError(f"packed must be a uint8 tensor, got {packed.dtype}")
+    if packed.dim() != 1:
+        raise ValueError(f"packed must be 1-D, got shape {tuple(packed.shape)}")
+    bits = _checks.bits(bits)
+    dims = _checks.shape(shape)
+    count = math.prod(dims)
+    expected = packed_size(count, bits)
+    if packed.numel() != expected:
+        raise ValueError(
+            f"packed has {packed.numel()} bytes but {count} codes of {bits} bits need exactly {expected}"
+        )
+    name = backends.resolve(backend, packed.device)
+    if count == 0:
+        return packed.new_empty(dims, dtype=torch.int32)
+    return _library.unpack_codes(packed.contiguous(), bits, count, name).reshape(dims)
+
+
+def mixed_precision_attention(
+    q: torch.Tensor,
+    k_local: torch.Tensor,
+    v_local: torch.Tensor,
+    remote_codes: torch.Tensor,
+    k_table: torch.Tensor,
+    v_table: torch.Tensor,
+    *,
+    k_bias: torch.Tensor | None = None,
+    v_bias: torch.Tensor | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+    strategy: str | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention from local queries to full-precision local keys and to remote
+    tokens known only by their VQ codes (Mixed-Precision Attention).
+
+    Args:
+        q: (B, H, Tq, d) queries.
+        k_local, v_local: (B, Hkv, Tl, d), H % Hkv == 0 (grouped-query heads:
+            query head h reads kv head h // (H // Hkv)).
+        remote_codes: (B, Tr, G) integer codes in [0, K).
+        k_table, v_table: (G, K, Hkv*d) projected codebooks
+            (:func:`project_codebooks`). Remote token t's key is
+            sum_g k_table[g, remote_codes[b, t, g]] (+ k_bias), viewed as (Hkv, d).
+        k_bias, v_bias: optional (Hkv*d,), added once per remote token.
+        causal: mask the local segment only, queries aligned to the end of the
+            local keys (query i sees local key j iff j <= i + Tl - Tq); remote
+            tokens precede the local chunk and are always visible.
+        scale: score scale, default d ** -0.5.
+        strategy: "tokens", "codewords" (G = 1 only) or None to let
+            :func:`astra_kernels.cost_model.attention_strategy` choose.
+
+    Returns:
+        out (B, H, Tq, d) in q's dtype and lse (B, H, Tq) float32, the natural
+        log of the sum of exp of the scaled scores over visible keys. A query
+        with no visible key gets out 0 and lse -inf. Either segment may be
+        empty (Tr = 0 or Tl = 0). Differentiable (backward through the reference).
+    """
+    from . import cost_model
+
+    sizes = _checks.attention_inputs(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias)
+    if scale is None:
+        scale = sizes["head_dim"] ** -0.5
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    if strategy is None:
+        strategy = cost_model.attention_strategy(
+            cost_model.RemoteShape(
+                batch=sizes["batch"], heads=sizes["heads"], kv_heads=sizes["kv_heads"], head_dim=sizes["head_dim"],
+                queries=sizes["queries"], remote=sizes["remote"], groups=sizes["groups"],
+                codebook_size=sizes["codebook_size"], model_dim=k_table.shape[2],
+            )
+        )
+    elif strategy not in ("tokens", "codewords"):
+        raise ValueError(f"strategy must be 'tokens', 'codewords' or None, got {strategy!r}")
+    if strategy == "codewords" and sizes["groups"] != 1:
+        raise ValueError(f"the codewords strategy needs G = 1 (one codebook), got G={sizes['groups']}")
+    name = backends.resolve(backend, q.device)
+    codes = remote_codes.to(torch.int32).contiguous()
+    return _library.mixed_precision_attention(
+        q, k_local, v_local, codes, k_table, v_table, k_bias, v_bias, bool(causal), float(scale), strategy, name
+    )
+
+
+def project_codebooks(codebooks: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Projected codebooks for :func:`mixed_precision_attention`, computed once per layer.
+
+    codebooks (G, K, Dg), weight (Dout, G*Dg) as in ``nn.Linear``, bias (Dout,)
+    -> table (G, K, Dout) with table[g] = codebooks[g] @ weight[:, g*Dg:(g+1)*Dg].T.
+    The bias is folded into group 0, so sum_g table[g, code_g] includes it once.
+    Pure torch (one batched GEMM); the result is in the weight's dtype.
+    """
+    from . import reference
+
+    g, k, dg = _checks.codebooks(codebooks)
+    _checks.tensor("weight", weight)
+    if weight.dim() != 2 or weight.shape[1] != g * dg:
+        raise ValueError(f"weight must have shape (Dout, G*D/G={g * dg}), got {tuple(weight.shape)}")
+    if bias is not None:
+        _checks.tensor("bias", bias)
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+        _checks.same_device(codebooks=codebooks, weight=weight, bias=bias)
+    else:
+        _checks.same_device(codebooks=codebooks, weight=weight)
+    return reference.project_codebooks(codebooks, weight, bias)
+
+
+def merge_attention(out_a, lse_a, out_b, lse_b) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge two attention partials over disjoint key sets (e.g. local, then remote).
+
+    out_* (B, H, T, d), lse_* (B, H, T) float32 -> (out, lse) equal to one call
+    over the union of the keys. Pure torch (elementwise).
+    """
+    from . import reference
+
+    for name, t in (("out_a", out_a), ("lse_a", lse_a), ("out_b", out_b), ("lse_b", lse_b)):
+        _checks.tensor(name, t)
+    if out_a.shape != out_b.shape or out_a.dim() != 4:
+        raise ValueError(f"out_a and out_b must share a (B, H, T, d) shape, got {tuple(out_a.shape)} and {tuple(out_b.shape)}")
+    if lse_a.shape != out_a.shape[:3] or lse_b.shape != out_a.shape[:3]:
+        raise ValueError(f"lse_a and lse_b must have shape {tuple(out_a.shape[:3])}")
+    _checks.same_device(out_a=out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
+    return reference.merge_attention(out_a, lse_a, out_b, lse_b)

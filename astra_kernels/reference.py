@@ -1,0 +1,204 @@
+"""Pure-torch reference implementations of every ASTRA kernel.
+
+These are the ground truth in tests and the fallback backend when nothing is
+compiled. They favour clarity over speed, but stay memory-bounded (row chunks)
+so that they remain usable on real inputs. Inputs are assumed validated by
+:mod:`astra_kernels.ops`; shapes below use
+
+    N  rows (tokens), D features, G groups, K codewords, Dg = D // G.
+"""
+from __future__ import annotations
+
+import torch
+
+# Rows per chunk in vq_encode: bounds the (rows, K) distance block to ~64 MB.
+_MAX_BLOCK_ELEMS = 1 << 24
+
+
+def codebook_sqnorms(codebooks: torch.Tensor) -> torch.Tensor:
+    """||e||^2 per codeword in fp32: (G, K, Dg) -> (G, K)."""
+    cb = codebooks.float()
+    return (cb * cb).sum(-1)
+
+
+def vq_encode(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest codeword per group.
+
+    x: (N, D) in the codebooks' dtype; codebooks: (G, K, Dg).
+    Returns codes (N, G) int32 and sqdist (N, G) float32.
+
+    The contract every backend follows:
+      1. scores s_k = ||e_k||^2 - 2 x_g.e_k, accumulated in fp32 from the
+         inputs as stored; code = argmin_k s_k, the lowest index on ties;
+      2. a group whose squared norm sum(x_g^2) is not finite (NaN/Inf in it)
+         gets code 0;
+      3. sqdist = sum_d (x_g[d] - e_code[d])^2 in fp32, computed directly (no
+         cancellation), so it is >= 0, and NaN/Inf for the groups of rule 2.
+    """
+    n, _ = x.shape
+    g, k, dg = codebooks.shape
+    xg = x.float().reshape(n, g, dg).transpose(0, 1)  # (G, N, Dg)
+    cb = codebooks.float()  # (G, K, Dg)
+    e_sq = codebook_sqnorms(codebooks)  # (G, K)
+    codes = torch.empty(g, n, dtype=torch.int64, device=x.device)
+    rows = max(1, _MAX_BLOCK_ELEMS // max(1, g * k))
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        # (G, rows, K) = ||e||^2 - 2 x.e
+        scores = torch.baddbmm(e_sq.unsqueeze(1), xg[:, r0:r1], cb.transpose(1, 2), alpha=-2.0)
+        # NaN scores would win torch.argmin; make them lose instead (rule 2 decides those rows).
+        codes[:, r0:r1] = torch.nan_to_num(scores, nan=float("inf")).argmin(dim=-1)
+    codes = codes.masked_fill(~torch.isfinite((xg * xg).sum(-1)), 0)
+    chosen = torch.gather(cb, 1, codes.unsqueeze(-1).expand(g, n, dg))  # (G, N, Dg)
+    sqdist = ((xg - chosen) ** 2).sum(-1)
+    return codes.to(torch.int32).transpose(0, 1).contiguous(), sqdist.transpose(0, 1).contiguous()
+
+
+def vq_decode(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    """Codebook lookup: codes (N, G) int -> (N, G * Dg) in the codebooks' dtype.
+
+    Differentiable with respect to ``codebooks`` (used by training).
+    """
+    g, k, dg = codebooks.shape
+    flat = codebooks.reshape(g * k, dg)
+    offsets = torch.arange(g, device=codes.device, dtype=torch.int64) * k
+    rows = codes.long() + offsets  # (N, G) rows of the flattened (G*K, Dg) table
+    return flat[rows].reshape(codes.shape[0], g * dg)
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Bit-pack non-negative codes < 2**bits into a little-endian bit stream.
+
+    codes: (M,) integer. Code i occupies stream bits [i*bits, (i+1)*bits),
+    least significant bit first; stream bit j is bit (j % 8) of byte j // 8.
+    Returns (ceil(M * bits / 8),) uint8; unused high bits of the last byte are 0.
+    """
+    m = codes.numel()
+    nbytes = (m * bits + 7) // 8
+    shifts = torch.arange(bits, device=codes.device, dtype=torch.int64)
+    stream = ((codes.long().reshape(m, 1) >> shifts) & 1).reshape(-1)  # (M*bits,)
+    stream = torch.nn.functional.pad(stream, (0, nbytes * 8 - stream.numel()))
+    weights = 1 << torch.arange(8, device=codes.device, dtype=torch.int64)
+    return (stream.reshape(nbytes, 8) * weights).sum(-1).to(torch.uint8)
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """Inverse of :func:`pack_codes`: (ceil(count*bits/8),) uint8 -> (count,) int32."""
+    shifts = torch.arange(8, device=packed.device, dtype=torch.int64)
+    stream = ((packed.long().reshape(-1, 1) >> shifts) & 1).reshape(-1)[: count * bits]
+    weights = 1 << torch.arange(bits, device=packed.device, dtype=torch.int64)
+    return (stream.reshape(count, bits) * weights).sum(-1).to(torch.int32)
+
+
+# --- mixed-precision attention -------------------------------------------------
+#
+# Shapes: q (B, H, Tq, d); k_local, v_local (B, Hkv, Tl, d); remote_codes
+# (B, Tr, G); k_table, v_table (G, K, Hkv*d); biases (Hkv*d,). Query head h
+# reads kv head h // (H // Hkv).
+
+
+def project_codebooks(codebooks: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Projected codebooks: (G, K, Dg) x weight (Dout, G*Dg) -> table (G, K, Dout).
+
+    table[g] = codebooks[g] @ weight[:, g*Dg:(g+1)*Dg].T, so that the projection
+    of a decoded token is sum_g table[g, code_g]. A bias is folded into group 0
+    (added exactly once per token). Computed in fp32 (fp64 for fp64 inputs) and
+    returned in the weight's dtype.
+    """
+    g, k, dg = codebooks.shape
+    dout = weight.shape[0]
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    w = weight.to(acc).reshape(dout, g, dg).permute(1, 2, 0)  # (G, Dg, Dout)
+    table = torch.bmm(codebooks.to(acc), w)
+    if bias is not None:
+        table = table + torch.nn.functional.pad(bias.to(acc).reshape(1, 1, dout), (0, 0, 0, 0, 0, g - 1))
+    return table.to(weight.dtype)
+
+
+def gather_tables(codes: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Remote projections from codes: (B, T, G) x (G, K, Dout) -> (B, T, Dout) = sum_g table[g, code_g] (+ bias)."""
+    b, t, g = codes.shape
+    k, dout = table.shape[1], table.shape[2]
+    rows = codes.long() + torch.arange(g, device=codes.device) * k
+    out = table.reshape(g * k, dout)[rows].sum(dim=2)
+    return out if bias is None else out + bias
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def mixed_precision_attention(
+    q: torch.Tensor,
+    k_local: torch.Tensor,
+    v_local: torch.Tensor,
+    remote_codes: torch.Tensor,
+    k_table: torch.Tensor,
+    v_table: torch.Tensor,
+    k_bias: torch.Tensor | None,
+    v_bias: torch.Tensor | None,
+    causal: bool,
+    scale: float,
+    strategy: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of local queries over remote tokens (known by their codes) then local tokens.
+
+    The remote segment precedes the local one and is always visible; with
+    ``causal`` query i sees local key j iff j <= i + Tl - Tq. Scores are
+    computed in fp32 (fp64 for fp64 inputs). Returns out (B, H, Tq, d) in q's
+    dtype and lse (B, H, Tq) float32, the natural-log sum of exp of the scaled
+    scores over visible keys; a query with no visible key gets out 0, lse -inf.
+
+    strategy "tokens" materializes each remote token's K/V from the tables;
+    "codewords" (G = 1 only) attends over the K projected codewords with a
+    log(count) bias instead, which is equal in exact arithmetic.
+    """
+    b, h, tq, d = q.shape
+    hkv, tl = k_local.shape[1], k_local.shape[2]
+    g, k = k_table.shape[0], k_table.shape[1]
+    acc = _compute_dtype(q, k_local, v_local, k_table, v_table)
+    if strategy == "codewords":
+        # (B, K) token counts per codeword; log 0 = -inf masks unused codewords.
+        counts = torch.zeros(b, k, dtype=acc, device=q.device)
+        counts.scatter_add_(1, remote_codes[..., 0].long(), torch.ones(remote_codes.shape[:2], dtype=acc, device=q.device))
+        k_rem = (k_table[0].to(acc) + (0 if k_bias is None else k_bias.to(acc))).expand(b, k, hkv * d)
+        v_rem = (v_table[0].to(acc) + (0 if v_bias is None else v_bias.to(acc))).expand(b, k, hkv * d)
+        rem_bias = counts.log()  # (B, K)
+    else:
+        k_rem = gather_tables(remote_codes, k_table.to(acc), None if k_bias is None else k_bias.to(acc))
+        v_rem = gather_tables(remote_codes, v_table.to(acc), None if v_bias is None else v_bias.to(acc))
+        rem_bias = torch.zeros(b, remote_codes.shape[1], dtype=acc, device=q.device)
+    tr = k_rem.shape[1]
+    k_rem = k_rem.reshape(b, tr, hkv, d).transpose(1, 2)  # (B, Hkv, Tr', d)
+    v_rem = v_rem.reshape(b, tr, hkv, d).transpose(1, 2)
+    keys = torch.cat([k_rem, k_local.to(acc)], dim=2).repeat_interleave(h // hkv, dim=1)  # (B, H, Tr'+Tl, d)
+    values = torch.cat([v_rem, v_local.to(acc)], dim=2).repeat_interleave(h // hkv, dim=1)
+    scores = torch.einsum("bhqd,bhkd->bhqk", q.to(acc), keys) * scale
+    bias = torch.cat([rem_bias, torch.zeros(b, tl, dtype=acc, device=q.device)], dim=1)  # (B, Tr'+Tl)
+    scores = scores + bias[:, None, None, :]
+    if causal and tl > 0:
+        i = torch.arange(tq, device=q.device).unsqueeze(1)
+        j = torch.arange(tl, device=q.device).unsqueeze(0)
+        hidden = torch.cat([torch.zeros(tq, tr, dtype=torch.bool, device=q.device), j > i + tl - tq], dim=1)
+        scores = scores.masked_fill(hidden, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)  # (B, H, Tq); -inf for rows with no visible key
+    probs = torch.exp(scores - lse.unsqueeze(-1).clamp_min(torch.finfo(acc).min))
+    out = torch.einsum("bhqk,bhkd->bhqd", probs, values)
+    return out.to(q.dtype), lse.float()
+
+
+def merge_attention(
+    out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Combine two attention partials over disjoint key sets.
+
+    out_* (B, H, T, d), lse_* (B, H, T) float32 -> (out, lse) as if one call had
+    seen both key sets. Partials with lse -inf (no visible key) contribute nothing.
+    """
+    acc = _compute_dtype(out_a, out_b)
+    lse = torch.logaddexp(lse_a, lse_b)
+    safe = lse.clamp_min(torch.finfo(torch.float32).min)  # all -inf rows: weights exp(-inf) = 0
+    wa = torch.exp(lse_a - safe).unsqueeze(-1).to(acc)
+    wb = torch.exp(lse_b - safe).unsqueeze(-1).to(acc)
+    out = out_a.to(acc) * wa + out_b.to(acc) * wb
+    return out.to(out_a.dtype), lse

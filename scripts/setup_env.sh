@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Create or refresh the project's virtual environment and build the extension.
+# Idempotent: a second run only rebuilds what changed.
+#   scripts/setup_env.sh [VENV]        (default .venv)
+# Installs torch only when it is missing (the CPU wheel torch==2.13.0 here;
+# a machine that already has torch, e.g. a GPU image, keeps its own).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${1:-.venv}
+TORCH_SPEC=${ASTRA_TORCH_SPEC:-torch==2.13.0}
+TRITON_SPEC=${ASTRA_TRITON_SPEC:-triton==3.7.1}
+
+log() { printf '[setup] %s\n' "$*"; }
+
+# System packages (Debian): MPI for the mpi4py transport, iproute2 for emulated links.
+APT_PACKAGES="openmpi-bin libopenmpi-dev iproute2"
+missing=""
+for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "apt-get install$missing"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  else
+    log "warning: missing system packages:$missing (need root to install); tests that need them will skip"
+  fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating $VENV"
+  python3 -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+"$PY" -c "import torch" 2>/dev/null || { log "installing $TORCH_SPEC"; "$PY" -m pip install -q "$TORCH_SPEC"; }
+"$PY" -c "import triton" 2>/dev/null || { log "installing $TRITON_SPEC"; "$PY" -m pip install -q "$TRITON_SPEC"; }
+
+stamp="$VENV/.requirements.sha"
+want=$(sha256sum requirements-dev.txt | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "installing requirements-dev.txt"
+  "$PY" -m pip install -q -r requirements-dev.txt
+  echo "$want" > "$stamp"
+fi
+
+# Rebuild the extension when a native source or the build script changed.
+stamp="$VENV/.build.sha"
+want=$(cat setup.py pyproject.toml $(find csrc -type f | sort) | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$PY" -c "import astra_kernels._C" 2>/dev/null; then
+  log "building the extension (pip install --no-build-isolation -e .)"
+  MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --no-build-isolation --no-deps -e .
+  echo "$want" > "$stamp"
+fi
+log "ready: $("$PY" -c 'import torch, astra_kernels as ak; print("torch", torch.__version__, "backends", ak.available_backends())')"
