@@ -10,6 +10,7 @@ keys), with pure-torch, C++ CPU, Triton and CUDA backends.
 """
 from .backends import BackendUnavailable, available_backends
 from .ops import (
+    attention,
     code_bits,
     merge_attention,
     mixed_precision_attention,
@@ -23,6 +24,7 @@ from .ops import (
 
 __all__ = [
     "BackendUnavailable",
+    "attention",
     "available_backends",
     "code_bits",
     "merge_attention",

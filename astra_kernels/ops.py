@@ -183,6 +183,33 @@ def mixed_precision_attention(
     )
 
 
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-precision attention that also returns the LSE: q (B, H, Tq, d),
+    k, v (B, Hkv, Tk, d) -> out (B, H, Tq, d), lse (B, H, Tq) float32.
+
+    :func:`mixed_precision_attention` without a remote segment (same kernels,
+    same causal alignment); the partial to merge with a remote one.
+    """
+    _checks.tensor("q", q)
+    _checks.tensor("k", k)
+    if k.dim() != 4:
+        raise ValueError(f"k must have shape (B, Hkv, Tk, d), got {tuple(k.shape)}")
+    b, hkv, _, d = k.shape
+    no_codes = torch.zeros((b, 0, 1), dtype=torch.int32, device=q.device)
+    unused_table = q.new_zeros((1, 1, hkv * d))  # never read: there are no remote tokens
+    return mixed_precision_attention(
+        q, k, v, no_codes, unused_table, unused_table, causal=causal, scale=scale, strategy="tokens", backend=backend
+    )
+
+
 def project_codebooks(codebooks: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Projected codebooks for :func:`mixed_precision_attention`, computed once per layer.
 

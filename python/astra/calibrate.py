@@ -1,0 +1,71 @@
+"""Codebooks without training: k-means on each block's attention inputs.
+
+The unquantized model runs over calibration batches; for every block and
+group, faiss k-means fits K centroids to the collected D/G-dim vectors.
+Deterministic for a given seed and thread count, so ranks that calibrate
+independently agree.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from .codebooks import Codebooks
+from .dense import dense_forward
+from .models import adapt
+
+
+def kmeans(samples: np.ndarray, k: int, *, iters: int, seed: int) -> np.ndarray:
+    """(N, d) float32 -> (k, d) centroids (faiss; N >= k)."""
+    import faiss
+
+    km = faiss.Kmeans(samples.shape[1], k, niter=iters, seed=seed, verbose=False, min_points_per_centroid=1)
+    km.train(np.ascontiguousarray(samples, dtype=np.float32))
+    return km.centroids
+
+
+def calibrate(model: torch.nn.Module, batches: Iterable[torch.Tensor], codebook_size: int, groups: int, *,
+              iters: int = 20, seed: int = 0, progress: bool = True) -> Codebooks:
+    """Fit per-block (G, K, D/G) codebooks by k-means on the block inputs of ``batches``.
+
+    Every batch is an input of the model (token ids or pixels). Needs at least
+    ``codebook_size`` tokens in total. faiss uses as many threads as torch.
+    """
+    import faiss
+
+    adapter = adapt(model)
+    dim = adapter.dim
+    if groups < 1 or dim % groups:
+        raise ValueError(f"groups G={groups} must divide the model width D={dim}")
+    if codebook_size < 2:
+        raise ValueError(f"codebook size K must be >= 2, got {codebook_size}")
+    collected: list[list[torch.Tensor]] = [[] for _ in adapter.blocks]
+    for inputs in batches:
+        dense_forward(adapter, inputs, collect=collected)
+    if not collected[0]:
+        raise ValueError("calibrate needs at least one batch of inputs")
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    width = dim // groups
+    jobs = [(b, g) for b in range(len(adapter.blocks)) for g in range(groups)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc=f"k-means K={codebook_size} G={groups}", unit="codebook", leave=False)
+    books = []
+    for b, samples in enumerate(collected):
+        x = torch.cat([s.reshape(-1, dim) for s in samples]).float().cpu().numpy()
+        if x.shape[0] < codebook_size:
+            raise ValueError(f"calibration has {x.shape[0]} tokens per block, fewer than K={codebook_size} codewords")
+        cents = []
+        for g in range(groups):
+            cents.append(kmeans(x[:, g * width : (g + 1) * width], codebook_size, iters=iters, seed=seed + 7919 * b + g))
+            if bar is not None:
+                bar.update()
+        books.append(torch.from_numpy(np.stack(cents)))
+    if bar is not None:
+        bar.close()
+    ref = adapter.blocks[0].w_qkv
+    return Codebooks(books).to(dtype=ref.dtype, device=ref.device)

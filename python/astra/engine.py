@@ -1,0 +1,194 @@
+"""ASTRA inference of one model: the per-rank distributed forward and its
+single-process simulation.
+
+Each rank owns a contiguous chunk of the sequence. Per block it quantizes its
+tokens' attention inputs, sends the bit-packed codes to the ranks that need
+them, attends to its own tokens at full precision while the codes travel,
+then attends to the remote tokens through codebook lookups and merges the two
+partials (:mod:`astra.block`). Models with a class token keep a copy on every
+rank (Distributed Class Tokens) and average the final class states.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+import astra_kernels as ak
+from astra_kernels import cost_model
+
+from . import block as B
+from .codebooks import Codebooks
+from .models import adapt
+from .partition import Layout
+from .remote import RemotePlan
+from .transport import Transport
+
+
+class PhaseTimer:
+    """Accumulated wall time per phase name (seconds)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
+
+
+@dataclass
+class KVCache:
+    """Per block (keys, values) (B, Hkv, T, d) of every position seen so far, for decoding."""
+
+    keys: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[2]
+
+
+class AstraEngine:
+    """ASTRA for one model and its per-block codebooks.
+
+    Args:
+        model: GPT2LMHeadModel, ViTForImageClassification or TinyTransformer (unmodified).
+        codebooks: one (G, K, D/G) codebook per block.
+        remote: how remote tokens are attended ("auto": the cost model, or
+            "tokens", "codewords", "dequantize"; see :mod:`astra_kernels.cost_model`).
+        backend: astra_kernels backend for every op (None: fastest available).
+    """
+
+    def __init__(self, model: torch.nn.Module, codebooks: Codebooks, *, remote: str = "auto",
+                 backend: str | None = None, table_budget_bytes: int = cost_model.TABLE_BUDGET_BYTES):
+        self.adapter = adapt(model)
+        blocks = self.adapter.blocks
+        codebooks.check(len(blocks), self.adapter.dim)
+        ref = blocks[0].w_qkv
+        self.codebooks = codebooks.to(dtype=ref.dtype, device=ref.device)
+        self.plans = [RemotePlan(b, cb, remote, table_budget_bytes) for b, cb in zip(blocks, self.codebooks.tensors)]
+        self.backend = backend
+
+    @property
+    def causal(self) -> bool:
+        return self.adapter.causal
+
+    def layout(self, inputs: torch.Tensor, world_size: int) -> Layout:
+        return Layout(self.adapter.num_tokens(inputs), world_size, self.causal)
+
+    def payload_bytes(self, batch: int, tokens: int) -> int:
+        """Bytes of one rank's packed codes for one block."""
+        return ak.packed_size(batch * tokens * self.codebooks.groups, self.codebooks.bits)
+
+    def _embed(self, inputs: torch.Tensor, layout: Layout, rank: int) -> torch.Tensor:
+        start, stop = layout.bounds(rank)
+        h = self.adapter.embed(inputs, start, stop)
+        if self.adapter.class_tokens:
+            h = torch.cat([self.adapter.class_token(h.shape[0]).to(h.dtype), h], dim=1)
+        return h
+
+    # --- one rank of a distributed run -------------------------------------
+
+    @torch.no_grad()
+    def run_rank(self, inputs: torch.Tensor, transport: Transport, *, timer: PhaseTimer | None = None,
+                 cache: KVCache | None = None) -> torch.Tensor:
+        """This rank's outputs: LM logits of its own positions (B, T_r, V), or class logits (B, C).
+
+        ``inputs`` is the whole batch (token ids or pixels); the rank embeds only
+        its chunk. With ``cache`` the rank records every block's keys/values
+        (remote ones materialized from the codes) for decoding.
+        """
+        timer = timer or PhaseTimer()
+        layout = self.layout(inputs, transport.world_size)
+        rank, c, bits = transport.rank, self.adapter.class_tokens, self.codebooks.bits
+        dests, srcs = layout.destinations(rank), layout.sources(rank)
+        with timer("embed"):
+            h = self._embed(inputs, layout, rank)
+        batch = h.shape[0]
+        for i, (bw, plan) in enumerate(zip(self.adapter.blocks, self.plans)):
+            handle = None
+            with timer("encode"):
+                z = B.attention_input(bw, h)
+                payload = torch.empty(0, dtype=torch.uint8)
+                if dests:
+                    codes, _ = ak.vq_encode(z[:, c:], self.codebooks.tensors[i], backend=self.backend)
+                    payload = ak.pack_codes(codes, bits, backend=self.backend)
+            if dests or srcs:
+                sizes = {s: self.payload_bytes(batch, layout.size(s)) for s in srcs}
+                handle = transport.exchange(payload, dests, sizes, tag=f"block{i}")
+            with timer("local"):
+                part = B.local(bw, z, self.causal, self.backend)
+            remote_codes = None
+            if handle is not None:
+                with timer("wait"):
+                    parts = handle.wait()
+                if srcs:
+                    shapes = [(batch, layout.size(s), self.codebooks.groups) for s in srcs]
+                    remote_codes = torch.cat(
+                        [ak.unpack_codes(parts[s], bits, shape, backend=self.backend) for s, shape in zip(srcs, shapes)], dim=1
+                    )
+            with timer("finish"):
+                if cache is not None:
+                    self._record(cache, plan, part, remote_codes)
+                h = B.finish(bw, h, part, plan, remote_codes, self.backend)
+        with timer("head"):
+            if not c:
+                return self.adapter.token_outputs(h)
+            mine = h[:, 0].float().contiguous()
+            parts = transport.allgather(mine.view(torch.uint8).reshape(-1), [mine.numel() * 4] * transport.world_size, "class")
+            states = [mine if r == rank else parts[r].view(torch.float32).reshape(mine.shape) for r in range(transport.world_size)]
+            return self.adapter.class_outputs(torch.stack(states).mean(0).to(h.dtype))
+
+    @staticmethod
+    def _record(cache: KVCache, plan: RemotePlan, part: B.LocalPartial, remote_codes) -> None:
+        k, v = part.k, part.v
+        if remote_codes is not None and remote_codes.shape[1] > 0:
+            rk, rv = plan.remote_kv(remote_codes)  # remote tokens precede the local ones
+            k, v = torch.cat([rk, k], dim=2), torch.cat([rv, v], dim=2)
+        cache.keys.append(k)
+        cache.values.append(v)
+
+    # --- all ranks in one process ------------------------------------------
+
+    @torch.no_grad()
+    def simulate(self, inputs: torch.Tensor, world_size: int) -> list[torch.Tensor]:
+        """Every rank's outputs as :meth:`run_rank` returns them, computed in one process.
+
+        The same block functions run in the same order with the same shapes as
+        in a distributed run; only the bytes do not travel (codes are handed
+        over directly), so the results match a distributed run exactly up to
+        thread-count effects in the underlying kernels.
+        """
+        layout = self.layout(inputs, world_size)
+        c = self.adapter.class_tokens
+        hs = [self._embed(inputs, layout, r) for r in range(world_size)]
+        for i, (bw, plan) in enumerate(zip(self.adapter.blocks, self.plans)):
+            zs = [B.attention_input(bw, h) for h in hs]
+            codes = {
+                r: ak.vq_encode(zs[r][:, c:], self.codebooks.tensors[i], backend=self.backend)[0]
+                for r in range(world_size)
+                if layout.destinations(r)
+            }
+            parts = [B.local(bw, z, self.causal, self.backend) for z in zs]
+            for r in range(world_size):
+                srcs = layout.sources(r)
+                remote = torch.cat([codes[s] for s in srcs], dim=1) if srcs else None
+                hs[r] = B.finish(bw, hs[r], parts[r], plan, remote, self.backend)
+        if not c:
+            return [self.adapter.token_outputs(h) for h in hs]
+        pooled = torch.stack([h[:, 0].float() for h in hs]).mean(0).to(hs[0].dtype)
+        out = self.adapter.class_outputs(pooled)
+        return [out] * world_size
+
+    def forward(self, inputs: torch.Tensor, world_size: int) -> torch.Tensor:
+        """Simulated ASTRA output of the whole sequence: LM logits (B, T, V) or class logits (B, C)."""
+        outs = self.simulate(inputs, world_size)
+        return outs[0] if self.adapter.class_tokens else torch.cat(outs, dim=1)
+

@@ -1,0 +1,109 @@
+"""Starting the ranks of a job, whatever launched it.
+
+Conventions read from the environment (first match wins):
+    torchrun        RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+    Open MPI        OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_SIZE
+    MPICH / PMI     PMI_RANK, PMI_SIZE
+    Slurm (srun)    SLURM_PROCID, SLURM_NTASKS, SLURM_NTASKS_PER_NODE
+Multi-node: ``torchrun --nnodes=M --nproc-per-node=P --node-rank=k
+--master-addr=HOST --master-port=29500 -m astra run ...`` on every node, or
+``mpirun -H h1,h2 -n N python -m astra run --engine mpi ...``; set
+GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME to the interface that links the nodes.
+
+``astra run --devices N`` without a launcher starts N local processes itself
+(or re-executes itself under mpirun for ``--engine mpi``).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from .transport import Transport
+
+
+@dataclass(frozen=True)
+class RankEnv:
+    rank: int
+    world_size: int
+    local_world_size: int
+    launcher: str
+
+
+def rank_env() -> RankEnv | None:
+    """This process's place in a launched job, or None when started alone."""
+    env = os.environ
+    for launcher, rank, size, local in (
+        ("torchrun", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"),
+        ("mpirun", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"),
+        ("pmi", "PMI_RANK", "PMI_SIZE", "MPI_LOCALNRANKS"),
+        ("srun", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE"),
+    ):
+        if rank in env and size in env:
+            world = int(env[size])
+            local_size = env.get(local, "").split("(")[0]  # Slurm may say "2(x3)"
+            return RankEnv(int(env[rank]), world, int(local_size) if local_size.isdigit() else world, launcher)
+    return None
+
+
+def make_transport(engine: str, timeout_s: float) -> Transport:
+    """The transport of this rank: "gloo" / "nccl" (torch.distributed) or "mpi" (mpi4py)."""
+    if engine == "mpi":
+        from .transport.mpi import MPITransport
+
+        return MPITransport(timeout_s=timeout_s)
+    if engine in ("gloo", "nccl"):
+        from .transport.torch_dist import TorchDistTransport
+
+        place = rank_env()
+        if place is not None and place.launcher != "torchrun":
+            # torch.distributed's env:// rendezvous reads RANK/WORLD_SIZE; map the MPI/Slurm names.
+            os.environ.setdefault("RANK", str(place.rank))
+            os.environ.setdefault("WORLD_SIZE", str(place.world_size))
+        for var in ("MASTER_ADDR", "MASTER_PORT"):
+            if var not in os.environ:
+                raise RuntimeError(f"{engine}: {var} is not set; launch with torchrun or `astra run --devices N`")
+        return TorchDistTransport(engine, timeout_s=timeout_s)
+    raise ValueError(f"unknown engine {engine!r}; choose gloo, nccl or mpi")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child(rank: int, world_size: int, port: int, target: Callable, args: tuple) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
+    )
+    target(*args)
+
+
+def spawn_local(world_size: int, target: Callable, args: tuple = ()) -> list[int]:
+    """Run ``target(*args)`` in ``world_size`` fresh local processes (gloo/NCCL env set); returns exit codes."""
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=_child, args=(r, world_size, port, target, args), name=f"astra-rank{r}")
+             for r in range(world_size)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    return [p.exitcode for p in procs]
+
+
+def mpirun_command(world_size: int, argv: list[str]) -> list[str]:
+    """The mpirun command line that re-runs ``python -m astra <argv>`` on ``world_size`` local ranks."""
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        raise RuntimeError("--engine mpi needs mpirun (Debian: apt-get install openmpi-bin libopenmpi-dev)")
+    cmd = [mpirun, "-n", str(world_size), "--oversubscribe", "--mca", "mpi_yield_when_idle", "1"]
+    if os.geteuid() == 0:
+        cmd.append("--allow-run-as-root")
+    return cmd + [sys.executable, "-m", "astra", *argv]

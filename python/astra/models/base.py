@@ -1,0 +1,134 @@
+"""A uniform view of a Transformer for the ASTRA runtime.
+
+The runtime never calls a model's own ``forward``: it runs the blocks itself,
+split by sequence, from the weights that an adapter exposes (views of the
+model's parameters, no copies except where a fused QKV weight must be built).
+An adapter tells the runtime how to embed a chunk of tokens, whether there is
+a class token, whether attention is causal, and how to turn final hidden
+states into outputs.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Norm:
+    """LayerNorm parameters."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    eps: float
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+
+
+@dataclass
+class BlockWeights:
+    """One Transformer block.
+
+    w_qkv: ((H + 2*Hkv) * d, D), rows ordered q, k, v, as nn.Linear weights.
+    norm_first: pre-LN (GPT-2, ViT: x + attn(norm1(x))) or post-LN (BERT:
+    norm1(x + attn(x))). The tensor that ASTRA quantizes and sends is the
+    attention input: norm1(x) for pre-LN, x for post-LN.
+    """
+
+    norm1: Norm
+    w_qkv: torch.Tensor
+    b_qkv: torch.Tensor | None
+    w_out: torch.Tensor  # (D, H*d)
+    b_out: torch.Tensor | None
+    norm2: Norm
+    w_fc1: torch.Tensor  # (F, D)
+    b_fc1: torch.Tensor | None
+    w_fc2: torch.Tensor  # (D, F)
+    b_fc2: torch.Tensor | None
+    act: Callable[[torch.Tensor], torch.Tensor]
+    heads: int
+    kv_heads: int
+    head_dim: int
+    norm_first: bool = True
+
+    @property
+    def dim(self) -> int:
+        return self.w_qkv.shape[1]
+
+    def _slice(self, t: torch.Tensor | None, part: str) -> torch.Tensor | None:
+        if t is None:
+            return None
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        start, size = {"q": (0, q), "k": (q, kv), "v": (q + kv, kv)}[part]
+        return t[start : start + size]
+
+    @property
+    def w_k(self) -> torch.Tensor:
+        return self._slice(self.w_qkv, "k")
+
+    @property
+    def w_v(self) -> torch.Tensor:
+        return self._slice(self.w_qkv, "v")
+
+    @property
+    def b_k(self) -> torch.Tensor | None:
+        return self._slice(self.b_qkv, "k")
+
+    @property
+    def b_v(self) -> torch.Tensor | None:
+        return self._slice(self.b_qkv, "v")
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.act(F.linear(x, self.w_fc1, self.b_fc1)), self.w_fc2, self.b_fc2)
+
+
+class ModelAdapter(ABC):
+    """What the runtime needs to know about one model family."""
+
+    #: attention among tokens is causal (decoder LM)
+    causal: bool = False
+    #: class tokens kept on every rank (Distributed Class Tokens), 0 or 1
+    class_tokens: int = 0
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    @property
+    @abstractmethod
+    def blocks(self) -> list[BlockWeights]: ...
+
+    @property
+    def dim(self) -> int:
+        return self.blocks[0].dim
+
+    @abstractmethod
+    def num_tokens(self, inputs: torch.Tensor) -> int:
+        """Sequence length T (excluding class tokens) of a batch of inputs."""
+
+    @abstractmethod
+    def embed(self, inputs: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Hidden states (B, stop - start, D) of token positions [start, stop)."""
+
+    def embed_tokens(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """Language models: hidden states (B, t, D) of token ids (B, t) at positions [start, start + t)."""
+        raise TypeError(f"{type(self).__name__} does not embed token ids (not a language model)")
+
+    def class_token(self, batch: int) -> torch.Tensor:
+        """(B, class_tokens, D): the class token(s) with their position embedding."""
+        raise TypeError(f"{type(self).__name__} has no class token")
+
+    @abstractmethod
+    def token_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Per-token outputs of final hidden states (B, T, D), e.g. LM logits (B, T, V)."""
+
+    def class_outputs(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Outputs (B, C) from the class-token state averaged over ranks (B, D)."""
+        raise TypeError(f"{type(self).__name__} has no class token")
+
+    @abstractmethod
+    def reference_forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The unmodified model's own forward output on one device (logits)."""

@@ -1,0 +1,236 @@
+"""``astra run``: one ASTRA inference over N ranks, measured and checked.
+
+Every rank builds the same model (random weights from a seed, or a local
+checkpoint) and the same codebooks (a file, or deterministic k-means
+calibration, cached), runs warm-up and timed ASTRA forwards, checks its
+outputs against the single-process simulation, and reports to rank 0, which
+prints a summary and writes JSON.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from . import models
+from .calibrate import calibrate
+from .codebooks import Codebooks
+from .engine import AstraEngine, PhaseTimer
+from .launch import make_transport, rank_env
+from .transport import PeerError
+
+EXIT_PEER_FAILED = 3
+
+
+@dataclass
+class RunConfig:
+    model: str = "gpt2"
+    size: str = "small"
+    layers: int | None = None
+    tokens: int = 1024
+    batch: int = 1
+    devices: int = 2
+    groups: int = 1
+    codebook_size: int = 1024
+    engine: str = "gloo"
+    device: str = "cpu"
+    threads: int = 1
+    repeat: int = 3
+    warmup: int = 1
+    compare_single: bool = False
+    generate: int = 0
+    checkpoint: str | None = None
+    codebooks: str | None = None
+    remote: str = "auto"
+    backend: str | None = None
+    timeout: float = 60.0
+    seed: int = 0
+    calibration_iters: int = 10
+    json: str | None = None
+
+
+def cache_dir() -> str:
+    return os.environ.get("ASTRA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "astra"))
+
+
+def _calibration_batches(model, cfg: RunConfig) -> list[torch.Tensor]:
+    # at least 2K vectors per block, and at least two sequences
+    count = max(2, math.ceil(2 * cfg.codebook_size / (cfg.tokens * cfg.batch)))
+    return [models.example_inputs(model, cfg.tokens, cfg.batch, seed=cfg.seed + 1 + i) for i in range(count)]
+
+
+def load_codebooks(model, cfg: RunConfig, verbose: bool) -> Codebooks:
+    """From ``cfg.codebooks``, else from the calibration cache, else calibrate (and cache)."""
+    if cfg.codebooks:
+        return Codebooks.load(cfg.codebooks)
+    key = json.dumps([cfg.model, cfg.size, cfg.layers, cfg.tokens, cfg.batch, cfg.seed, cfg.codebook_size,
+                      cfg.groups, cfg.calibration_iters, cfg.checkpoint])
+    path = os.path.join(cache_dir(), "codebooks", hashlib.sha256(key.encode()).hexdigest()[:20] + ".safetensors")
+    if os.path.exists(path):
+        return Codebooks.load(path)
+    books = calibrate(model, _calibration_batches(model, cfg), cfg.codebook_size, cfg.groups,
+                      iters=cfg.calibration_iters, seed=cfg.seed, progress=verbose)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    books.save(path)
+    return books
+
+
+def _block_bytes(transport) -> tuple[int, int, int]:
+    """(blocks, bytes sent, bytes received) of the block exchanges of the last run."""
+    blocks = [r for r in transport.stats.records if r.tag.startswith("block")]
+    return len(blocks), sum(r.bytes_sent for r in blocks), sum(r.bytes_received for r in blocks)
+
+
+def measure(cfg: RunConfig, transport) -> dict | None:
+    """Run the job on this rank; rank 0 returns the report, the others None."""
+    rank, world = transport.rank, transport.world_size
+    verbose = rank == 0
+    model = models.build(cfg.model, cfg.size, tokens=cfg.tokens, layers=cfg.layers, checkpoint=cfg.checkpoint,
+                         seed=cfg.seed).to(cfg.device)
+    inputs = models.example_inputs(model, cfg.tokens, cfg.batch, seed=cfg.seed).to(cfg.device)
+    books = load_codebooks(model, cfg, verbose)
+    engine = AstraEngine(model, books, remote=cfg.remote, backend=cfg.backend)
+    layout = engine.layout(inputs, world)
+
+    for _ in range(cfg.warmup):
+        engine.run_rank(inputs, transport)
+    latencies, timer = [], PhaseTimer()
+    for _ in range(cfg.repeat):
+        transport.barrier()
+        transport.stats.clear()
+        timer = PhaseTimer()
+        start = time.perf_counter()
+        outputs = engine.run_rank(inputs, transport, timer=timer)
+        latencies.append(time.perf_counter() - start)
+    blocks, sent, received = _block_bytes(transport)
+    simulated = engine.simulate(inputs, world)[rank]
+    mine = {
+        "latency_s": latencies,
+        "tokens": layout.size(rank),
+        "bytes_sent_per_block": sent / max(blocks, 1),
+        "bytes_received_per_block": received / max(blocks, 1),
+        "payload_bytes_per_block": engine.payload_bytes(cfg.batch, layout.size(rank)) if layout.destinations(rank) else 0,
+        "phases_s": dict(timer.seconds),
+        "max_abs_diff_vs_simulation": (outputs.float() - simulated.float()).abs().max().item(),
+    }
+    if cfg.generate:
+        from .generate import generate
+
+        transport.barrier()
+        gen = generate(engine, inputs, transport, cfg.generate)
+        if gen is not None:
+            mine.update(time_to_first_token_s=gen.first_token_s, decode_tokens_per_s=gen.decode_tokens_per_s)
+    single = None
+    if cfg.compare_single:
+        transport.barrier()
+        if rank == 0:
+            single = single_device_latency(engine, inputs, cfg)
+        transport.barrier("single-done", timeout_s=max(cfg.timeout, 3600.0))
+    everyone = transport.gather_json(mine, "report")
+    if rank != 0:
+        return None
+    per_run = [max(r["latency_s"][i] for r in everyone) for i in range(cfg.repeat)]
+    report = {
+        **{k: v for k, v in asdict(cfg).items() if k not in ("json",)},
+        "model_dim": engine.adapter.dim,
+        "blocks": len(engine.adapter.blocks),
+        "bits_per_code": books.bits,
+        "remote_strategy": sorted({p.choose(cfg.batch, layout.size(world - 1), cfg.tokens - layout.size(world - 1))
+                                   for p in engine.plans}),
+        "latency_s": statistics.median(per_run),
+        "latency_runs_s": per_run,
+        "tokens_per_rank": [r["tokens"] for r in everyone],
+        "bytes_sent_per_rank_per_block": [r["bytes_sent_per_block"] for r in everyone],
+        "bytes_received_per_rank_per_block": [r["bytes_received_per_block"] for r in everyone],
+        "payload_bytes_per_rank_per_block": [r["payload_bytes_per_block"] for r in everyone],
+        "wait_s_per_rank": [r["phases_s"].get("wait", 0.0) for r in everyone],
+        "phases_s_per_rank": [r["phases_s"] for r in everyone],
+        "max_abs_diff_vs_simulation": max(r["max_abs_diff_vs_simulation"] for r in everyone),
+    }
+    if single is not None:
+        report["single_device_latency_s"] = single
+        report["speedup_vs_single"] = single / report["latency_s"]
+    if cfg.generate:
+        last = everyone[-1]
+        report["time_to_first_token_s"] = last["time_to_first_token_s"]
+        report["decode_tokens_per_s"] = last["decode_tokens_per_s"]
+    return report
+
+
+@torch.no_grad()
+def single_device_latency(engine: AstraEngine, inputs: torch.Tensor, cfg: RunConfig) -> float:
+    """Median latency of the unmodified model's own forward on this one rank (same threads)."""
+    for _ in range(cfg.warmup):
+        engine.adapter.reference_forward(inputs)
+    times = []
+    for _ in range(cfg.repeat):
+        start = time.perf_counter()
+        engine.adapter.reference_forward(inputs)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def summary(report: dict) -> str:
+    """Human-readable account of a run report."""
+    kb = lambda b: f"{b:,.0f} B"  # noqa: E731
+    lines = [
+        f"ASTRA run: {report['model']}-{report['size']} ({report['blocks']} blocks, D={report['model_dim']}), "
+        f"{report['tokens']} tokens x batch {report['batch']}, {report['devices']} ranks "
+        f"({report['engine']}, {report['threads']} thread(s) each), G={report['groups']}, K={report['codebook_size']} "
+        f"({report['bits_per_code']}-bit codes), remote attention: {'/'.join(report['remote_strategy'])}",
+        f"  latency (median of {report['repeat']}): {report['latency_s']:.4f} s",
+    ]
+    if "single_device_latency_s" in report:
+        lines[-1] += f"   single device: {report['single_device_latency_s']:.4f} s   speedup {report['speedup_vs_single']:.2f}x"
+    lines.append("  rank  tokens  sent/block   recv/block   wait")
+    for r in range(report["devices"]):
+        lines.append(
+            f"  {r:>4}  {report['tokens_per_rank'][r]:>6}  {kb(report['bytes_sent_per_rank_per_block'][r]):>11}  "
+            f"{kb(report['bytes_received_per_rank_per_block'][r]):>11}  {report['wait_s_per_rank'][r]:.4f} s"
+        )
+    lines.append(f"  outputs vs single-process simulation: max |diff| = {report['max_abs_diff_vs_simulation']:.3g}")
+    if "time_to_first_token_s" in report:
+        lines.append(f"  generation on rank {report['devices'] - 1}: time to first token {report['time_to_first_token_s']:.4f} s, "
+                     f"decode {report['decode_tokens_per_s']:.1f} tokens/s")
+    return "\n".join(lines)
+
+
+def rank_main(cfg: RunConfig) -> None:
+    """Entry point of one rank (spawned, torchrun or mpirun)."""
+    torch.set_num_threads(cfg.threads)
+    transport = make_transport(cfg.engine, cfg.timeout)
+    try:
+        report = measure(cfg, transport)
+    except PeerError as exc:
+        print(f"astra run: {exc}", file=sys.stderr, flush=True)
+        os._exit(EXIT_PEER_FAILED)  # peers may be gone: skip collective shutdown
+    if report is not None:
+        print(summary(report), flush=True)
+        if cfg.json:
+            with open(cfg.json, "w") as f:
+                json.dump(report, f, indent=2)
+    transport.close()
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Reject impossible jobs before any process starts."""
+    if cfg.devices < 1:
+        raise ValueError(f"--devices must be >= 1, got {cfg.devices}")
+    if cfg.tokens < cfg.devices:
+        raise ValueError(f"cannot split {cfg.tokens} tokens over {cfg.devices} ranks: every rank needs at least one token")
+    if cfg.engine == "nccl" and cfg.device != "cuda":
+        raise ValueError("--engine nccl needs --device cuda")
+    if cfg.repeat < 1:
+        raise ValueError(f"--repeat must be >= 1, got {cfg.repeat}")
+    if cfg.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {cfg.threads}")
+    place = rank_env()
+    if place is not None and place.world_size != cfg.devices:
+        raise ValueError(f"launched with {place.world_size} ranks but --devices {cfg.devices}")
