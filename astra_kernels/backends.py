@@ -48,8 +48,8 @@ def _load(name: str) -> tuple[ModuleType | None, str]:
         return None, f"{module_name} could not be imported ({exc})"
 
 
-def _why_not(name: str, device_type: str) -> str:
-    """Empty string when ``name`` can run on ``device_type``, else the reason."""
+def _why_not(name: str, device_type: str, op: str | None = None) -> str:
+    """Empty string when ``name`` can run ``op`` (any op if None) on ``device_type``, else the reason."""
     if name == "reference":
         return "" if _load(name)[0] else _load(name)[1]
     if name == "cpu" and device_type != "cpu":
@@ -66,7 +66,11 @@ def _why_not(name: str, device_type: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         return "no CUDA device is available"
     module, why = _load(name)
-    return "" if module is not None else why
+    if module is None:
+        return why
+    if op is not None and not hasattr(module, op):
+        return f"it does not implement {op}"
+    return ""
 
 
 def available_backends(device: torch.device | str | None = None) -> list[str]:
@@ -86,18 +90,18 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
 # Constant for a given (backend, device): torch.compile runs it once while
 # tracing instead of tracing through the lazy imports.
 @torch.compiler.assume_constant_result
-def resolve(backend: str | None, device: torch.device) -> str:
-    """Pick the default backend for ``device`` or check an explicit choice."""
+def resolve(backend: str | None, device: torch.device, op: str) -> str:
+    """Pick the default backend for ``op`` on ``device`` or check an explicit choice."""
     if backend is None:
         for name in PREFERENCE.get(device.type, ("reference",)):
-            if not _why_not(name, device.type):
+            if not _why_not(name, device.type, op):
                 return name
-        raise BackendUnavailable(f"no ASTRA backend can run on device {device}")
+        raise BackendUnavailable(f"no ASTRA backend can run {op} on device {device}")
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string or None, got {type(backend).__name__}")
     if backend not in NAMES:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(NAMES)}")
-    why = _why_not(backend, device.type)
+    why = _why_not(backend, device.type, op)
     if why:
         raise BackendUnavailable(f"backend {backend!r} is not available for {device.type} tensors: {why}")
     return backend

@@ -53,7 +53,7 @@ def vq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, backend: str | None =
     """
     g, _, dg = _checks.codebooks(codebooks)
     _checks.vq_input(x, codebooks, g, dg)
-    name = backends.resolve(backend, x.device)
+    name = backends.resolve(backend, x.device, "vq_encode")
     lead = x.shape[:-1]
     flat = x.reshape(-1, g * dg)
     if flat.shape[0] == 0:
@@ -73,7 +73,7 @@ def vq_decode(codes: torch.Tensor, codebooks: torch.Tensor, *, backend: str | No
         raise ValueError(f"codes must have shape (..., G={g}), got {tuple(codes.shape)}")
     _checks.same_device(codes=codes, codebooks=codebooks)
     _checks.codes_in_range("codes", codes, k, f"codebook size K={k}")
-    name = backends.resolve(backend, codes.device)
+    name = backends.resolve(backend, codes.device, "vq_decode")
     lead = codes.shape[:-1]
     flat = codes.reshape(-1, g).to(torch.int32).contiguous()
     if flat.shape[0] == 0:
@@ -89,7 +89,7 @@ def pack_codes(codes: torch.Tensor, bits: int, *, backend: str | None = None) ->
     _checks.codes_input("codes", codes)
     bits = _checks.bits(bits)
     _checks.codes_in_range("codes", codes, 1 << bits, f"not representable in bits={bits}")
-    name = backends.resolve(backend, codes.device)
+    name = backends.resolve(backend, codes.device, "pack_codes")
     flat = codes.reshape(-1).to(torch.int32).contiguous()
     if flat.numel() == 0:
         return codes.new_empty((0,), dtype=torch.uint8)
@@ -111,7 +111,7 @@ def unpack_codes(packed: torch.Tensor, bits: int, shape, *, backend: str | None 
         raise ValueError(
             f"packed has {packed.numel()} bytes but {count} codes of {bits} bits need exactly {expected}"
         )
-    name = backends.resolve(backend, packed.device)
+    name = backends.resolve(backend, packed.device, "unpack_codes")
     if count == 0:
         return packed.new_empty(dims, dtype=torch.int32)
     return _library.unpack_codes(packed.contiguous(), bits, count, name).reshape(dims)
@@ -176,7 +176,7 @@ def mixed_precision_attention(
         raise ValueError(f"strategy must be 'tokens', 'codewords' or None, got {strategy!r}")
     if strategy == "codewords" and sizes["groups"] != 1:
         raise ValueError(f"the codewords strategy needs G = 1 (one codebook), got G={sizes['groups']}")
-    name = backends.resolve(backend, q.device)
+    name = backends.resolve(backend, q.device, "mixed_precision_attention")
     codes = remote_codes.to(torch.int32).contiguous()
     return _library.mixed_precision_attention(
         q, k_local, v_local, codes, k_table, v_table, k_bias, v_bias, bool(causal), float(scale), strategy, name

@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     cfg = RunConfig(**{k: v for k, v in vars(args).items() if k in fields})
     try:
         check_config(cfg)
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         print(f"astra run: {exc}", file=sys.stderr)
         return 2
     if rank_env() is not None:  # torchrun / mpirun / srun started this process as one rank

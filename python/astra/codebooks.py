@@ -74,7 +74,8 @@ class Codebooks:
             path = os.path.join(path, FILENAME)
         tmp = f"{path}.tmp{os.getpid()}"
         meta = {"groups": str(self.groups), "codebook_size": str(self.codebook_size), "blocks": str(len(self))}
-        save_file({f"block.{i}": t.contiguous() for i, t in enumerate(self.tensors)}, tmp, metadata=meta)
+        # clone: safetensors refuses tensors that share memory (e.g. one codebook reused for every block)
+        save_file({f"block.{i}": t.detach().clone().contiguous() for i, t in enumerate(self.tensors)}, tmp, metadata=meta)
         os.replace(tmp, path)  # atomic: concurrent readers never see half a file
         return path
 

@@ -231,6 +231,13 @@ def check_config(cfg: RunConfig) -> None:
         raise ValueError(f"--repeat must be >= 1, got {cfg.repeat}")
     if cfg.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {cfg.threads}")
+    if cfg.model == "vit" and round(cfg.tokens**0.5) ** 2 != cfg.tokens:
+        raise ValueError(f"ViT needs a square number of patch tokens (an image of side sqrt(T)*16), got {cfg.tokens}")
+    blocks, dim = models.describe(cfg.model, cfg.size, layers=cfg.layers, checkpoint=cfg.checkpoint)
+    if cfg.codebooks:
+        Codebooks.load(cfg.codebooks).check(blocks, dim)
+    elif cfg.groups < 1 or dim % cfg.groups:
+        raise ValueError(f"--groups {cfg.groups} must divide the model width D={dim}")
     place = rank_env()
     if place is not None and place.world_size != cfg.devices:
         raise ValueError(f"launched with {place.world_size} ranks but --devices {cfg.devices}")

@@ -35,6 +35,30 @@ def adapt(model: torch.nn.Module) -> ModelAdapter:
     )
 
 
+def describe(family: str, size: str, *, layers: int | None = None, checkpoint: str | None = None) -> tuple[int, int]:
+    """(blocks, width D) of the model that :func:`build` would return, without building it."""
+    if family not in ("gpt2", "vit"):
+        raise ValueError(f"model must be 'gpt2' or 'vit', got {family!r}")
+    if checkpoint is not None:
+        import json
+
+        path = os.path.join(checkpoint, "config.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no config.json in checkpoint directory {checkpoint!r}")
+        with open(path) as f:
+            cfg = json.load(f)
+        n_layer = cfg.get("n_layer", cfg.get("num_hidden_layers"))
+        return n_layer, cfg.get("n_embd", cfg.get("hidden_size"))
+    sizes = GPT2_SIZES if family == "gpt2" else VIT_SIZES
+    size = SIZE_ALIASES[family].get(size, size)
+    if size not in sizes:
+        raise ValueError(f"unknown {family} size {size!r}; choose one of {', '.join(sizes)}")
+    n_layer, dim, _ = sizes[size]
+    if layers is not None and layers < 1:
+        raise ValueError(f"layers must be >= 1, got {layers}")
+    return (layers or n_layer), dim
+
+
 def build(family: str, size: str, *, tokens: int, layers: int | None = None, checkpoint: str | None = None,
           seed: int = 0) -> torch.nn.Module:
     """A GPT-2 or ViT model: from a local checkpoint directory, or random weights from a config.
@@ -45,22 +69,13 @@ def build(family: str, size: str, *, tokens: int, layers: int | None = None, che
     os.environ["HF_HUB_OFFLINE"] = "1"
     import transformers
 
-    if family not in ("gpt2", "vit"):
-        raise ValueError(f"model must be 'gpt2' or 'vit', got {family!r}")
+    n_layer, dim = describe(family, size, layers=layers, checkpoint=checkpoint)
     if checkpoint is not None:
         if not os.path.isdir(checkpoint):
             raise FileNotFoundError(f"checkpoint directory {checkpoint!r} does not exist")
         cls = transformers.GPT2LMHeadModel if family == "gpt2" else transformers.ViTForImageClassification
         return cls.from_pretrained(checkpoint).eval()
-    sizes = GPT2_SIZES if family == "gpt2" else VIT_SIZES
-    size = SIZE_ALIASES[family].get(size, size)
-    if size not in sizes:
-        raise ValueError(f"unknown {family} size {size!r}; choose one of {', '.join(sizes)}")
-    n_layer, dim, heads = sizes[size]
-    if layers is not None:
-        if layers < 1:
-            raise ValueError(f"layers must be >= 1, got {layers}")
-        n_layer = layers
+    heads = dict((d, h) for _, d, h in (*GPT2_SIZES.values(), *VIT_SIZES.values()))[dim]
     torch.manual_seed(seed)
     if family == "gpt2":
         cfg = transformers.GPT2Config(n_layer=n_layer, n_embd=dim, n_head=heads, n_positions=max(1024, tokens))
@@ -85,4 +100,4 @@ def example_inputs(model: torch.nn.Module, tokens: int, batch: int = 1, seed: in
     return torch.randint(0, vocab, (batch, tokens), generator=gen)
 
 
-__all__ = ["BlockWeights", "ModelAdapter", "Norm", "TinyAdapter", "TinyTransformer", "adapt", "build", "example_inputs"]
+__all__ = ["BlockWeights", "ModelAdapter", "Norm", "TinyAdapter", "TinyTransformer", "adapt", "build", "describe", "example_inputs"]

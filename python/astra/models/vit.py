@@ -21,34 +21,43 @@ class ViTAdapter(ModelAdapter):
         super().__init__(model)
         cfg = model.config
         heads = cfg.num_attention_heads
-        self._blocks = []
-        for layer in model.vit.encoder.layer:
-            att = layer.attention.attention
-            qkv_w = torch.cat([att.query.weight, att.key.weight, att.value.weight]).detach()
-            qkv_b = None
-            if att.query.bias is not None:
-                qkv_b = torch.cat([att.query.bias, att.key.bias, att.value.bias]).detach()
-            self._blocks.append(
-                BlockWeights(
-                    norm1=Norm(layer.layernorm_before.weight, layer.layernorm_before.bias, layer.layernorm_before.eps),
-                    w_qkv=qkv_w,
-                    b_qkv=qkv_b,
-                    w_out=layer.attention.output.dense.weight,
-                    b_out=layer.attention.output.dense.bias,
-                    norm2=Norm(layer.layernorm_after.weight, layer.layernorm_after.bias, layer.layernorm_after.eps),
-                    w_fc1=layer.intermediate.dense.weight,
-                    b_fc1=layer.intermediate.dense.bias,
-                    w_fc2=layer.output.dense.weight,
-                    b_fc2=layer.output.dense.bias,
-                    act=layer.intermediate.intermediate_act_fn,
-                    heads=heads,
-                    kv_heads=heads,
-                    head_dim=cfg.hidden_size // heads,
-                )
-            )
+        self._blocks = [self._block(layer, heads, cfg.hidden_size // heads) for layer in self._layers(model)]
         ln = model.vit.layernorm
         self._ln = Norm(ln.weight, ln.bias, ln.eps)
         self._patch = cfg.patch_size
+
+    @staticmethod
+    def _layers(model):
+        vit = model.vit
+        return vit.layers if hasattr(vit, "layers") else vit.encoder.layer  # transformers >= 5.20 / older
+
+    @staticmethod
+    def _block(layer, heads: int, head_dim: int) -> BlockWeights:
+        att = layer.attention
+        if hasattr(att, "q_proj"):  # newer layout: q/k/v/o_proj and an mlp module
+            q, k, v, o = att.q_proj, att.k_proj, att.v_proj, att.o_proj
+            fc1, fc2, act = layer.mlp.fc1, layer.mlp.fc2, layer.mlp.activation_fn
+        else:
+            q, k, v, o = att.attention.query, att.attention.key, att.attention.value, att.output.dense
+            fc1, fc2, act = layer.intermediate.dense, layer.output.dense, layer.intermediate.intermediate_act_fn
+        qkv_b = None if q.bias is None else torch.cat([q.bias, k.bias, v.bias]).detach()
+        before, after = layer.layernorm_before, layer.layernorm_after
+        return BlockWeights(
+            norm1=Norm(before.weight, before.bias, before.eps),
+            w_qkv=torch.cat([q.weight, k.weight, v.weight]).detach(),
+            b_qkv=qkv_b,
+            w_out=o.weight,
+            b_out=o.bias,
+            norm2=Norm(after.weight, after.bias, after.eps),
+            w_fc1=fc1.weight,
+            b_fc1=fc1.bias,
+            w_fc2=fc2.weight,
+            b_fc2=fc2.bias,
+            act=act,
+            heads=heads,
+            kv_heads=heads,
+            head_dim=head_dim,
+        )
 
     @property
     def blocks(self) -> list[BlockWeights]:
