@@ -54,11 +54,16 @@ def encode(block: BlockWeights, codebook: torch.Tensor, h: torch.Tensor, class_t
     return z, codes
 
 
-def local(block: BlockWeights, z: torch.Tensor, causal: bool, backend: str | None) -> LocalPartial:
-    """Projections of the local tokens and their full-precision attention partial."""
+def project(block: BlockWeights, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """z (B, T, D) -> q (B, H, T, d), k and v (B, Hkv, T, d)."""
     hd, kvd = block.heads * block.head_dim, block.kv_heads * block.head_dim
     q, k, v = F.linear(z, block.w_qkv, block.b_qkv).split([hd, kvd, kvd], dim=-1)
-    q, k, v = split_heads(q, block.heads), split_heads(k, block.kv_heads), split_heads(v, block.kv_heads)
+    return split_heads(q, block.heads), split_heads(k, block.kv_heads), split_heads(v, block.kv_heads)
+
+
+def local(block: BlockWeights, z: torch.Tensor, causal: bool, backend: str | None) -> LocalPartial:
+    """Projections of the local tokens and their full-precision attention partial."""
+    q, k, v = project(block, z)
     out, lse = ak.attention(q, k, v, causal=causal, backend=backend)
     return LocalPartial(q, k, v, out, lse)
 
@@ -70,7 +75,12 @@ def finish(block: BlockWeights, h: torch.Tensor, part: LocalPartial, plan: Remot
     if remote_codes is not None and remote_codes.shape[1] > 0:
         r_out, r_lse = plan.attend(part.q, remote_codes, backend)
         out, _ = ak.merge_attention(out, part.lse, r_out, r_lse)
-    a = F.linear(merge_heads(out), block.w_out, block.b_out)
+    return residual(block, h, out)
+
+
+def residual(block: BlockWeights, h: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """Attention output (B, H, T, d) -> output projection, residuals, norms and MLP: the block's output."""
+    a = F.linear(merge_heads(attn), block.w_out, block.b_out)
     if block.norm_first:
         h = h + a
         return h + block.mlp(block.norm2(h))

@@ -34,14 +34,11 @@ def decode(engine: AstraEngine, cache: KVCache, first: torch.Tensor, position: i
     for step in range(1, steps):
         h = adapter.embed_tokens(token, position + step - 1)
         for i, bw in enumerate(adapter.blocks):
-            z = B.attention_input(bw, h)
-            hd, kvd = bw.heads * bw.head_dim, bw.kv_heads * bw.head_dim
-            q, k, v = torch.nn.functional.linear(z, bw.w_qkv, bw.b_qkv).split([hd, kvd, kvd], dim=-1)
-            q, k, v = B.split_heads(q, bw.heads), B.split_heads(k, bw.kv_heads), B.split_heads(v, bw.kv_heads)
+            q, k, v = B.project(bw, B.attention_input(bw, h))
             cache.keys[i] = torch.cat([cache.keys[i], k], dim=2)
             cache.values[i] = torch.cat([cache.values[i], v], dim=2)
-            o, lse = ak.attention(q, cache.keys[i], cache.values[i], causal=True, backend=engine.backend)
-            h = B.finish(bw, h, B.LocalPartial(q, k, v, o, lse), None, None, engine.backend)
+            o, _ = ak.attention(q, cache.keys[i], cache.values[i], causal=True, backend=engine.backend)
+            h = B.residual(bw, h, o)
         token = adapter.token_outputs(h)[:, -1].argmax(-1, keepdim=True)
         out.append(token)
     return torch.cat(out, dim=1)

@@ -125,6 +125,11 @@ class ModelAdapter(ABC):
     def token_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
         """Per-token outputs of final hidden states (B, T, D), e.g. LM logits (B, T, V)."""
 
+    def token_outputs_slice(self, hidden: torch.Tensor, part: int, parts: int) -> torch.Tensor:
+        """Output features [part-th of ``parts`` near-equal slices] of :meth:`token_outputs`
+        (a vocabulary-parallel LM head), computing only that slice."""
+        raise TypeError(f"{type(self).__name__} has no per-token output head")
+
     def class_outputs(self, pooled: torch.Tensor) -> torch.Tensor:
         """Outputs (B, C) from the class-token state averaged over ranks (B, D)."""
         raise TypeError(f"{type(self).__name__} has no class token")

@@ -61,5 +61,9 @@ class GPT2Adapter(ModelAdapter):
     def token_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(self._ln_f(hidden), self.model.lm_head.weight)
 
+    def token_outputs_slice(self, hidden: torch.Tensor, part: int, parts: int) -> torch.Tensor:
+        w = self.model.lm_head.weight.tensor_split(parts)[part]
+        return F.linear(self._ln_f(hidden), w)
+
     def reference_forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=inputs).logits

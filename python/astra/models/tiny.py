@@ -116,6 +116,10 @@ class TinyAdapter(ModelAdapter):
     def token_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.head(self._ln_f(hidden))
 
+    def token_outputs_slice(self, hidden: torch.Tensor, part: int, parts: int) -> torch.Tensor:
+        head = self.model.head
+        return F.linear(self._ln_f(hidden), head.weight.tensor_split(parts)[part], head.bias.tensor_split(parts)[part])
+
     def class_outputs(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.model.head(self._ln_f(pooled))
 

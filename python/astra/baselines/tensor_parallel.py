@@ -1,0 +1,115 @@
+"""Megatron-style tensor parallelism: the baseline with two all-reduces per block.
+
+Every rank holds the whole sequence and 1/N of each block: H/N attention
+heads (column-parallel QKV, row-parallel output projection) and F/N MLP
+columns (column-parallel fc1, row-parallel fc2). The partial outputs of the
+attention and of the MLP are summed by a ring all-reduce each, which puts
+2 * 2 (N-1)/N * T * D values per block on each rank's link. The LM head is
+vocabulary-parallel (each rank computes V/N logits); a classifier head runs on
+rank 0. Outputs equal the unmodified model's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+import astra_kernels as ak
+
+from .. import block as B
+from ..engine import PhaseTimer
+from ..models import adapt
+from ..models.base import BlockWeights
+from ..transport import Transport
+from .collectives import ring_allreduce
+
+
+@dataclass
+class _Shard:
+    """One rank's slice of a block."""
+
+    w_qkv: torch.Tensor
+    b_qkv: torch.Tensor | None
+    w_out: torch.Tensor  # (D, H/N * d): row-parallel, bias added after the reduction
+    w_fc1: torch.Tensor
+    b_fc1: torch.Tensor | None
+    w_fc2: torch.Tensor
+    heads: int
+    kv_heads: int
+
+
+def _shard(bw: BlockWeights, rank: int, n: int) -> _Shard:
+    d = bw.head_dim
+    h, hkv = bw.heads // n, bw.kv_heads // n
+    q0, k0, v0 = 0, bw.heads * d, (bw.heads + bw.kv_heads) * d
+    rows = torch.cat([
+        torch.arange(q0 + rank * h * d, q0 + (rank + 1) * h * d),
+        torch.arange(k0 + rank * hkv * d, k0 + (rank + 1) * hkv * d),
+        torch.arange(v0 + rank * hkv * d, v0 + (rank + 1) * hkv * d),
+    ]).to(bw.w_qkv.device)
+    f = bw.w_fc1.shape[0] // n
+    return _Shard(
+        w_qkv=bw.w_qkv[rows],
+        b_qkv=None if bw.b_qkv is None else bw.b_qkv[rows],
+        w_out=bw.w_out[:, rank * h * d : (rank + 1) * h * d].contiguous(),
+        w_fc1=bw.w_fc1[rank * f : (rank + 1) * f],
+        b_fc1=None if bw.b_fc1 is None else bw.b_fc1[rank * f : (rank + 1) * f],
+        w_fc2=bw.w_fc2[:, rank * f : (rank + 1) * f].contiguous(),
+        heads=h,
+        kv_heads=hkv,
+    )
+
+
+class TensorParallel:
+    name = "tp"
+
+    def __init__(self, model: torch.nn.Module, backend: str | None = None):
+        self.adapter, self.backend = adapt(model), backend
+        self._shards: dict[tuple[int, int], list[_Shard]] = {}
+
+    def shards(self, rank: int, n: int) -> list[_Shard]:
+        key = (rank, n)
+        if key not in self._shards:
+            for bw in self.adapter.blocks:
+                f = bw.w_fc1.shape[0]
+                if bw.kv_heads % n or f % n:
+                    raise ValueError(f"tensor parallelism over {n} ranks needs kv heads ({bw.kv_heads}) and MLP width "
+                                     f"({f}) divisible by {n}")
+            self._shards[key] = [_shard(bw, rank, n) for bw in self.adapter.blocks]
+        return self._shards[key]
+
+    @torch.no_grad()
+    def run_rank(self, inputs: torch.Tensor, transport: Transport, *, timer: PhaseTimer | None = None):
+        """LM: this rank's vocabulary slice of the logits (B, T, V/N); classifier: logits on rank 0, None elsewhere."""
+        timer = timer or PhaseTimer()
+        a, rank, n = self.adapter, transport.rank, transport.world_size
+        shards = self.shards(rank, n)
+        with timer("embed"):
+            h = a.embed(inputs, 0, a.num_tokens(inputs))
+            if a.class_tokens:
+                h = torch.cat([a.class_token(h.shape[0]).to(h.dtype), h], dim=1)
+        for i, (bw, sh) in enumerate(zip(a.blocks, shards)):
+            with timer("local"):
+                z = B.attention_input(bw, h)
+                hd, kvd = sh.heads * bw.head_dim, sh.kv_heads * bw.head_dim
+                q, k, v = F.linear(z, sh.w_qkv, sh.b_qkv).split([hd, kvd, kvd], dim=-1)
+                o, _ = ak.attention(B.split_heads(q, sh.heads), B.split_heads(k, sh.kv_heads),
+                                    B.split_heads(v, sh.kv_heads), causal=a.causal, backend=self.backend)
+                partial = F.linear(B.merge_heads(o), sh.w_out)
+            with timer("wait"):
+                attn = ring_allreduce(partial, transport, f"block{i}/attn")
+            with timer("local"):
+                attn = attn if bw.b_out is None else attn + bw.b_out
+                h = h + attn if bw.norm_first else bw.norm1(h + attn)
+                z2 = bw.norm2(h) if bw.norm_first else h
+                partial = F.linear(bw.act(F.linear(z2, sh.w_fc1, sh.b_fc1)), sh.w_fc2)
+            with timer("wait"):
+                mlp = ring_allreduce(partial, transport, f"block{i}/mlp")
+            with timer("local"):
+                mlp = mlp if bw.b_fc2 is None else mlp + bw.b_fc2
+                h = h + mlp if bw.norm_first else bw.norm2(h + mlp)
+        with timer("head"):
+            if a.class_tokens:
+                return a.class_outputs(h[:, 0]) if rank == 0 else None
+            return a.token_outputs_slice(h, rank, n)
