@@ -7,6 +7,10 @@ independently agree.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import os
 from typing import Iterable
 
 import numpy as np
@@ -14,7 +18,7 @@ import torch
 
 from .codebooks import Codebooks
 from .dense import dense_forward
-from .models import adapt
+from .models import adapt, example_inputs
 
 
 def kmeans(samples: np.ndarray, k: int, *, iters: int, seed: int) -> np.ndarray:
@@ -69,3 +73,28 @@ def calibrate(model: torch.nn.Module, batches: Iterable[torch.Tensor], codebook_
         bar.close()
     ref = adapter.blocks[0].w_qkv
     return Codebooks(books).to(dtype=ref.dtype, device=ref.device)
+
+
+def cache_dir() -> str:
+    """Where calibrated codebooks are cached: $ASTRA_CACHE or ~/.cache/astra."""
+    return os.environ.get("ASTRA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "astra"))
+
+
+def cached_calibration(model: torch.nn.Module, *, key: list, tokens: int, batch: int, codebook_size: int, groups: int,
+                       iters: int, seed: int, progress: bool) -> Codebooks:
+    """Codebooks calibrated on random inputs of shape (batch, tokens), cached on disk.
+
+    ``key`` identifies the model (family, size, layers, checkpoint); random
+    weights come from ``seed``, so a cached file is valid for every process
+    that builds the same model. Calibration uses at least 2K vectors per block.
+    """
+    ident = json.dumps([*key, tokens, batch, seed, codebook_size, groups, iters])
+    path = os.path.join(cache_dir(), "codebooks", hashlib.sha256(ident.encode()).hexdigest()[:20] + ".safetensors")
+    if os.path.exists(path):
+        return Codebooks.load(path)
+    count = max(2, math.ceil(2 * codebook_size / (tokens * batch)))
+    batches = [example_inputs(model, tokens, batch, seed=seed + 1 + i) for i in range(count)]
+    books = calibrate(model, batches, codebook_size, groups, iters=iters, seed=seed, progress=progress)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    books.save(path)
+    return books

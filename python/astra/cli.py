@@ -62,6 +62,117 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     return 1 if failed else 0
 
 
+def _csv(kind):
+    def parse(text: str):
+        try:
+            return [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {text!r}") from None
+    return parse
+
+
+DEFAULT_SIZE = {"vit": "base", "gpt2": "small"}
+
+
+def _add_bench_args(p: argparse.ArgumentParser) -> None:
+    from .bench.config import BenchConfig
+
+    d = BenchConfig()
+    p.add_argument("--model", type=_csv(str), default=d.models, help="vit,gpt2")
+    p.add_argument("--size", type=_csv(str), default=None, help="default: base for vit, small for gpt2")
+    p.add_argument("--tokens", type=int, default=d.tokens)
+    p.add_argument("--layers", type=int, default=d.layers, help="keep only the first L blocks (default: all)")
+    p.add_argument("--devices", type=_csv(int), default=d.devices)
+    p.add_argument("--bandwidth", type=_csv(float), default=d.bandwidths, help="Mbps list")
+    p.add_argument("--link", type=_csv(str), default=d.links, help="sim,netns,real")
+    p.add_argument("--methods", type=_csv(str), default=d.methods, help=",".join(d.methods))
+    p.add_argument("--groups", type=_csv(int), default=d.groups, help="ASTRA VQ groups G")
+    p.add_argument("--codebook-size", type=int, default=d.codebook_size)
+    p.add_argument("--topology", choices=["star", "shared"], default=d.topology)
+    p.add_argument("--latency-ms", type=float, default=d.latency_ms, help="sim: per-message latency")
+    p.add_argument("--repeat", type=int, default=d.repeat)
+    p.add_argument("--point-budget", type=float, default=d.point_budget_s, help="seconds of runs per point at most")
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--net-name", default=d.net_name)
+    p.add_argument("--json", default=d.json)
+    p.add_argument("--markdown", default=None)
+    p.add_argument("--plot", default=None)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import driver
+    from .bench.config import BenchConfig
+    from .links import NetnsError
+
+    sizes = args.size
+    cfgs = []
+    for model in args.model:
+        if model not in DEFAULT_SIZE:
+            print(f"astra bench: unknown model {model!r}; choose vit or gpt2", file=sys.stderr)
+            return 2
+        cfgs.append(BenchConfig(
+            models=[model], sizes=sizes or [DEFAULT_SIZE[model]], tokens=args.tokens, layers=args.layers,
+            devices=args.devices, bandwidths=args.bandwidth, links=args.link, methods=args.methods, groups=args.groups,
+            codebook_size=args.codebook_size, topology=args.topology, latency_ms=args.latency_ms, repeat=args.repeat,
+            point_budget_s=args.point_budget, threads=args.threads, seed=args.seed, net_name=args.net_name,
+            json=args.json, markdown=args.markdown, plot=args.plot,
+        ))
+    rows = []
+    try:
+        for cfg in cfgs:
+            cfg.validate()
+            rows += driver.run(cfg)
+    except (ValueError, NetnsError) as exc:
+        print(f"astra bench: {exc}", file=sys.stderr)
+        return 2
+    driver.write_outputs(cfgs[0], rows)
+    return 0
+
+
+def _net(args: argparse.Namespace) -> int:
+    from .links import NetnsError, NetnsLink
+
+    try:
+        link = NetnsLink(args.name, args.ranks, shared=args.shared)
+        if args.action == "up":
+            link.up(args.rate)
+            print(f"link {args.name!r} up: {args.ranks} namespaces {link.namespace(0)}..{link.namespace(args.ranks - 1)}, "
+                  f"{'shared medium' if args.shared else 'star'}, {args.rate:g} Mbps, addresses "
+                  f"{link.address(0)}..{link.address(args.ranks - 1)} (GLOO_SOCKET_IFNAME={link.host_if(0)}, ...)")
+        elif args.action == "rate":
+            link.set_rate(args.rate)
+        elif args.action == "show":
+            if not link.exists():
+                print(f"no link named {args.name!r}")
+                return 1
+            for dev, sent in link.sent_bytes().items():
+                print(f"{dev}: {sent:,} bytes sent")
+        else:
+            link.down()
+    except (ValueError, NetnsError) as exc:
+        print(f"astra net: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _demo() -> int:
+    from .links import NetnsError, require_root
+
+    try:
+        require_root()
+        link = "netns"
+    except NetnsError as exc:
+        print(f"astra demo: {exc}; using simulated links", flush=True)
+        link = "sim"
+    argv = ["bench", "--model", "vit,gpt2", "--tokens", "1024", "--layers", "4", "--devices", "2",
+            "--bandwidth", "10,100", "--link", link, "--methods", "astra,single,sp_fp32,tp", "--groups", "1,32",
+            "--repeat", "2", "--point-budget", "20", "--json", "runs/demo/bench.json"]
+    print("astra demo: a short benchmark (4 of the 12 blocks; the full sweep is `python -m astra bench`):\n"
+          "  python -m astra " + " ".join(argv), flush=True)
+    return main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,13 +180,29 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="one ASTRA inference over N ranks: latency, bytes, check against the simulation")
     _add_run_args(run)
-    sub.add_parser("demo", help="the README's first command: a short ASTRA run next to a single device")
+    bench = sub.add_parser("bench", help="latency vs bandwidth of ASTRA and baselines (JSON, Markdown, plot)")
+    _add_bench_args(bench)
+    rank = sub.add_parser("bench-rank", help=argparse.SUPPRESS)
+    rank.add_argument("spec")
+    net = sub.add_parser("net", help="create/remove emulated links (network namespaces + token buckets; root)")
+    net.add_argument("action", choices=["up", "down", "rate", "show"])
+    net.add_argument("--name", default="astra")
+    net.add_argument("--ranks", type=int, default=2)
+    net.add_argument("--rate", type=float, default=10.0, help="Mbps")
+    net.add_argument("--shared", action="store_true", help="one shared medium instead of a star")
+    sub.add_parser("demo", help="the README's first command: a short benchmark on the embedded default setup")
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run(args, argv)
+    if args.command == "bench":
+        return _bench(args)
+    if args.command == "bench-rank":
+        from .bench.rank import main as rank_main
+
+        rank_main(args.spec)
+        return 0
+    if args.command == "net":
+        return _net(args)
     if args.command == "demo":
-        demo = ["run", "--model", "gpt2", "--size", "small", "--tokens", "1024", "--devices", "2", "--groups", "1",
-                "--codebook-size", "1024", "--compare-single", "--repeat", "3"]
-        print("astra demo: " + " ".join(["python -m astra", *demo]), flush=True)
-        return main(demo)
+        return _demo()
     return 2

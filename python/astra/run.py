@@ -8,9 +8,7 @@ prints a summary and writes JSON.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import statistics
 import sys
@@ -20,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from . import models
-from .calibrate import calibrate
+from .calibrate import cached_calibration
 from .codebooks import Codebooks
 from .engine import AstraEngine, PhaseTimer
 from .launch import make_transport, rank_env
@@ -56,30 +54,13 @@ class RunConfig:
     json: str | None = None
 
 
-def cache_dir() -> str:
-    return os.environ.get("ASTRA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "astra"))
-
-
-def _calibration_batches(model, cfg: RunConfig) -> list[torch.Tensor]:
-    # at least 2K vectors per block, and at least two sequences
-    count = max(2, math.ceil(2 * cfg.codebook_size / (cfg.tokens * cfg.batch)))
-    return [models.example_inputs(model, cfg.tokens, cfg.batch, seed=cfg.seed + 1 + i) for i in range(count)]
-
-
 def load_codebooks(model, cfg: RunConfig, verbose: bool) -> Codebooks:
-    """From ``cfg.codebooks``, else from the calibration cache, else calibrate (and cache)."""
+    """From ``cfg.codebooks``, else calibrated (and cached) on random inputs of the run's shape."""
     if cfg.codebooks:
         return Codebooks.load(cfg.codebooks)
-    key = json.dumps([cfg.model, cfg.size, cfg.layers, cfg.tokens, cfg.batch, cfg.seed, cfg.codebook_size,
-                      cfg.groups, cfg.calibration_iters, cfg.checkpoint])
-    path = os.path.join(cache_dir(), "codebooks", hashlib.sha256(key.encode()).hexdigest()[:20] + ".safetensors")
-    if os.path.exists(path):
-        return Codebooks.load(path)
-    books = calibrate(model, _calibration_batches(model, cfg), cfg.codebook_size, cfg.groups,
-                      iters=cfg.calibration_iters, seed=cfg.seed, progress=verbose)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    books.save(path)
-    return books
+    return cached_calibration(model, key=[cfg.model, cfg.size, cfg.layers, cfg.checkpoint], tokens=cfg.tokens,
+                              batch=cfg.batch, codebook_size=cfg.codebook_size, groups=cfg.groups,
+                              iters=cfg.calibration_iters, seed=cfg.seed, progress=verbose)
 
 
 def _block_bytes(transport) -> tuple[int, int, int]:

@@ -1,0 +1,1 @@
+"""``astra bench``: ASTRA vs baselines across link bandwidths, on sim, netns or real links."""

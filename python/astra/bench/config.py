@@ -1,0 +1,85 @@
+"""What ``astra bench`` measures: the sweep, and the spec handed to every rank."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+METHODS = ("astra", "single", "sp_fp32", "sp_fp16", "kv_sp", "tp")
+BANDWIDTHS_MBPS = (10, 20, 50, 100, 500, 1000)
+
+
+@dataclass
+class BenchConfig:
+    models: list[str] = field(default_factory=lambda: ["vit"])
+    sizes: list[str] = field(default_factory=lambda: ["base"])
+    tokens: int = 1024
+    layers: int | None = None
+    devices: list[int] = field(default_factory=lambda: [2])
+    bandwidths: list[float] = field(default_factory=lambda: list(BANDWIDTHS_MBPS))
+    links: list[str] = field(default_factory=lambda: ["sim"])
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    groups: list[int] = field(default_factory=lambda: [1, 16, 32])
+    codebook_size: int = 1024
+    engine: str = "gloo"
+    topology: str = "star"  # sim and netns: star (full duplex) or shared (one medium)
+    latency_ms: float = 0.0  # sim only: per-message latency
+    repeat: int = 3
+    point_budget_s: float = 60.0  # stop repeating a point once its runs took this long
+    threads: int = 1
+    seed: int = 0
+    calibration_iters: int = 10
+    net_name: str = "astra"
+    json: str = "runs/bench.json"
+    markdown: str | None = None  # default: json path with .md
+    plot: str | None = None  # default: json path with .png
+
+    def validate(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        bad_links = [link for link in self.links if link not in ("sim", "netns", "real")]
+        if bad_links:
+            raise ValueError(f"unknown link(s) {', '.join(bad_links)}; choose sim, netns or real")
+        if any(b <= 0 for b in self.bandwidths):
+            raise ValueError(f"bandwidths must be positive Mbps, got {self.bandwidths}")
+        if any(n < 1 for n in self.devices):
+            raise ValueError(f"devices must be >= 1, got {self.devices}")
+        if self.topology not in ("star", "shared"):
+            raise ValueError(f"topology must be star or shared, got {self.topology!r}")
+        if self.repeat < 1:
+            raise ValueError(f"repeat must be >= 1, got {self.repeat}")
+
+
+@dataclass
+class RankSpec:
+    """Everything one rank process needs (written as JSON by the driver)."""
+
+    model: str
+    size: str
+    tokens: int
+    layers: int | None
+    seed: int
+    threads: int
+    methods: list[str]  # distributed methods only; "astra" expanded by groups
+    groups: list[int]
+    codebooks: dict[str, str]  # str(G) -> codebook file
+    bandwidths: list[float | None]  # None: unshaped (real link)
+    link: str
+    topology: str
+    latency_ms: float
+    net_name: str
+    net_ranks: int
+    repeat: int
+    point_budget_s: float
+    timeout_s: float
+    medium_path: str | None
+    rows_path: str
+
+    def dump(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(asdict(self), f, indent=1)
+
+    @classmethod
+    def load(cls, path: str) -> "RankSpec":
+        with open(path) as f:
+            return cls(**json.load(f))

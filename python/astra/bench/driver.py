@@ -1,0 +1,148 @@
+"""``astra bench``: latency of ASTRA and the baselines vs link bandwidth.
+
+For every model the driver measures the single-device latency itself (the
+unmodified model, one thread), calibrates ASTRA's codebooks (cached), then for
+every (devices, link) starts the ranks (inside network namespaces for
+``netns``), which sweep bandwidths x methods and report rows. It writes JSON,
+a Markdown table and a PNG plot, and prints a fitted projection to more
+devices than this machine can run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from .. import models
+from ..calibrate import cached_calibration
+from ..launch import free_port
+from ..links import NetnsLink, require_root
+from . import report
+from .config import BenchConfig, RankSpec
+
+
+def _single_latency(model, inputs, repeat: int) -> float:
+    adapter = models.adapt(model)
+    with torch.no_grad():
+        adapter.reference_forward(inputs)  # warm-up
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            adapter.reference_forward(inputs)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _launch(spec: RankSpec, world: int, spec_path: str, link: NetnsLink | None) -> None:
+    """Start the ranks, wait, and fail loudly if any rank failed."""
+    port = 29500 if link is not None else free_port()
+    procs = []
+    for r in range(world):
+        env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                   MASTER_PORT=str(port), HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(spec.threads))
+        if link is not None:
+            env.update(MASTER_ADDR=link.address(0), GLOO_SOCKET_IFNAME=link.host_if(r))
+        else:
+            env.update(MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo")
+        cmd = [sys.executable, "-m", "astra", "bench-rank", spec_path]
+        procs.append(subprocess.Popen((link.exec_prefix(r) if link else []) + cmd, env=env))
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise RuntimeError(f"bench ranks failed with exit codes {codes} ({spec.model}-{spec.size}, {spec.link})")
+
+
+def run(cfg: BenchConfig) -> list[dict]:
+    cfg.validate()
+    if "netns" in cfg.links:
+        require_root()
+    torch.set_num_threads(cfg.threads)
+    distributed = [m for m in cfg.methods if m != "single"]
+    rows: list[dict] = []
+    work = tempfile.mkdtemp(prefix="astra-bench-")
+    for family in cfg.models:
+        for size in cfg.sizes:
+            model = models.build(family, size, tokens=cfg.tokens, layers=cfg.layers, seed=cfg.seed)
+            inputs = models.example_inputs(model, cfg.tokens, 1, seed=cfg.seed)
+            name = f"{family}-{size}"
+            single = None
+            if "single" in cfg.methods or distributed:
+                print(f"[bench] {name}: single-device latency ({cfg.threads} thread(s))", flush=True)
+                single = _single_latency(model, inputs, cfg.repeat)
+            books = {}
+            if "astra" in cfg.methods:
+                for g in cfg.groups:
+                    print(f"[bench] {name}: codebooks K={cfg.codebook_size} G={g}", flush=True)
+                    cb = cached_calibration(model, key=[family, size, cfg.layers, None], tokens=cfg.tokens, batch=1,
+                                            codebook_size=cfg.codebook_size, groups=g, iters=cfg.calibration_iters,
+                                            seed=cfg.seed, progress=True)
+                    books[str(g)] = cb.save(os.path.join(work, f"{name}-G{g}.safetensors"))
+            del model
+            for link_mode in cfg.links:
+                bws = [None] if link_mode == "real" else sorted(cfg.bandwidths, reverse=True)
+                if single is not None and "single" in cfg.methods:
+                    rows += [{"model": name, "method": "single", "devices": 1, "groups": None, "bandwidth_mbps": bw,
+                              "link": link_mode, "topology": cfg.topology, "tokens": cfg.tokens, "latency_s": single,
+                              "bytes_on_wire": 0, "comm_wait_s": 0.0, "compute_s": single} for bw in bws]
+                for n in cfg.devices:
+                    if n < 2 or not distributed:
+                        continue
+                    rows += _run_setting(cfg, family, size, n, link_mode, bws, distributed, books, work)
+            for r in rows:
+                if r["model"] == name and single is not None:
+                    r["speedup_vs_single"] = single / r["latency_s"]
+    return rows
+
+
+def _run_setting(cfg, family, size, n, link_mode, bws, methods, books, work) -> list[dict]:
+    link = None
+    if link_mode == "netns":
+        link = NetnsLink(cfg.net_name, n, shared=cfg.topology == "shared")
+        link.up(bws[0])
+    rows_path = os.path.join(work, f"rows-{family}-{size}-{n}-{link_mode}.json")
+    spec = RankSpec(
+        model=family, size=size, tokens=cfg.tokens, layers=cfg.layers, seed=cfg.seed, threads=cfg.threads,
+        methods=methods, groups=cfg.groups, codebooks=books, bandwidths=bws, link=link_mode, topology=cfg.topology,
+        latency_ms=cfg.latency_ms, net_name=cfg.net_name, net_ranks=n, repeat=cfg.repeat,
+        point_budget_s=cfg.point_budget_s, timeout_s=max(600.0, 4 * cfg.point_budget_s),
+        medium_path=os.path.join(work, f"medium-{n}") if cfg.topology == "shared" else None, rows_path=rows_path,
+    )
+    spec_path = os.path.join(work, f"spec-{family}-{size}-{n}-{link_mode}.json")
+    spec.dump(spec_path)
+    print(f"[bench] {family}-{size}: {n} ranks on {link_mode} links ({cfg.topology}), "
+          f"bandwidths {[b for b in bws]} Mbps, methods {methods}", flush=True)
+    try:
+        _launch(spec, n, spec_path, link)
+    finally:
+        if link is not None:
+            link.down()
+    with open(rows_path) as f:
+        return json.load(f)
+
+
+def write_outputs(cfg: BenchConfig, rows: list[dict]) -> dict[str, str]:
+    """JSON (measured + projected rows), Markdown and PNG next to each other; returns their paths."""
+    projected = report.project(rows)
+    base = os.path.splitext(cfg.json)[0]
+    paths = {"json": cfg.json, "markdown": cfg.markdown or base + ".md", "plot": cfg.plot or base + ".png"}
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.json)), exist_ok=True)
+    with open(paths["json"], "w") as f:
+        json.dump(rows + projected, f, indent=1)
+    text = report.markdown(rows)
+    proj = report.projection_text(projected)
+    with open(paths["markdown"], "w") as f:
+        f.write(text + ("\n```\n" + proj + "\n```\n" if proj else ""))
+    if any(r["bandwidth_mbps"] is not None and r["method"] != "single" for r in rows):
+        report.plot(rows, paths["plot"])
+    else:
+        paths.pop("plot")
+    print(text)
+    if proj:
+        print(proj)
+    print("[bench] wrote " + ", ".join(f"{k}: {v}" for k, v in paths.items()), flush=True)
+    return paths

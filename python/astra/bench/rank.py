@@ -1,0 +1,162 @@
+"""One rank of an ``astra bench`` job: every method at every bandwidth, in one process.
+
+Started by the driver (``python -m astra bench-rank SPEC``) inside the rank's
+network namespace for ``netns`` links. All ranks walk the same sweep in
+lockstep (barriers between runs); rank 0 changes the link rate, probes the
+achieved rate, and writes the rows.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+
+from .. import baselines, models
+from ..codebooks import Codebooks
+from ..engine import AstraEngine, PhaseTimer
+from ..launch import make_transport
+from ..links import NetnsLink, SimLinkTransport
+from ..transport import Transport
+from .config import RankSpec
+
+PROBE_SECONDS = 0.5  # bulk transfer per netns rate probe, at the configured rate
+
+
+def _methods(spec: RankSpec, model) -> list[tuple[str, int | None, object]]:
+    out = []
+    for name in spec.methods:
+        if name == "astra":
+            for g in spec.groups:
+                out.append(("astra", g, AstraEngine(model, Codebooks.load(spec.codebooks[str(g)]))))
+        else:
+            out.append((name, None, baselines.build(name, model)))
+    return out
+
+
+class _Link:
+    """Sets the rate of this job's link (sim: every rank; netns: rank 0 runs tc) and reads netns counters."""
+
+    def __init__(self, spec: RankSpec, transport: Transport):
+        self.spec, self.transport = spec, transport
+        self.netns = None
+        if spec.link == "netns":
+            self.netns = NetnsLink(spec.net_name, spec.net_ranks, shared=spec.topology == "shared")
+
+    def set_rate(self, mbps: float | None) -> None:
+        if mbps is None:
+            return
+        if isinstance(self.transport, SimLinkTransport):
+            self.transport.set_rate(mbps)
+        elif self.netns is not None and self.transport.rank == 0:
+            self.netns.set_rate(mbps)
+        self.transport.barrier("rate")
+
+    def l2_bytes(self, rank: int | None = None) -> int | None:
+        """L2 bytes sent so far by ``rank`` (every rank if None), read on rank 0; None elsewhere."""
+        if self.netns is None or self.transport.rank != 0:
+            return None
+        return self.netns.uplink_bytes(self.netns.sent_bytes(), rank)
+
+    def probe(self, mbps: float) -> dict:
+        """Bulk transfer rank 0 -> rank 1 and back 1 byte: rank 0's L2 rate from tc counters, and goodput."""
+        t = self.transport
+        nbytes = max(64 << 10, int(mbps * 1e6 / 8 * PROBE_SECONDS))
+        t.barrier("probe")
+        before = self.l2_bytes(rank=0)
+        start = time.perf_counter()
+        if t.rank == 0:
+            t.exchange(torch.zeros(nbytes, dtype=torch.uint8), [1], {}, "probe/data").wait()
+            t.exchange(torch.empty(0, dtype=torch.uint8), [], {1: 1}, "probe/ack").wait()
+        elif t.rank == 1:
+            t.exchange(torch.empty(0, dtype=torch.uint8), [], {0: nbytes}, "probe/data").wait()
+            t.exchange(torch.zeros(1, dtype=torch.uint8), [0], {}, "probe/ack").wait()
+        seconds = time.perf_counter() - start
+        after = self.l2_bytes(rank=0)
+        t.barrier("probe/done")
+        if t.rank != 0:
+            return {}
+        return {"achieved_mbps": (after - before) * 8 / seconds / 1e6, "goodput_mbps": nbytes * 8 / seconds / 1e6}
+
+
+def _measure(method, inputs, transport: Transport, link: _Link, spec: RankSpec, tag: str) -> dict | None:
+    """Timed runs of one method at the current rate; rank 0 returns the row fields."""
+    def one_run():
+        transport.barrier(f"{tag}/go")
+        transport.stats.clear()
+        timer = PhaseTimer()
+        start = time.perf_counter()
+        method.run_rank(inputs, transport, timer=timer)
+        seconds = time.perf_counter() - start
+        return seconds, timer.seconds.get("wait", 0.0), transport.stats.total_sent()
+
+    l2_before = link.l2_bytes()
+    runs = [one_run()]
+    # Every rank must agree on the number of runs: decide from the slowest rank's first run.
+    first = max(r[0] for r in transport.gather_json([runs[0][0]], f"{tag}/first"))
+    repeats = max(1, min(spec.repeat, int(spec.point_budget_s // max(first, 1e-9))))
+    runs += [one_run() for _ in range(repeats - 1)]
+    mine = {"latency": [r[0] for r in runs], "wait": [r[1] for r in runs], "sent": [r[2] for r in runs]}
+    everyone = transport.gather_json(mine, f"{tag}/report")
+    l2_after = link.l2_bytes()
+    if transport.rank != 0:
+        return None
+    per_run = [max(e["latency"][i] for e in everyone) for i in range(len(runs))]
+    mid = sorted(range(len(runs)), key=lambda i: per_run[i])[len(runs) // 2]  # the median run
+    row = {
+        "latency_s": per_run[mid],
+        "latency_runs_s": per_run,
+        "comm_wait_s": max(e["wait"][mid] for e in everyone),
+        "bytes_on_wire": sum(e["sent"][mid] for e in everyone),
+        "bytes_sent_per_rank": [e["sent"][mid] for e in everyone],
+    }
+    row["compute_s"] = row["latency_s"] - row["comm_wait_s"]
+    if l2_before is not None:
+        row["l2_bytes_per_run"] = (l2_after - l2_before) / len(runs)
+    return row
+
+
+def main(spec_path: str) -> None:
+    spec = RankSpec.load(spec_path)
+    torch.set_num_threads(spec.threads)
+    transport = make_transport("gloo", spec.timeout_s)
+    if spec.link == "sim":
+        transport = SimLinkTransport(transport, spec.bandwidths[0], latency_ms=spec.latency_ms, topology=spec.topology,
+                                     medium_path=spec.medium_path)
+    link = _Link(spec, transport)
+    model = models.build(spec.model, spec.size, tokens=spec.tokens, layers=spec.layers, seed=spec.seed)
+    inputs = models.example_inputs(model, spec.tokens, 1, seed=spec.seed)
+    methods = _methods(spec, model)
+    rank0 = transport.rank == 0
+
+    fastest = max((b for b in spec.bandwidths if b is not None), default=None)
+    link.set_rate(fastest)
+    for _, _, method in methods:  # warm-up: allocations, tables, first-call costs
+        method.run_rank(inputs, transport)
+
+    bar = None
+    if rank0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(spec.bandwidths) * len(methods), unit="point",
+                   desc=f"{spec.model}-{spec.size} N={transport.world_size} {spec.link}")
+    rows = []
+    for bw in spec.bandwidths:
+        link.set_rate(bw)
+        probe = link.probe(bw) if link.netns is not None and bw is not None else {}
+        for name, groups, method in methods:
+            if bar is not None:
+                bar.set_postfix_str(f"{name}{'' if groups is None else f' G={groups}'} @ {bw} Mbps")
+            row = _measure(method, inputs, transport, link, spec, f"{name}/{groups}/{bw}")
+            if rank0:
+                rows.append({
+                    "model": f"{spec.model}-{spec.size}", "method": name, "devices": transport.world_size,
+                    "groups": groups, "bandwidth_mbps": bw, "link": spec.link, "topology": spec.topology,
+                    "tokens": spec.tokens, "layers": len(models.adapt(model).blocks), **row, **probe,
+                })
+                bar.update()
+    if rank0:
+        bar.close()
+        with open(spec.rows_path, "w") as f:
+            json.dump(rows, f, indent=1)
+    transport.close()
