@@ -29,9 +29,13 @@ def adapt(model: torch.nn.Module) -> ModelAdapter:
         from .vit import ViTAdapter
 
         return ViTAdapter(model)
+    if name == "BertModel":
+        from .bert import BertAdapter
+
+        return BertAdapter(model)
     raise TypeError(
         f"ASTRA cannot parallelize {name}: supported models are GPT2LMHeadModel, "
-        "ViTForImageClassification and astra.models.TinyTransformer"
+        "ViTForImageClassification, BertModel and astra.models.TinyTransformer"
     )
 
 

@@ -86,6 +86,39 @@ class BlockWeights:
         return F.linear(self.act(F.linear(x, self.w_fc1, self.b_fc1)), self.w_fc2, self.b_fc2)
 
 
+class FusedQKV:
+    """One (3D, D) QKV weight from separate q, k, v ``nn.Linear`` layers.
+
+    Under autograd (training) every access concatenates afresh, so gradients
+    reach the layers; otherwise the concatenation is cached until a parameter
+    changes (tensor versions), so inference pays for it once.
+    """
+
+    def __init__(self, q: torch.nn.Linear, k: torch.nn.Linear, v: torch.nn.Linear):
+        self._layers = (q, k, v)
+        self._key = None
+        self._cached: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for layer in self._layers for p in (layer.weight, layer.bias) if p is not None]
+
+    def _cat(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        q, k, v = self._layers
+        bias = None if q.bias is None else torch.cat([q.bias, k.bias, v.bias])
+        return torch.cat([q.weight, k.weight, v.weight]), bias
+
+    def get(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        params = self._params()
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return self._cat()
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if key != self._key:
+            with torch.no_grad():
+                self._cached = self._cat()
+            self._key = key
+        return self._cached
+
+
 class ModelAdapter(ABC):
     """What the runtime needs to know about one model family."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import BlockWeights, ModelAdapter, Norm
+from .base import BlockWeights, FusedQKV, ModelAdapter, Norm
 
 
 class ViTAdapter(ModelAdapter):
@@ -20,8 +20,9 @@ class ViTAdapter(ModelAdapter):
     def __init__(self, model):
         super().__init__(model)
         cfg = model.config
-        heads = cfg.num_attention_heads
-        self._blocks = [self._block(layer, heads, cfg.hidden_size // heads) for layer in self._layers(model)]
+        self._heads = cfg.num_attention_heads
+        self._head_dim = cfg.hidden_size // self._heads
+        self._qkv = [FusedQKV(*self._projections(layer)[:3]) for layer in self._layers(model)]
         ln = model.vit.layernorm
         self._ln = Norm(ln.weight, ln.bias, ln.eps)
         self._patch = cfg.patch_size
@@ -32,20 +33,22 @@ class ViTAdapter(ModelAdapter):
         return vit.layers if hasattr(vit, "layers") else vit.encoder.layer  # transformers >= 5.20 / older
 
     @staticmethod
-    def _block(layer, heads: int, head_dim: int) -> BlockWeights:
+    def _projections(layer):
+        """(q, k, v, out, fc1, fc2, act) of one layer, in either transformers layout."""
         att = layer.attention
         if hasattr(att, "q_proj"):  # newer layout: q/k/v/o_proj and an mlp module
-            q, k, v, o = att.q_proj, att.k_proj, att.v_proj, att.o_proj
-            fc1, fc2, act = layer.mlp.fc1, layer.mlp.fc2, layer.mlp.activation_fn
-        else:
-            q, k, v, o = att.attention.query, att.attention.key, att.attention.value, att.output.dense
-            fc1, fc2, act = layer.intermediate.dense, layer.output.dense, layer.intermediate.intermediate_act_fn
-        qkv_b = None if q.bias is None else torch.cat([q.bias, k.bias, v.bias]).detach()
+            return att.q_proj, att.k_proj, att.v_proj, att.o_proj, layer.mlp.fc1, layer.mlp.fc2, layer.mlp.activation_fn
+        return (att.attention.query, att.attention.key, att.attention.value, att.output.dense,
+                layer.intermediate.dense, layer.output.dense, layer.intermediate.intermediate_act_fn)
+
+    def _block(self, layer, qkv: FusedQKV) -> BlockWeights:
+        _, _, _, o, fc1, fc2, act = self._projections(layer)
+        w_qkv, b_qkv = qkv.get()
         before, after = layer.layernorm_before, layer.layernorm_after
         return BlockWeights(
             norm1=Norm(before.weight, before.bias, before.eps),
-            w_qkv=torch.cat([q.weight, k.weight, v.weight]).detach(),
-            b_qkv=qkv_b,
+            w_qkv=w_qkv,
+            b_qkv=b_qkv,
             w_out=o.weight,
             b_out=o.bias,
             norm2=Norm(after.weight, after.bias, after.eps),
@@ -54,14 +57,14 @@ class ViTAdapter(ModelAdapter):
             w_fc2=fc2.weight,
             b_fc2=fc2.bias,
             act=act,
-            heads=heads,
-            kv_heads=heads,
-            head_dim=head_dim,
+            heads=self._heads,
+            kv_heads=self._heads,
+            head_dim=self._head_dim,
         )
 
     @property
     def blocks(self) -> list[BlockWeights]:
-        return self._blocks
+        return [self._block(layer, qkv) for layer, qkv in zip(self._layers(self.model), self._qkv)]
 
     def num_tokens(self, inputs: torch.Tensor) -> int:
         return (inputs.shape[2] // self._patch) * (inputs.shape[3] // self._patch)
