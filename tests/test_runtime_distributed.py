@@ -88,7 +88,7 @@ def rank(mode, out_dir):
             if tag == "block1":
                 if mode == "kill":
                     os._exit(9)
-                time.sleep(60)  # hung: alive but silent
+                time.sleep(10)  # hung: alive but silent (longer than the 3 s timeout)
             return post(payload, send_to, recv_sizes, tag, timeout_s)
         t.exchange = dying
     start = time.time()

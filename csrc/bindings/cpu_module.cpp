@@ -1,0 +1,37 @@
+// Python module astra_kernels._C: the C++ CPU backend. The only file that
+// includes <torch/extension.h> (the expensive header); kernels live in
+// csrc/cpu (ATen glue) and csrc/core (torch-free).
+#include <torch/extension.h>
+
+#include "core/cpu_features.h"
+#include "core/vq_encode.h"
+#include "cpu/vq_ops.h"
+
+namespace {
+
+// What this build runs on this machine, for diagnostics and tests.
+pybind11::dict capabilities() {
+  pybind11::dict caps;
+  caps["simd"] = astra::core::simd_name(astra::core::active_simd());
+  caps["simd_detected"] = astra::core::simd_name(astra::core::detect_simd());
+  caps["encode_gemm_min_width"] = astra::core::gemm_min_width(astra::core::active_simd());
+  return caps;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "ASTRA C++ CPU kernels (vq_encode, vq_decode, pack_codes, unpack_codes)";
+  const auto no_gil = pybind11::call_guard<pybind11::gil_scoped_release>();
+  m.def("vq_encode", &astra::cpu::vq_encode, pybind11::arg("x"), pybind11::arg("codebooks"), no_gil,
+        "x (N, D), codebooks (G, K, Dg) -> (codes (N, G) int32, sqdist (N, G) float32)");
+  m.def("vq_decode", &astra::cpu::vq_decode, pybind11::arg("codes"), pybind11::arg("codebooks"), no_gil,
+        "codes (N, G) int32, codebooks (G, K, Dg) -> (N, G*Dg) in codebooks.dtype");
+  m.def("pack_codes", &astra::cpu::pack_codes, pybind11::arg("codes"), pybind11::arg("bits"), no_gil,
+        "codes (M,) int32 -> (ceil(M*bits/8),) uint8 little-endian bit stream");
+  m.def("unpack_codes", &astra::cpu::unpack_codes, pybind11::arg("packed"), pybind11::arg("bits"),
+        pybind11::arg("count"), no_gil, "packed uint8 stream -> (count,) int32");
+  m.def("capabilities", &capabilities,
+        "dict: simd (kernels in use: avx512, avx2 or generic; capped by ASTRA_CPU_SIMD), "
+        "simd_detected (best this CPU supports), encode_gemm_min_width (smallest Dg on the GEMM path)");
+}

@@ -1,0 +1,96 @@
+// Grouped nearest-codeword quantization (vq_encode), torch-free.
+//
+// Contract (astra_kernels/reference.py, rules 1-3), per row r and group g
+// with x_g = x[r, g*Dg:(g+1)*Dg]:
+//   1. code = argmin_k ||e_k||^2 - 2 x_g.e_k (fp32), lowest k on ties;
+//   2. if sum(x_g^2) is not finite, code = 0;
+//   3. sqdist = sum_d (x_g[d] - e_code[d])^2, computed directly in fp32.
+//
+// Two paths compute rule 1 (choose_encode_path):
+//   kFused       SIMD micro-kernel over a per-call packed copy of the
+//                codebooks; scores live only in registers.
+//   kBlockedGemm for wide groups: a caller-supplied GEMM computes x.e for a
+//                block of rows x codewords into a buffer, then a SIMD pass
+//                folds it into the running argmin.
+// Usage: build an EncodePlan, run prepare(t) for every t < prepare_tasks()
+// (independent: in parallel if wanted), then encode_rows() over any split of
+// (group, rows).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/argmin_kernels.h"
+#include "core/cpu_features.h"
+
+namespace astra::core {
+
+// C (m, n) = A (m, k) . B^T with B (n, k); all fp32 row-major with leading
+// dimensions lda, ldb, ldc (in elements).
+using GemmABt = void (*)(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                         const float* b, int64_t ldb, float* c, int64_t ldc);
+
+enum class EncodePath { kFused, kBlockedGemm };
+
+// Smallest group width Dg that takes the blocked-GEMM path for the given
+// kernels. Measured single-thread on a Xeon with AVX-512 (N = 64 and 1024,
+// K = 1024, fused kernel vs MKL sgemm + argmin, MKL restricted to the same
+// instruction set with MKL_ENABLE_INSTRUCTIONS for the avx2/generic rows):
+//   avx512   fused faster up to Dg = 1024 (768: 150 vs 146 GF/s); GEMM from
+//            1536 (4096: 142 vs 115 GF/s)                             -> 1536
+//   avx2     fused faster up to Dg = 384 (256: 76 vs 74); GEMM from 512
+//            (768: 77 vs 74)                                          -> 512
+//   generic  equal at Dg = 384..512 (29.5 GF/s); GEMM 5 % faster from 768 -> 512
+// For narrow groups the fused kernel wins by far (Dg = 24: 2x at N = 1024,
+// 5x at N = 64), since a GEMM of inner size Dg is mostly overhead.
+int64_t gemm_min_width(Simd simd);
+
+EncodePath choose_encode_path(int64_t width, Simd simd);
+
+struct VqShape {
+  int64_t groups;  // G
+  int64_t codes;   // K
+  int64_t width;   // Dg
+};
+
+class EncodePlan {
+ public:
+  // codebooks: (G, K, Dg) contiguous fp32; it must outlive the plan.
+  EncodePlan(const float* codebooks, VqShape shape, Simd simd, EncodePath path);
+
+  EncodePath path() const { return path_; }
+  const VqShape& shape() const { return shape_; }
+
+  // Per-call codebook preparation, split into independent tasks: packing +
+  // norms of a range of panels of one group (fused), or norms + duplicate map
+  // of one group (GEMM).
+  int64_t prepare_tasks() const;
+  void prepare(int64_t task);
+
+  // Rows [row_begin, row_end) of group g. x: (N, G*Dg) fp32 with unit feature
+  // stride and row stride x_row_stride; codes, sqdist: (N, G) contiguous.
+  // `gemm` is used by the kBlockedGemm path only (may be null otherwise).
+  void encode_rows(const float* x, int64_t x_row_stride, int64_t g, int64_t row_begin,
+                   int64_t row_end, int32_t* codes, float* sqdist, GemmABt gemm) const;
+
+ private:
+  struct AlignedFree {
+    void operator()(float* p) const;
+  };
+
+  int64_t panels_per_task() const;
+  void encode_rows_gemm(const float* x, int64_t x_row_stride, int64_t g, int64_t rows,
+                        int32_t* best, GemmABt gemm) const;
+
+  const float* codebooks_;
+  VqShape shape_;
+  const ArgminKernels& kernels_;
+  EncodePath path_;
+  int64_t num_panels_ = 0;                       // fused: panels per group
+  std::unique_ptr<float[], AlignedFree> panels_;  // fused: (G, num_panels, Dg, P)
+  std::vector<float> norms_;                     // fused: (G, num_panels * P); GEMM: (G, K)
+  std::vector<int32_t> first_duplicate_;         // GEMM: (G, K) lowest index of an identical codeword
+};
+
+}  // namespace astra::core
