@@ -156,6 +156,31 @@ def _net(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace, argv: list[str]) -> int:
+    import dataclasses as dc
+
+    from .train import fmnist, kjv, minilm, results
+    from .train.data import DataMissing
+
+    module = {"fmnist": fmnist, "kjv": kjv, "minilm": minilm}[args.task]
+    cfg_cls = {"fmnist": fmnist.FmnistConfig, "kjv": kjv.KjvConfig, "minilm": minilm.MinilmConfig}[args.task]
+    cfg = module.QUICK if args.quick else cfg_cls()
+    if args.devices is not None:
+        cfg = dc.replace(cfg, devices=args.devices)
+    command = "python -m astra " + " ".join(argv)
+    try:
+        rows = module.run(cfg, command, progress=not args.no_progress)
+    except DataMissing as exc:
+        print(f"astra train: {exc}", file=sys.stderr)
+        return 2
+    for r in rows:
+        print(f"  {r['task']:<7} {r['variant']:<22} G={str(r['groups']):<4} N={r['devices']}  {r['metric']} = {r['value']:.4f}")
+    if args.record:
+        results.record(rows, args.record_json, args.record_md)
+        print(f"recorded in {args.record_json} and {args.record_md}")
+    return 0
+
+
 def _demo() -> int:
     from .links import NetnsError, require_root
 
@@ -190,6 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     net.add_argument("--ranks", type=int, default=2)
     net.add_argument("--rate", type=float, default=10.0, help="Mbps")
     net.add_argument("--shared", action="store_true", help="one shared medium instead of a star")
+    train = sub.add_parser("train", help="accuracy experiments: train, NAVQ-fine-tune and evaluate (records results)")
+    train.add_argument("task", choices=["fmnist", "kjv", "minilm"])
+    train.add_argument("--quick", action="store_true", help="a tiny version (seconds), for tests")
+    train.add_argument("--devices", type=int, default=None, help="simulated devices N (default: the task's)")
+    train.add_argument("--record", action="store_true", help="merge the rows into the accuracy record")
+    train.add_argument("--record-json", default="benchmarks/results/accuracy.json")
+    train.add_argument("--record-md", default="benchmarks/ACCURACY.md")
+    train.add_argument("--no-progress", action="store_true")
     sub.add_parser("demo", help="the README's first command: a short benchmark on the embedded default setup")
     args = parser.parse_args(argv)
     if args.command == "run":
@@ -203,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "net":
         return _net(args)
+    if args.command == "train":
+        return _train(args, argv)
     if args.command == "demo":
         return _demo()
     return 2
