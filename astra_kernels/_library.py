@@ -138,7 +138,7 @@ def mixed_precision_attention(
 
 @mixed_precision_attention.register_fake
 def _(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias, causal, scale, strategy, backend):
-    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 _ATTN_TENSORS = 8  # q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias

@@ -120,7 +120,7 @@ __device__ __forceinline__ T load_query(const AttnParams& p, const BlockRows& bl
                                     dd * p.q_stride[3]];
 }
 
-// Score bias and key/value of one key of a segment, in fp32.
+// Key segments: remote tokens or codewords (one of them), then local keys.
 enum Segment : int { kSegTokens = 0, kSegCodewords = 1, kSegLocal = 2 };
 
 struct KeyValue {
