@@ -45,3 +45,26 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     """(ceil(count*bits/8),) uint8 -> (count,) int32."""
     return _C.unpack_codes(packed, bits, count)
+
+
+def mixed_precision_attention(
+    q: torch.Tensor,
+    k_local: torch.Tensor,
+    v_local: torch.Tensor,
+    remote_codes: torch.Tensor,
+    k_table: torch.Tensor,
+    v_table: torch.Tensor,
+    k_bias: torch.Tensor | None,
+    v_bias: torch.Tensor | None,
+    causal: bool,
+    scale: float,
+    strategy: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q (B, H, Tq, d), k/v_local (B, Hkv, Tl, d) any strides, remote_codes (B, Tr, G) int32, tables
+    (G, K, Hkv*d), biases (Hkv*d,) or None -> out (B, H, Tq, d) in q.dtype, lse (B, H, Tq) float32.
+
+    float64 and float32 are computed natively, float16/bfloat16 in float32.
+    """
+    return _C.mixed_precision_attention(
+        q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias, causal, scale, strategy
+    )

@@ -5,6 +5,7 @@
 
 #include "core/cpu_features.h"
 #include "core/vq_encode.h"
+#include "cpu/attention_ops.h"
 #include "cpu/vq_ops.h"
 
 namespace {
@@ -21,7 +22,9 @@ pybind11::dict capabilities() {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "ASTRA C++ CPU kernels (vq_encode, vq_decode, pack_codes, unpack_codes)";
+  m.doc() =
+      "ASTRA C++ CPU kernels (vq_encode, vq_decode, pack_codes, unpack_codes, "
+      "mixed_precision_attention)";
   const auto no_gil = pybind11::call_guard<pybind11::gil_scoped_release>();
   m.def("vq_encode", &astra::cpu::vq_encode, pybind11::arg("x"), pybind11::arg("codebooks"), no_gil,
         "x (N, D), codebooks (G, K, Dg) -> (codes (N, G) int32, sqdist (N, G) float32)");
@@ -31,6 +34,14 @@ PYBIND11_MODULE(_C, m) {
         "codes (M,) int32 -> (ceil(M*bits/8),) uint8 little-endian bit stream");
   m.def("unpack_codes", &astra::cpu::unpack_codes, pybind11::arg("packed"), pybind11::arg("bits"),
         pybind11::arg("count"), no_gil, "packed uint8 stream -> (count,) int32");
+  m.def("mixed_precision_attention", &astra::cpu::mixed_precision_attention, pybind11::arg("q"),
+        pybind11::arg("k_local"), pybind11::arg("v_local"), pybind11::arg("remote_codes"),
+        pybind11::arg("k_table"), pybind11::arg("v_table"), pybind11::arg("k_bias"),
+        pybind11::arg("v_bias"), pybind11::arg("causal"), pybind11::arg("scale"),
+        pybind11::arg("strategy"), no_gil,
+        "q (B, H, Tq, d), k/v_local (B, Hkv, Tl, d), remote_codes (B, Tr, G) int32, "
+        "tables (G, K, Hkv*d), biases (Hkv*d,) or None -> "
+        "(out (B, H, Tq, d) in q.dtype, lse (B, H, Tq) float32)");
   m.def("capabilities", &capabilities,
         "dict: simd (kernels in use: avx512, avx2 or generic; capped by ASTRA_CPU_SIMD), "
         "simd_detected (best this CPU supports), encode_gemm_min_width (smallest Dg on the GEMM path)");

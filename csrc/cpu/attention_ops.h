@@ -1,0 +1,26 @@
+// ATen CPU implementation of mixed-precision attention (no torch/extension.h
+// here: only csrc/bindings/cpu_module.cpp includes it). Contract: the backend
+// function mixed_precision_attention of astra_kernels/reference.py; inputs
+// arrive validated by astra_kernels/ops.py, outputs are fresh tensors.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+
+namespace astra::cpu {
+
+// q (B, H, Tq, d); k_local, v_local (B, Hkv, Tl, d), any strides; remote_codes
+// (B, Tr, G) int32; k_table, v_table (G, K, Hkv*d); biases (Hkv*d,) or None;
+// all floating inputs share q's dtype (fp64, fp32, fp16 or bf16; fp16/bf16 are
+// computed in fp32). strategy "tokens" or "codewords" (G = 1).
+// -> out (B, H, Tq, d) in q.dtype, lse (B, H, Tq) fp32.
+std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
+    const at::Tensor& q, const at::Tensor& k_local, const at::Tensor& v_local,
+    const at::Tensor& remote_codes, const at::Tensor& k_table, const at::Tensor& v_table,
+    const std::optional<at::Tensor>& k_bias, const std::optional<at::Tensor>& v_bias, bool causal,
+    double scale, const std::string& strategy);
+
+}  // namespace astra::cpu

@@ -1,0 +1,150 @@
+// mixed_precision_attention on CPU tensors: dtype/layout normalisation, the
+// AttentionPlan of the torch-free core, its GEMMs backed by ATen (MKL), and
+// at::parallel_for over (batch row, kv head, query block) tasks.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include "core/attention_kernels.h"
+#include "core/cpu_features.h"
+#include "core/mp_attention.h"
+#include "cpu/attention_ops.h"
+
+namespace astra::cpu {
+
+namespace {
+
+// The core's GEMMs over caller-owned memory. Inside at::parallel_for ATen/MKL
+// run them single-threaded on the calling thread.
+template <class T>
+at::Tensor matrix_view(const T* p, int64_t rows, int64_t cols, int64_t ld) {
+  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  return at::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1}, options);
+}
+
+template <class T>
+void gemm_abt(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+              T* c, int64_t ldc) {
+  at::Tensor cv = matrix_view(c, m, n, ldc);
+  at::mm_out(cv, matrix_view(a, m, k, lda), matrix_view(b, n, k, ldb).t());
+}
+
+template <class T>
+void gemm_ab_add(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+                 T* c, int64_t ldc) {
+  at::Tensor cv = matrix_view(c, m, n, ldc);
+  at::addmm_out(cv, cv, matrix_view(a, m, k, lda), matrix_view(b, k, n, ldb));
+}
+
+// In the compute dtype with a unit stride along d (any other strides), copying only if needed.
+at::Tensor as_compute_rows(const at::Tensor& t, at::ScalarType dtype) {
+  if (t.scalar_type() == dtype && (t.size(-1) <= 1 || t.stride(-1) == 1)) return t;
+  return t.to(dtype).contiguous();
+}
+
+core::HeadStrides head_strides(const at::Tensor& t) {
+  return {t.stride(0), t.stride(1), t.stride(2)};
+}
+
+template <class T>
+const core::AttentionKernels<T>& row_kernels();
+
+template <>
+const core::AttentionKernels<float>& row_kernels<float>() {
+  return core::attention_kernels_f32(core::active_simd());
+}
+
+template <>
+const core::AttentionKernels<double>& row_kernels<double>() {
+  return core::attention_kernels_f64();
+}
+
+// Tensors already in T (codes int32), contiguous except q/k/v_local (unit stride along d).
+template <class T>
+void run_attention(const core::AttentionShape& shape, const at::Tensor& q,
+                   const at::Tensor& k_local, const at::Tensor& v_local, const at::Tensor& codes,
+                   const at::Tensor& k_table, const at::Tensor& v_table, const at::Tensor& k_bias,
+                   const at::Tensor& v_bias, bool causal, double scale,
+                   core::RemoteStrategy strategy, at::Tensor& out, at::Tensor& lse) {
+  const core::AttentionInputs<T> inputs{q.data_ptr<T>(),
+                                        head_strides(q),
+                                        k_local.data_ptr<T>(),
+                                        head_strides(k_local),
+                                        v_local.data_ptr<T>(),
+                                        head_strides(v_local),
+                                        codes.data_ptr<int32_t>(),
+                                        k_table.data_ptr<T>(),
+                                        v_table.data_ptr<T>(),
+                                        k_bias.defined() ? k_bias.data_ptr<T>() : nullptr,
+                                        v_bias.defined() ? v_bias.data_ptr<T>() : nullptr,
+                                        causal,
+                                        scale,
+                                        strategy};
+  const core::AttentionOutputs<T> outputs{out.data_ptr<T>(), lse.data_ptr<float>()};
+  core::AttentionPlan<T> plan(shape, inputs, row_kernels<T>(), at::get_num_threads());
+  at::parallel_for(0, plan.prepare_tasks(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) plan.prepare(b);
+  });
+  const core::AttentionGemms<T> gemms{&gemm_abt<T>, &gemm_ab_add<T>};
+  at::parallel_for(0, plan.tasks(), 1,
+                   [&](int64_t begin, int64_t end) { plan.run(begin, end, gemms, outputs); });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
+    const at::Tensor& q, const at::Tensor& k_local, const at::Tensor& v_local,
+    const at::Tensor& remote_codes, const at::Tensor& k_table, const at::Tensor& v_table,
+    const std::optional<at::Tensor>& k_bias, const std::optional<at::Tensor>& v_bias, bool causal,
+    double scale, const std::string& strategy) {
+  TORCH_CHECK(q.device().is_cpu() && k_local.device().is_cpu() && v_local.device().is_cpu() &&
+                  remote_codes.device().is_cpu() && k_table.device().is_cpu() &&
+                  v_table.device().is_cpu(),
+              "astra CPU mixed_precision_attention: tensors must be on the CPU");
+  TORCH_CHECK(
+      q.dim() == 4 && k_local.dim() == 4 && v_local.sizes() == k_local.sizes() &&
+          remote_codes.dim() == 3 && k_table.dim() == 3 && v_table.sizes() == k_table.sizes(),
+      "astra CPU mixed_precision_attention: expected q (B, H, Tq, d), k/v_local (B, Hkv, Tl, d), "
+      "remote_codes (B, Tr, G) and tables (G, K, Hkv*d), got ",
+      q.sizes(), ", ", k_local.sizes(), ", ", remote_codes.sizes(), " and ", k_table.sizes());
+  TORCH_CHECK(
+      strategy == "tokens" || strategy == "codewords",
+      "astra CPU mixed_precision_attention: strategy must be 'tokens' or 'codewords', got '",
+      strategy, "'");
+  const at::ScalarType dtype = q.scalar_type();
+  TORCH_CHECK(
+      dtype == at::kDouble || dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+      "astra CPU mixed_precision_attention: unsupported dtype ", dtype);
+  const at::ScalarType compute = dtype == at::kDouble ? at::kDouble : at::kFloat;
+
+  const core::AttentionShape shape{q.size(0),       q.size(1),       k_local.size(1),
+                                   q.size(2),       k_local.size(2), remote_codes.size(1),
+                                   k_table.size(0), k_table.size(1), q.size(3)};
+  TORCH_CHECK(k_local.size(0) == shape.batch && k_local.size(3) == shape.head_dim &&
+                  remote_codes.size(0) == shape.batch && remote_codes.size(2) == shape.groups &&
+                  k_table.size(2) == shape.kv_heads * shape.head_dim && shape.kv_heads > 0 &&
+                  shape.heads % shape.kv_heads == 0,
+              "astra CPU mixed_precision_attention: inconsistent shapes");
+  const at::Tensor qc = as_compute_rows(q, compute);
+  const at::Tensor kc = as_compute_rows(k_local, compute);
+  const at::Tensor vc = as_compute_rows(v_local, compute);
+  const at::Tensor codes = remote_codes.to(at::kInt).contiguous();
+  const at::Tensor kt = k_table.to(compute).contiguous();
+  const at::Tensor vt = v_table.to(compute).contiguous();
+  const at::Tensor kb = k_bias.has_value() ? k_bias->to(compute).contiguous() : at::Tensor();
+  const at::Tensor vb = v_bias.has_value() ? v_bias->to(compute).contiguous() : at::Tensor();
+
+  at::Tensor out = at::empty({shape.batch, shape.heads, shape.queries, shape.head_dim},
+                             q.options().dtype(compute));
+  at::Tensor lse =
+      at::empty({shape.batch, shape.heads, shape.queries}, q.options().dtype(at::kFloat));
+  const core::RemoteStrategy how =
+      strategy == "codewords" ? core::RemoteStrategy::kCodewords : core::RemoteStrategy::kTokens;
+  if (compute == at::kDouble) {
+    run_attention<double>(shape, qc, kc, vc, codes, kt, vt, kb, vb, causal, scale, how, out, lse);
+  } else {
+    run_attention<float>(shape, qc, kc, vc, codes, kt, vt, kb, vb, causal, scale, how, out, lse);
+  }
+  return {out.scalar_type() == dtype ? out : out.to(dtype), lse};
+}
+
+}  // namespace astra::cpu
