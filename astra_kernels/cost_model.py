@@ -5,7 +5,9 @@ Three formulations compute the same attention (exactly, in exact arithmetic):
 ``codewords`` (G = 1 only)
     Attend over the K projected codewords, each with a log(count) bias, count =
     number of remote tokens carrying that code (0 masks it). Cost independent
-    of the number of remote tokens Tr.
+    of the number of remote tokens Tr. Kernels that skip unused codewords (the
+    C++ CPU one) attend only the distinct codes present: about
+    K (1 - (1 - 1/K)^Tr) of them for uniformly spread codes.
 ``tokens``
     Gather each remote token's key/value from the projected tables
     (sum over G rows) inside the attention loop.
@@ -49,6 +51,7 @@ class RemoteShape:
     codebook_size: int  # K
     model_dim: int  # D
     elem_bytes: int = 4
+    skips_unused: bool = False  # the kernel attends only codewords that occur
 
     @property
     def table_bytes(self) -> int:
@@ -71,8 +74,15 @@ def costs(s: RemoteShape) -> dict[str, float]:
         + GATHER_COST_CACHED * s.batch * s.remote * s.model_dim,  # decode
     }
     if s.groups == 1:
-        out["codewords"] = per_key * s.codebook_size + s.batch * s.remote  # + histogram
+        k = s.codebook_size
+        keys = k * (1 - (1 - 1 / k) ** s.remote) if s.skips_unused else k
+        out["codewords"] = per_key * keys + s.batch * s.remote  # + histogram
     return out
+
+
+def skips_unused_codewords(backend: str) -> bool:
+    """Whether a backend's codeword segment attends only the codes that occur."""
+    return backend == "cpu"
 
 
 def attention_strategy(s: RemoteShape) -> str:

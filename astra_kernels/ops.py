@@ -164,19 +164,20 @@ def mixed_precision_attention(
         scale = sizes["head_dim"] ** -0.5
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
         raise ValueError(f"scale must be a positive number, got {scale!r}")
+    name = backends.resolve(backend, q.device, "mixed_precision_attention")
     if strategy is None:
         strategy = cost_model.attention_strategy(
             cost_model.RemoteShape(
                 batch=sizes["batch"], heads=sizes["heads"], kv_heads=sizes["kv_heads"], head_dim=sizes["head_dim"],
                 queries=sizes["queries"], remote=sizes["remote"], groups=sizes["groups"],
                 codebook_size=sizes["codebook_size"], model_dim=k_table.shape[2],
+                skips_unused=cost_model.skips_unused_codewords(name),
             )
         )
     elif strategy not in ("tokens", "codewords"):
         raise ValueError(f"strategy must be 'tokens', 'codewords' or None, got {strategy!r}")
     if strategy == "codewords" and sizes["groups"] != 1:
         raise ValueError(f"the codewords strategy needs G = 1 (one codebook), got G={sizes['groups']}")
-    name = backends.resolve(backend, q.device, "mixed_precision_attention")
     codes = remote_codes.to(torch.int32).contiguous()
     return _library.mixed_precision_attention(
         q, k_local, v_local, codes, k_table, v_table, k_bias, v_bias, bool(causal), float(scale), strategy, name

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import astra_kernels as ak
-from astra_kernels import cost_model, reference
+from astra_kernels import backends, cost_model, reference
 
 from .models.base import BlockWeights
 
@@ -31,18 +31,19 @@ class RemotePlan:
         self.table_budget_bytes = table_budget_bytes
         self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def shape(self, batch: int, queries: int, remote: int) -> cost_model.RemoteShape:
+    def shape(self, batch: int, queries: int, remote: int, backend: str | None = None) -> cost_model.RemoteShape:
         b = self.block
+        kernel = backends.resolve(backend, self.codebook.device, "mixed_precision_attention")
         return cost_model.RemoteShape(
             batch=batch, heads=b.heads, kv_heads=b.kv_heads, head_dim=b.head_dim, queries=queries, remote=remote,
             groups=self.codebook.shape[0], codebook_size=self.codebook.shape[1], model_dim=b.dim,
-            elem_bytes=self.codebook.element_size(),
+            elem_bytes=self.codebook.element_size(), skips_unused=cost_model.skips_unused_codewords(kernel),
         )
 
-    def choose(self, batch: int, queries: int, remote: int) -> str:
+    def choose(self, batch: int, queries: int, remote: int, backend: str | None = None) -> str:
         if self.strategy != "auto":
             return self.strategy
-        return cost_model.remote_plan(self.shape(batch, queries, remote), self.table_budget_bytes)
+        return cost_model.remote_plan(self.shape(batch, queries, remote, backend), self.table_budget_bytes)
 
     def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(k_table, v_table), each (G, K, Hkv*d) with the K/V bias folded in; built on first use."""
@@ -74,7 +75,7 @@ class RemotePlan:
 
     def attend(self, q: torch.Tensor, codes: torch.Tensor, backend: str | None) -> tuple[torch.Tensor, torch.Tensor]:
         """q (B, H, Tq, d), codes (B, Tr, G) -> attention partial (out, lse) over the remote tokens."""
-        how = self.choose(q.shape[0], q.shape[2], codes.shape[1])
+        how = self.choose(q.shape[0], q.shape[2], codes.shape[1], backend)
         if how == "dequantize":
             return ak.attention(q, *self._dequantized_kv(codes), backend=backend)
         k_table, v_table = self.tables()

@@ -123,7 +123,7 @@ def measure(cfg: RunConfig, transport) -> dict | None:
         "model_dim": engine.adapter.dim,
         "blocks": len(engine.adapter.blocks),
         "bits_per_code": books.bits,
-        "remote_strategy": sorted({p.choose(cfg.batch, layout.size(world - 1), cfg.tokens - layout.size(world - 1))
+        "remote_strategy": sorted({p.choose(cfg.batch, layout.size(world - 1), cfg.tokens - layout.size(world - 1), cfg.backend)
                                    for p in engine.plans}),
         "latency_s": statistics.median(per_run),
         "latency_runs_s": per_run,
