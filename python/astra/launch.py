@@ -50,6 +50,29 @@ def rank_env() -> RankEnv | None:
     return None
 
 
+def local_rank() -> int:
+    """This process's index among the ranks of its machine (0 when started alone)."""
+    for var in ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+def pin_cores(index: int, threads: int) -> list[int] | None:
+    """Pin this process to its own ``threads`` cores: co-located rank ``index`` gets cores
+    [index * threads, (index + 1) * threads) of those it may use, so ranks neither share nor
+    migrate between cores. Does nothing (returns None) when there are not enough cores or
+    ASTRA_PIN=0."""
+    if os.environ.get("ASTRA_PIN", "1") == "0" or not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    mine = cores[index * threads: (index + 1) * threads]
+    if len(mine) < threads:
+        return None
+    os.sched_setaffinity(0, mine)
+    return mine
+
+
 def make_transport(engine: str, timeout_s: float) -> Transport:
     """The transport of this rank: "gloo" / "nccl" (torch.distributed) or "mpi" (mpi4py)."""
     if engine == "mpi":

@@ -21,7 +21,7 @@ from . import models
 from .calibrate import cached_calibration
 from .codebooks import Codebooks
 from .engine import AstraEngine, PhaseTimer
-from .launch import make_transport, rank_env
+from .launch import local_rank, make_transport, pin_cores, rank_env
 from .transport import PeerError
 
 EXIT_PEER_FAILED = 3
@@ -186,6 +186,7 @@ def summary(report: dict) -> str:
 def rank_main(cfg: RunConfig) -> None:
     """Entry point of one rank (spawned, torchrun or mpirun)."""
     torch.set_num_threads(cfg.threads)
+    pin_cores(local_rank(), cfg.threads)
     transport = make_transport(cfg.engine, cfg.timeout)
     try:
         report = measure(cfg, transport)

@@ -21,14 +21,17 @@ import torch
 
 from .. import models
 from ..calibrate import cached_calibration
-from ..launch import free_port
+from ..launch import free_port, pin_cores
 from ..links import NetnsLink, require_root
 from . import report
 from .config import BenchConfig, RankSpec
 
 
-def _single_latency(model, inputs, repeat: int) -> float:
+def _single_latency(model, inputs, repeat: int, threads: int) -> float:
+    """Median latency of the unmodified model on ``threads`` pinned cores (as rank 0 would run)."""
     adapter = models.adapt(model)
+    allowed = os.sched_getaffinity(0)
+    pin_cores(0, threads)
     with torch.no_grad():
         adapter.reference_forward(inputs)  # warm-up
         times = []
@@ -36,6 +39,7 @@ def _single_latency(model, inputs, repeat: int) -> float:
             start = time.perf_counter()
             adapter.reference_forward(inputs)
             times.append(time.perf_counter() - start)
+    os.sched_setaffinity(0, allowed)
     return statistics.median(times)
 
 
@@ -44,7 +48,7 @@ def _launch(spec: RankSpec, world: int, spec_path: str, link: NetnsLink | None) 
     port = 29500 if link is not None else free_port()
     procs = []
     for r in range(world):
-        env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+        env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                    MASTER_PORT=str(port), HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(spec.threads))
         if link is not None:
             env.update(MASTER_ADDR=link.address(0), GLOO_SOCKET_IFNAME=link.host_if(r))
@@ -73,7 +77,7 @@ def run(cfg: BenchConfig) -> list[dict]:
             single = None
             if "single" in cfg.methods or distributed:
                 print(f"[bench] {name}: single-device latency ({cfg.threads} thread(s))", flush=True)
-                single = _single_latency(model, inputs, cfg.repeat)
+                single = _single_latency(model, inputs, cfg.repeat, cfg.threads)
             books = {}
             if "astra" in cfg.methods:
                 for g in cfg.groups:

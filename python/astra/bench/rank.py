@@ -15,7 +15,7 @@ import torch
 from .. import baselines, models
 from ..codebooks import Codebooks
 from ..engine import AstraEngine, PhaseTimer
-from ..launch import make_transport
+from ..launch import local_rank, make_transport, pin_cores
 from ..links import NetnsLink, SimLinkTransport
 from ..transport import Transport
 from .config import RankSpec
@@ -119,6 +119,7 @@ def _measure(method, inputs, transport: Transport, link: _Link, spec: RankSpec, 
 def main(spec_path: str) -> None:
     spec = RankSpec.load(spec_path)
     torch.set_num_threads(spec.threads)
+    pin_cores(local_rank(), spec.threads)
     transport = make_transport("gloo", spec.timeout_s)
     if spec.link == "sim":
         transport = SimLinkTransport(transport, spec.bandwidths[0], latency_ms=spec.latency_ms, topology=spec.topology,
