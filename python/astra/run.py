@@ -58,7 +58,9 @@ def load_codebooks(model, cfg: RunConfig, verbose: bool) -> Codebooks:
     """From ``cfg.codebooks``, else calibrated (and cached) on random inputs of the run's shape."""
     if cfg.codebooks:
         return Codebooks.load(cfg.codebooks)
-    return cached_calibration(model, key=[cfg.model, cfg.size, cfg.layers, cfg.checkpoint], tokens=cfg.tokens,
+    # the model's positions (room to generate) change its random weights: part of the key
+    return cached_calibration(model, key=[cfg.model, cfg.size, cfg.layers, cfg.checkpoint, cfg.tokens + cfg.generate],
+                              tokens=cfg.tokens,
                               batch=cfg.batch, codebook_size=cfg.codebook_size, groups=cfg.groups,
                               iters=cfg.calibration_iters, seed=cfg.seed, progress=verbose)
 
@@ -74,7 +76,7 @@ def measure(cfg: RunConfig, transport) -> dict | None:
     rank, world = transport.rank, transport.world_size
     verbose = rank == 0
     model = models.build(cfg.model, cfg.size, tokens=cfg.tokens, layers=cfg.layers, checkpoint=cfg.checkpoint,
-                         seed=cfg.seed).to(cfg.device)
+                         seed=cfg.seed, positions=cfg.tokens + cfg.generate).to(cfg.device)
     inputs = models.example_inputs(model, cfg.tokens, cfg.batch, seed=cfg.seed).to(cfg.device)
     books = load_codebooks(model, cfg, verbose)
     engine = AstraEngine(model, books, remote=cfg.remote, backend=cfg.backend)

@@ -64,11 +64,12 @@ def describe(family: str, size: str, *, layers: int | None = None, checkpoint: s
 
 
 def build(family: str, size: str, *, tokens: int, layers: int | None = None, checkpoint: str | None = None,
-          seed: int = 0) -> torch.nn.Module:
+          seed: int = 0, positions: int | None = None) -> torch.nn.Module:
     """A GPT-2 or ViT model: from a local checkpoint directory, or random weights from a config.
 
-    ``tokens`` sets the sequence length (GPT-2 positions; ViT image side =
-    sqrt(tokens) * 16). Nothing is downloaded: HF_HUB_OFFLINE is forced on.
+    ``tokens`` sets the sequence length (ViT image side = sqrt(tokens) * 16);
+    GPT-2 gets max(1024, ``positions`` or ``tokens``) positions (room to
+    generate after the prompt). Nothing is downloaded: HF_HUB_OFFLINE is forced on.
     """
     os.environ["HF_HUB_OFFLINE"] = "1"
     import transformers
@@ -82,7 +83,7 @@ def build(family: str, size: str, *, tokens: int, layers: int | None = None, che
     heads = dict((d, h) for _, d, h in (*GPT2_SIZES.values(), *VIT_SIZES.values()))[dim]
     torch.manual_seed(seed)
     if family == "gpt2":
-        cfg = transformers.GPT2Config(n_layer=n_layer, n_embd=dim, n_head=heads, n_positions=max(1024, tokens))
+        cfg = transformers.GPT2Config(n_layer=n_layer, n_embd=dim, n_head=heads, n_positions=max(1024, positions or tokens))
         return transformers.GPT2LMHeadModel(cfg).eval()
     side = int(round(tokens**0.5))
     if side * side != tokens:
