@@ -146,9 +146,7 @@ def _op_fn(op: str, remote: int, groups: int):
     plan.tables()  # built once per layer, like the runtime (unused when it dequantizes)
 
     def runtime_plan():
-        out, lse = ak.attention(q, k_local, v_local, causal=True, backend="cpu")
-        r_out, r_lse = plan.attend(q, codes, "cpu")
-        return ak.merge_attention(out, lse, r_out, r_lse)[0]
+        return plan.attend(q, k_local, v_local, codes, causal=True, backend="cpu")
     return runtime_plan
 
 

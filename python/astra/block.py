@@ -1,16 +1,18 @@
 """The arithmetic of one ASTRA block on one rank, in three phases.
 
     encode   z = attention input of the local tokens; codes = VQ(z)      (then: post the exchange)
-    local    q, k, v of local tokens; attention partial over them     (overlaps the exchange)
-    finish   attention partial over remote tokens (from their codes), merge, output projection, MLP
+    project  q, k, v of the local tokens                                 (overlaps the exchange)
+    finish   one attention over the local keys (full precision) and the remote tokens (from their
+             codes, after the wait), output projection, MLP
 
-The distributed runtime and the single-process simulation call exactly these
-functions, in the same order and with the same shapes, so the simulation is
-an exact oracle for the distributed run.
+The codes are tiny (a few KB per block even at 10 Mbps), so the QKV
+projection alone hides their transfer; one fused attention call over both
+segments then costs less than two partials and a merge. The distributed
+runtime and the single-process simulation call exactly these functions, in
+the same order and with the same shapes, so the simulation is an exact
+oracle for the distributed run.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -38,22 +40,6 @@ def attention_input(block: BlockWeights, h: torch.Tensor) -> torch.Tensor:
     return block.norm1(h) if block.norm_first else h
 
 
-@dataclass
-class LocalPartial:
-    q: torch.Tensor  # (B, H, T, d)
-    k: torch.Tensor  # (B, Hkv, T, d)
-    v: torch.Tensor
-    out: torch.Tensor  # (B, H, T, d)
-    lse: torch.Tensor  # (B, H, T)
-
-
-def encode(block: BlockWeights, codebook: torch.Tensor, h: torch.Tensor, class_tokens: int, backend: str | None):
-    """h (B, C + T, D) -> z (B, C + T, D) and codes (B, T, G) of the T non-class tokens."""
-    z = attention_input(block, h)
-    codes, _ = ak.vq_encode(z[:, class_tokens:], codebook, backend=backend)
-    return z, codes
-
-
 def project(block: BlockWeights, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """z (B, T, D) -> q (B, H, T, d), k and v (B, Hkv, T, d)."""
     hd, kvd = block.heads * block.head_dim, block.kv_heads * block.head_dim
@@ -61,21 +47,18 @@ def project(block: BlockWeights, z: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return split_heads(q, block.heads), split_heads(k, block.kv_heads), split_heads(v, block.kv_heads)
 
 
-def local(block: BlockWeights, z: torch.Tensor, causal: bool, backend: str | None) -> LocalPartial:
-    """Projections of the local tokens and their full-precision attention partial."""
+def local(block: BlockWeights, z: torch.Tensor, causal: bool, backend: str | None) -> torch.Tensor:
+    """Full-precision attention among the tokens of ``z`` only (no remote segment): (B, H, T, d)."""
     q, k, v = project(block, z)
-    out, lse = ak.attention(q, k, v, causal=causal, backend=backend)
-    return LocalPartial(q, k, v, out, lse)
+    return ak.attention(q, k, v, causal=causal, backend=backend)[0]
 
 
-def finish(block: BlockWeights, h: torch.Tensor, part: LocalPartial, plan: RemotePlan,
-           remote_codes: torch.Tensor | None, backend: str | None) -> torch.Tensor:
-    """Merge in the remote partial (if any remote tokens), then output projection and MLP."""
-    out = part.out
-    if remote_codes is not None and remote_codes.shape[1] > 0:
-        r_out, r_lse = plan.attend(part.q, remote_codes, backend)
-        out, _ = ak.merge_attention(out, part.lse, r_out, r_lse)
-    return residual(block, h, out)
+def attend(plan: RemotePlan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, remote_codes: torch.Tensor | None,
+           causal: bool, backend: str | None) -> torch.Tensor:
+    """Attention of the local queries over the remote tokens (if any) then the local keys: (B, H, T, d)."""
+    if remote_codes is None or remote_codes.shape[1] == 0:
+        return ak.attention(q, k, v, causal=causal, backend=backend)[0]
+    return plan.attend(q, k, v, remote_codes, causal, backend)
 
 
 def residual(block: BlockWeights, h: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:

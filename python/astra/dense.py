@@ -28,5 +28,5 @@ def dense_forward(adapter: ModelAdapter, inputs: torch.Tensor, *, backend: str |
         z = B.attention_input(bw, h)
         if collect is not None:
             collect[i].append(z[:, c:])
-        h = B.residual(bw, h, B.local(bw, z, adapter.causal, backend).out)
+        h = B.residual(bw, h, B.local(bw, z, adapter.causal, backend))
     return adapter.class_outputs(h[:, 0]) if c else adapter.token_outputs(h)

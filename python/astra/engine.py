@@ -112,7 +112,10 @@ class AstraEngine:
         with timer("embed"):
             h = self._embed(inputs, layout, rank)
         batch = h.shape[0]
-        for i, (bw, plan) in enumerate(zip(self.adapter.blocks, self.plans)):
+        blocks = self.adapter.blocks
+        sizes = {s: self.payload_bytes(batch, layout.size(s)) for s in srcs}
+        transport.prepost(sizes, "block0")
+        for i, (bw, plan) in enumerate(zip(blocks, self.plans)):
             handle = None
             with timer("encode"):
                 z = B.attention_input(bw, h)
@@ -121,23 +124,24 @@ class AstraEngine:
                     codes, _ = ak.vq_encode(z[:, c:], self.codebooks.tensors[i], backend=self.backend)
                     payload = ak.pack_codes(codes, bits, backend=self.backend)
             if dests or srcs:
-                sizes = {s: self.payload_bytes(batch, layout.size(s)) for s in srcs}
                 handle = transport.exchange(payload, dests, sizes, tag=f"block{i}")
-            with timer("local"):
-                part = B.local(bw, z, self.causal, self.backend)
+            with timer("project"):
+                q, k, v = B.project(bw, z)
             remote_codes = None
             if handle is not None:
                 with timer("wait"):
                     parts = handle.wait()
+                # the next block's receives, posted before computing: its codes flow meanwhile
+                if i + 1 < len(blocks):
+                    transport.prepost(sizes, f"block{i + 1}")
                 if srcs:
                     shapes = [(batch, layout.size(s), self.codebooks.groups) for s in srcs]
-                    remote_codes = torch.cat(
-                        [ak.unpack_codes(parts[s], bits, shape, backend=self.backend) for s, shape in zip(srcs, shapes)], dim=1
-                    )
+                    remote_codes = torch.cat([ak.unpack_codes(parts[s].to(h.device), bits, shape, backend=self.backend)
+                                              for s, shape in zip(srcs, shapes)], dim=1)
             with timer("finish"):
                 if cache is not None:
-                    self._record(cache, plan, part, remote_codes)
-                h = B.finish(bw, h, part, plan, remote_codes, self.backend)
+                    self._record(cache, plan, k, v, remote_codes)
+                h = B.residual(bw, h, B.attend(plan, q, k, v, remote_codes, self.causal, self.backend))
         with timer("head"):
             if not c:
                 return self.adapter.token_outputs(h)
@@ -147,8 +151,7 @@ class AstraEngine:
             return self.adapter.class_outputs(torch.stack(states).mean(0).to(h.dtype))
 
     @staticmethod
-    def _record(cache: KVCache, plan: RemotePlan, part: B.LocalPartial, remote_codes) -> None:
-        k, v = part.k, part.v
+    def _record(cache: KVCache, plan: RemotePlan, k: torch.Tensor, v: torch.Tensor, remote_codes) -> None:
         if remote_codes is not None and remote_codes.shape[1] > 0:
             rk, rv = plan.remote_kv(remote_codes)  # remote tokens precede the local ones
             k, v = torch.cat([rk, k], dim=2), torch.cat([rv, v], dim=2)
@@ -176,11 +179,12 @@ class AstraEngine:
                 for r in range(world_size)
                 if layout.destinations(r)
             }
-            parts = [B.local(bw, z, self.causal, self.backend) for z in zs]
+            projections = [B.project(bw, z) for z in zs]
             for r in range(world_size):
                 srcs = layout.sources(r)
                 remote = torch.cat([codes[s] for s in srcs], dim=1) if srcs else None
-                hs[r] = B.finish(bw, hs[r], parts[r], plan, remote, self.backend)
+                out = B.attend(plan, *projections[r], remote, self.causal, self.backend)
+                hs[r] = B.residual(bw, hs[r], out)
         if not c:
             return [self.adapter.token_outputs(h) for h in hs]
         pooled = torch.stack([h[:, 0].float() for h in hs]).mean(0).to(hs[0].dtype)

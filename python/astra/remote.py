@@ -61,9 +61,10 @@ class RemotePlan:
         return x.reshape(x.shape[0], x.shape[1], self.block.kv_heads, self.block.head_dim).transpose(1, 2)
 
     def _dequantized_kv(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode the codes and project them with W_k and W_v (one GEMM): each (B, Hkv, Tr, d)."""
         b = self.block
-        x_hat = ak.vq_decode(codes, self.codebook)
-        return self._heads(F.linear(x_hat, b.w_k, b.b_k)), self._heads(F.linear(x_hat, b.w_v, b.b_v))
+        kv = F.linear(ak.vq_decode(codes, self.codebook), b.w_kv, b.b_kv)
+        return tuple(self._heads(t) for t in kv.split(b.kv_heads * b.head_dim, dim=-1))
 
     def remote_kv(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Materialized remote keys/values (B, Hkv, Tr, d), e.g. for a decoding KV cache."""
@@ -73,11 +74,16 @@ class RemotePlan:
         return (self._heads(reference.gather_tables(codes, k_table)),
                 self._heads(reference.gather_tables(codes, v_table)))
 
-    def attend(self, q: torch.Tensor, codes: torch.Tensor, backend: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """q (B, H, Tq, d), codes (B, Tr, G) -> attention partial (out, lse) over the remote tokens."""
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, codes: torch.Tensor, causal: bool,
+               backend: str | None) -> torch.Tensor:
+        """One attention of q (B, H, T, d) over the remote tokens (codes (B, Tr, G)) and then the
+        local keys k, v (B, Hkv, T, d) of the same T tokens as q: (B, H, T, d)."""
         how = self.choose(q.shape[0], q.shape[2], codes.shape[1], backend)
         if how == "dequantize":
-            return ak.attention(q, *self._dequantized_kv(codes), backend=backend)
+            rk, rv = self._dequantized_kv(codes)
+            # remote keys first: with Tq = Tl the causal alignment leaves them all visible
+            return ak.attention(q, torch.cat([rk, k], dim=2), torch.cat([rv, v], dim=2), causal=causal,
+                                backend=backend)[0]
         k_table, v_table = self.tables()
-        empty = q.new_empty((q.shape[0], self.block.kv_heads, 0, self.block.head_dim))
-        return ak.mixed_precision_attention(q, empty, empty, codes, k_table, v_table, strategy=how, backend=backend)
+        return ak.mixed_precision_attention(q, k, v, codes, k_table, v_table, causal=causal, strategy=how,
+                                            backend=backend)[0]

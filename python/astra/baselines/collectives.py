@@ -21,10 +21,17 @@ def ring_allreduce(x: torch.Tensor, transport: Transport, tag: str) -> torch.Ten
     chunks = list(flat.tensor_split(n))
     right, left = (r + 1) % n, (r - 1) % n
 
+    def nbytes(idx: int) -> int:
+        return chunks[idx].numel() * chunks[idx].element_size()
+
+    # every step's receive is posted up front, so each neighbour's chunk can flow as soon as it is sent
+    for s in range(n - 1):
+        transport.prepost({left: nbytes((r - s - 1) % n)}, f"{tag}/rs{s}")
+        transport.prepost({left: nbytes((r - s) % n)}, f"{tag}/ag{s}")
+
     def step(send_idx: int, recv_idx: int, name: str) -> torch.Tensor:
         payload = chunks[send_idx].contiguous().view(torch.uint8)
-        size = chunks[recv_idx].numel() * chunks[recv_idx].element_size()
-        got = transport.exchange(payload, [right], {left: size}, f"{tag}/{name}").wait()[left]
+        got = transport.exchange(payload, [right], {left: nbytes(recv_idx)}, f"{tag}/{name}").wait()[left]
         return got.view(flat.dtype)
 
     for s in range(n - 1):  # reduce-scatter: chunk (r - s - 1) accumulates along the ring

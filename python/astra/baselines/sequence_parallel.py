@@ -58,10 +58,17 @@ class SequenceParallel:
             if a.class_tokens and rank == 0:
                 h = torch.cat([a.class_token(h.shape[0]).to(h.dtype), h], dim=1)
         batch, elem = h.shape[0], torch.finfo(self.wire_dtype).bits // 8
-        for i, bw in enumerate(a.blocks):
+        blocks = a.blocks
+
+        def sizes_of(bw):
+            width = bw.dim if self.mode == "x" else 2 * bw.kv_heads * bw.head_dim
+            return {s: batch * self._tokens(layout, s) * width * elem for s in srcs}
+
+        transport.prepost(sizes_of(blocks[0]), "block0")
+        for i, bw in enumerate(blocks):
             kvd = bw.kv_heads * bw.head_dim
             width = bw.dim if self.mode == "x" else 2 * kvd
-            sizes = {s: batch * self._tokens(layout, s) * width * elem for s in srcs}
+            sizes = sizes_of(bw)
             with timer("local"):
                 z = B.attention_input(bw, h)
                 q, k, v = B.project(bw, z)
@@ -72,6 +79,8 @@ class SequenceParallel:
             if handle is not None:
                 with timer("wait"):
                     parts = handle.wait()
+                if i + 1 < len(blocks):  # as in ASTRA: the next receives are posted before computing
+                    transport.prepost(sizes_of(blocks[i + 1]), f"block{i + 1}")
             with timer("finish"):
                 if srcs:
                     remote = torch.cat(

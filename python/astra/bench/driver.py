@@ -1,46 +1,30 @@
 """``astra bench``: latency of ASTRA and the baselines vs link bandwidth.
 
-For every model the driver measures the single-device latency itself (the
-unmodified model, one thread), calibrates ASTRA's codebooks (cached), then for
+For every model the driver calibrates ASTRA's codebooks (cached), then for
 every (devices, link) starts the ranks (inside network namespaces for
-``netns``), which sweep bandwidths x methods and report rows. It writes JSON,
-a Markdown table and a PNG plot, and prints a fitted projection to more
-devices than this machine can run.
+``netns``), which sweep bandwidths x methods and report rows. The
+single-device baseline (the unmodified model on one pinned core) is measured
+by rank 0 inside the same sweep, at every bandwidth, so each speed-up is a
+ratio of two measurements taken minutes apart at most, under the same machine
+state. It writes JSON, a Markdown table and a PNG plot, and prints a fitted
+projection to more devices than this machine can run.
 """
 from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 
 from .. import models
 from ..calibrate import cached_calibration
-from ..launch import free_port, pin_cores
+from ..launch import free_port
 from ..links import NetnsLink, require_root
 from . import report
 from .config import BenchConfig, RankSpec
-
-
-def _single_latency(model, inputs, repeat: int, threads: int) -> float:
-    """Median latency of the unmodified model on ``threads`` pinned cores (as rank 0 would run)."""
-    adapter = models.adapt(model)
-    allowed = os.sched_getaffinity(0)
-    pin_cores(0, threads)
-    with torch.no_grad():
-        adapter.reference_forward(inputs)  # warm-up
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            adapter.reference_forward(inputs)
-            times.append(time.perf_counter() - start)
-    os.sched_setaffinity(0, allowed)
-    return statistics.median(times)
 
 
 def _launch(spec: RankSpec, world: int, spec_path: str, link: NetnsLink | None) -> None:
@@ -67,17 +51,14 @@ def run(cfg: BenchConfig) -> list[dict]:
         require_root()
     torch.set_num_threads(cfg.threads)
     distributed = [m for m in cfg.methods if m != "single"]
+    if not distributed or not any(n > 1 for n in cfg.devices):
+        raise ValueError("nothing to compare: give at least one distributed method and --devices >= 2")
     rows: list[dict] = []
     work = tempfile.mkdtemp(prefix="astra-bench-")
     for family in cfg.models:
         for size in cfg.sizes:
             model = models.build(family, size, tokens=cfg.tokens, layers=cfg.layers, seed=cfg.seed)
-            inputs = models.example_inputs(model, cfg.tokens, 1, seed=cfg.seed)
             name = f"{family}-{size}"
-            single = None
-            if "single" in cfg.methods or distributed:
-                print(f"[bench] {name}: single-device latency ({cfg.threads} thread(s))", flush=True)
-                single = _single_latency(model, inputs, cfg.repeat, cfg.threads)
             books = {}
             if "astra" in cfg.methods:
                 for g in cfg.groups:
@@ -89,18 +70,21 @@ def run(cfg: BenchConfig) -> list[dict]:
             del model
             for link_mode in cfg.links:
                 bws = [None] if link_mode == "real" else sorted(cfg.bandwidths, reverse=True)
-                if single is not None and "single" in cfg.methods:
-                    rows += [{"model": name, "method": "single", "devices": 1, "groups": None, "bandwidth_mbps": bw,
-                              "link": link_mode, "topology": cfg.topology, "tokens": cfg.tokens, "latency_s": single,
-                              "bytes_on_wire": 0, "comm_wait_s": 0.0, "compute_s": single} for bw in bws]
                 for n in cfg.devices:
-                    if n < 2 or not distributed:
-                        continue
-                    rows += _run_setting(cfg, family, size, n, link_mode, bws, distributed, books, work)
-            for r in rows:
-                if r["model"] == name and single is not None:
-                    r["speedup_vs_single"] = single / r["latency_s"]
+                    if n > 1:
+                        rows += _run_setting(cfg, family, size, n, link_mode, bws, distributed, books, work)
+    _speedups(rows)
+    if "single" not in cfg.methods:
+        rows = [r for r in rows if r["method"] != "single"]
     return rows
+
+
+def _speedups(rows: list[dict]) -> None:
+    """speedup_vs_single of every row: against the single-device run of the same sweep and bandwidth."""
+    single = {(r["model"], r["link"], r["setting_devices"], r["bandwidth_mbps"]): r["latency_s"]
+              for r in rows if r["method"] == "single"}
+    for r in rows:
+        r["speedup_vs_single"] = single[(r["model"], r["link"], r["setting_devices"], r["bandwidth_mbps"])] / r["latency_s"]
 
 
 def _run_setting(cfg, family, size, n, link_mode, bws, methods, books, work) -> list[dict]:

@@ -23,8 +23,20 @@ from .config import RankSpec
 PROBE_SECONDS = 0.5  # bulk transfer per netns rate probe, at the configured rate
 
 
+class SingleDevice:
+    """The baseline, measured inside the sweep so that it shares the machine's state with the
+    other methods: rank 0 runs the unmodified model on its one pinned core, the others wait idle."""
+
+    def __init__(self, model):
+        self.adapter = models.adapt(model)
+
+    @torch.no_grad()
+    def run_rank(self, inputs, transport: Transport, *, timer=None):
+        return self.adapter.reference_forward(inputs) if transport.rank == 0 else None
+
+
 def _methods(spec: RankSpec, model) -> list[tuple[str, int | None, object]]:
-    out = []
+    out = [("single", None, SingleDevice(model))]
     for name in spec.methods:
         if name == "astra":
             for g in spec.groups:
@@ -151,7 +163,8 @@ def main(spec_path: str) -> None:
             row = _measure(method, inputs, transport, link, spec, f"{name}/{groups}/{bw}")
             if rank0:
                 rows.append({
-                    "model": f"{spec.model}-{spec.size}", "method": name, "devices": transport.world_size,
+                    "model": f"{spec.model}-{spec.size}", "method": name,
+                    "devices": 1 if name == "single" else transport.world_size, "setting_devices": transport.world_size,
                     "groups": groups, "bandwidth_mbps": bw, "link": spec.link, "topology": spec.topology,
                     "tokens": spec.tokens, "layers": len(models.adapt(model).blocks), **row, **probe,
                 })

@@ -12,7 +12,8 @@ def _label(row: dict) -> str:
 
 
 def _setting(row: dict) -> tuple:
-    return row["model"], row["devices"], row["link"], row.get("topology", "star")
+    """(model, devices of the sweep, link, topology): single-device rows belong to the sweep that measured them."""
+    return row["model"], row.get("setting_devices", row["devices"]), row["link"], row.get("topology", "star")
 
 
 def markdown(rows: list[dict]) -> str:
@@ -51,7 +52,7 @@ def plot(rows: list[dict], path: str) -> str:
     import matplotlib.pyplot as plt
 
     measured = [r for r in rows if not r.get("projected") and r["bandwidth_mbps"] is not None]
-    settings = sorted({_setting(r) for r in measured if r["devices"] > 1}, key=lambda s: tuple(map(str, s)))
+    settings = sorted({_setting(r) for r in measured}, key=lambda s: tuple(map(str, s)))
     if not settings:
         raise ValueError("no shaped rows to plot")
     cols = min(2, len(settings))
@@ -61,8 +62,7 @@ def plot(rows: list[dict], path: str) -> str:
         model, n, link, topo = setting
         lines = defaultdict(list)
         for r in measured:
-            same = _setting(r) == setting or (r["method"] == "single" and (r["model"], r["link"]) == (model, link))
-            if same:
+            if _setting(r) == setting:
                 lines[_label(r)].append((r["bandwidth_mbps"], r["latency_s"]))
         for label, pts in sorted(lines.items()):
             pts.sort()
@@ -97,7 +97,11 @@ def project(rows: list[dict], devices=(4, 8)) -> list[dict]:
     bandwidths by least squares; bytes per rank scale as 2 (N - 1) / N from N = 2
     (every method here); c grows with the number of ring steps.
     """
-    single = {(r["model"], r["link"]): r["latency_s"] for r in rows if r["method"] == "single"}
+    singles = defaultdict(list)
+    for r in rows:
+        if r["method"] == "single":
+            singles[(r["model"], r["link"])].append(r["latency_s"])
+    single = {key: float(np.median(v)) for key, v in singles.items()}
     fits = defaultdict(list)
     for r in rows:
         if r["method"] != "single" and r["devices"] == 2 and r["bandwidth_mbps"] and not r.get("projected"):

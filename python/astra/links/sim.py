@@ -104,7 +104,12 @@ class SimLinkTransport(Transport):
     def seconds(self, nbytes: int) -> float:
         return 8.0 * nbytes / self.rate_bps * (self.medium_factor if self.topology == "shared" else 1.0)
 
-    def _post(self, payload, send_to, recv_sizes, record: ExchangeRecord, timeout_s: float) -> Handle:
+    def _post_receives(self, recv_sizes: dict[int, int], tag: str):
+        self.inner.prepost({src: size + self.header_bytes for src, size in recv_sizes.items()}, tag)
+        return recv_sizes
+
+    def _post(self, payload, send_to, receives, record: ExchangeRecord, timeout_s: float) -> Handle:
+        recv_sizes = receives or {}
         due = torch.zeros(self.world_size, dtype=torch.float64)
         for dst in send_to:
             tx = self.seconds(payload.numel())
@@ -116,7 +121,7 @@ class SimLinkTransport(Transport):
                 due[dst] = self._uplink_free
         framed = torch.cat([due.view(torch.uint8), payload.cpu()])
         sizes = {src: size + self.header_bytes for src, size in recv_sizes.items()}
-        inner = self.inner.exchange(framed, send_to, sizes, record.tag, timeout_s)
+        inner = self.inner.exchange(framed, send_to, sizes, record.tag, timeout_s)  # uses the preposted receives
         return _SimHandle(self, record, timeout_s, inner, recv_sizes)
 
     def close(self) -> None:

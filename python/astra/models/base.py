@@ -75,6 +75,15 @@ class BlockWeights:
         return self._slice(self.w_qkv, "v")
 
     @property
+    def w_kv(self) -> torch.Tensor:
+        """(2 * Hkv*d, D): the K and V rows of w_qkv, one GEMM for both."""
+        return self.w_qkv[self.heads * self.head_dim:]
+
+    @property
+    def b_kv(self) -> torch.Tensor | None:
+        return None if self.b_qkv is None else self.b_qkv[self.heads * self.head_dim:]
+
+    @property
     def b_k(self) -> torch.Tensor | None:
         return self._slice(self.b_qkv, "k")
 

@@ -6,6 +6,12 @@ transport posts the sends and receives of one exchange at once and returns a
 Every exchange is accounted (bytes put on the wire and received, per peer),
 and every wait has a timeout: a dead or hung peer raises :class:`PeerError`
 naming the peer and the exchange (block) instead of hanging.
+
+Receives can be posted ahead of their exchange (:meth:`Transport.prepost`).
+That matters for overlap: gloo, for one, moves a message only after the
+receiver's "ready" notice has reached the sender, and a rank busy computing
+serves those notices late; posting the next block's receives before computing
+lets the codes flow while both ranks compute.
 """
 from __future__ import annotations
 
@@ -95,6 +101,14 @@ class Transport(ABC):
             raise ValueError(f"timeout must be positive, got {timeout_s}")
         self.rank, self.world_size, self.timeout_s = rank, world_size, timeout_s
         self.stats = TransportStats()
+        self._preposted: dict[str, tuple[dict[int, int], object]] = {}
+
+    def prepost(self, recv_sizes: dict[int, int], tag: str) -> None:
+        """Post now the receives of the later exchange ``tag`` (same sources and sizes)."""
+        if tag in self._preposted:
+            raise ValueError(f"rank {self.rank}: receives for exchange '{tag}' are already posted")
+        if recv_sizes:
+            self._preposted[tag] = (dict(recv_sizes), self._post_receives(dict(recv_sizes), tag))
 
     def exchange(
         self, payload: torch.Tensor, send_to: list[int], recv_sizes: dict[int, int], tag: str,
@@ -116,7 +130,14 @@ class Transport(ABC):
             posted_at=time.perf_counter(),
         )
         self.stats.records.append(record)
-        return self._post(payload, list(send_to), dict(recv_sizes), record, timeout_s or self.timeout_s)
+        receives = None
+        if tag in self._preposted:
+            posted_sizes, receives = self._preposted.pop(tag)
+            if posted_sizes != recv_sizes:
+                raise ValueError(f"rank {self.rank}: exchange '{tag}' expects {recv_sizes} but {posted_sizes} were preposted")
+        elif recv_sizes:
+            receives = self._post_receives(dict(recv_sizes), tag)
+        return self._post(payload, list(send_to), receives, record, timeout_s or self.timeout_s)
 
     def allgather(self, payload: torch.Tensor, sizes: list[int], tag: str,
                   timeout_s: float | None = None) -> dict[int, torch.Tensor]:
@@ -138,7 +159,12 @@ class Transport(ABC):
         return [obj if r == self.rank else json.loads(bytes(parts[r].tolist()).decode()) for r in range(self.world_size)]
 
     @abstractmethod
-    def _post(self, payload, send_to, recv_sizes, record: ExchangeRecord, timeout_s: float) -> Handle: ...
+    def _post_receives(self, recv_sizes: dict[int, int], tag: str):
+        """Start receiving ``recv_sizes[src]`` bytes from each source; returns the engine's receive state."""
+
+    @abstractmethod
+    def _post(self, payload, send_to, receives, record: ExchangeRecord, timeout_s: float) -> Handle:
+        """Start the sends; ``receives`` is what :meth:`_post_receives` returned (None: nothing to receive)."""
 
     def close(self) -> None:
         """Release the engine's resources (idempotent)."""

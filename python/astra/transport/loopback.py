@@ -58,7 +58,10 @@ class LoopbackTransport(Transport):
         super().__init__(rank, hub.world_size, timeout_s)
         self.hub = hub
 
-    def _post(self, payload, send_to, recv_sizes, record: ExchangeRecord, timeout_s: float) -> Handle:
+    def _post_receives(self, recv_sizes: dict[int, int], tag: str):
+        return recv_sizes  # the mailbox holds messages until they are read
+
+    def _post(self, payload, send_to, receives, record: ExchangeRecord, timeout_s: float) -> Handle:
         for dst in send_to:
             self.hub.box(record.tag, self.rank, dst).put(payload.clone())
-        return _LoopbackHandle(self, record, timeout_s, recv_sizes)
+        return _LoopbackHandle(self, record, timeout_s, receives or {})

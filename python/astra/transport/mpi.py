@@ -54,14 +54,16 @@ class MPITransport(Transport):
         self._comm = MPI.COMM_WORLD
         super().__init__(self._comm.Get_rank(), self._comm.Get_size(), timeout_s)
 
-    def _post(self, payload, send_to, recv_sizes, record: ExchangeRecord, timeout_s: float) -> Handle:
-        tag = _tag_number(record.tag)
-        data = np.ascontiguousarray(payload.cpu().numpy())
-        sends = {dst: self._comm.Isend(data, dest=dst, tag=tag) for dst in send_to}
+    def _post_receives(self, recv_sizes: dict[int, int], tag: str):
         recvs = {}
         for src, size in recv_sizes.items():
             buf = np.empty(size, dtype=np.uint8)
-            recvs[src] = (self._comm.Irecv(buf, source=src, tag=tag), buf)
-        handle = _MPIHandle(self, record, timeout_s, sends, recvs)
+            recvs[src] = (self._comm.Irecv(buf, source=src, tag=_tag_number(tag)), buf)
+        return recvs
+
+    def _post(self, payload, send_to, receives, record: ExchangeRecord, timeout_s: float) -> Handle:
+        data = np.ascontiguousarray(payload.cpu().numpy())
+        sends = {dst: self._comm.Isend(data, dest=dst, tag=_tag_number(record.tag)) for dst in send_to}
+        handle = _MPIHandle(self, record, timeout_s, sends, receives or {})
         handle._keepalive = data  # the send buffer must outlive the requests
         return handle

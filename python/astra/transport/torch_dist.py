@@ -72,15 +72,17 @@ class TorchDistTransport(Transport):
         self.engine = backend
         self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
 
-    def _post(self, payload, send_to, recv_sizes, record: ExchangeRecord, timeout_s: float) -> Handle:
-        tag = _tag_number(record.tag)
-        payload = payload.to(self.device)
-        sends = {dst: dist.isend(payload, dst, tag=tag) for dst in send_to}
+    def _post_receives(self, recv_sizes: dict[int, int], tag: str):
         recvs = {}
         for src, size in recv_sizes.items():
             buf = torch.empty(size, dtype=torch.uint8, device=self.device)
-            recvs[src] = (dist.irecv(buf, src, tag=tag), buf)
-        return _TorchHandle(self, record, timeout_s, sends, recvs)
+            recvs[src] = (dist.irecv(buf, src, tag=_tag_number(tag)), buf)
+        return recvs
+
+    def _post(self, payload, send_to, receives, record: ExchangeRecord, timeout_s: float) -> Handle:
+        payload = payload.to(self.device)
+        sends = {dst: dist.isend(payload, dst, tag=_tag_number(record.tag)) for dst in send_to}
+        return _TorchHandle(self, record, timeout_s, sends, receives or {})
 
     def close(self) -> None:
         if dist.is_initialized():
