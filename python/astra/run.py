@@ -21,7 +21,7 @@ from . import models
 from .calibrate import cached_calibration
 from .codebooks import Codebooks
 from .engine import AstraEngine, PhaseTimer
-from .launch import local_rank, make_transport, pin_cores, rank_env
+from .launch import keep_freed_memory, local_rank, make_transport, pin_cores, rank_env
 from .transport import PeerError
 
 EXIT_PEER_FAILED = 3
@@ -188,8 +188,9 @@ def summary(report: dict) -> str:
 def rank_main(cfg: RunConfig) -> None:
     """Entry point of one rank (spawned, torchrun or mpirun)."""
     torch.set_num_threads(cfg.threads)
-    pin_cores(local_rank(), cfg.threads)
+    keep_freed_memory()
     transport = make_transport(cfg.engine, cfg.timeout)
+    pin_cores(local_rank(), cfg.threads)  # after the transport: its I/O threads stay free to run anywhere
     try:
         report = measure(cfg, transport)
     except PeerError as exc:

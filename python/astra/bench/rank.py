@@ -15,7 +15,7 @@ import torch
 from .. import baselines, models
 from ..codebooks import Codebooks
 from ..engine import AstraEngine, PhaseTimer
-from ..launch import local_rank, make_transport, pin_cores
+from ..launch import keep_freed_memory, local_rank, make_transport, pin_cores
 from ..links import NetnsLink, SimLinkTransport
 from ..transport import Transport
 from .config import RankSpec
@@ -131,8 +131,9 @@ def _measure(method, inputs, transport: Transport, link: _Link, spec: RankSpec, 
 def main(spec_path: str) -> None:
     spec = RankSpec.load(spec_path)
     torch.set_num_threads(spec.threads)
-    pin_cores(local_rank(), spec.threads)
+    keep_freed_memory()
     transport = make_transport("gloo", spec.timeout_s)
+    pin_cores(local_rank(), spec.threads)  # after the transport: its I/O threads stay free to run anywhere
     if spec.link == "sim":
         transport = SimLinkTransport(transport, spec.bandwidths[0], latency_ms=spec.latency_ms, topology=spec.topology,
                                      medium_path=spec.medium_path)
