@@ -69,6 +69,47 @@ def test_gpt2_two_ranks_mpi(tmp_path):
     _check_bytes(report, causal=True)
 
 
+PARALLELIZE_SCRIPT = r"""
+import sys, torch
+sys.path.insert(0, {tests!r})
+import astra
+from astra.launch import spawn_local
+from runtime_helpers import hf_gpt2
+
+def rank(out_dir):
+    torch.set_num_threads(1)
+    model = hf_gpt2(layers=2)
+    x = torch.randint(0, 97, (2, 21), generator=torch.Generator().manual_seed(1))
+    books = astra.calibrate(model, [x], 16, 4, progress=False)
+    with astra.parallelize(model, books, engine="gloo", timeout_s=30.0) as par:
+        torch.save(par(x), f"{{out_dir}}/rank{{par.rank}}.pt")
+
+if __name__ == "__main__":
+    print(spawn_local(3, rank, (sys.argv[1],)))
+"""
+
+
+def test_parallelize_wraps_an_unmodified_hf_model_for_each_rank(tmp_path):
+    """The user-facing API in a launched job: every rank's logits equal its part of the simulation."""
+    import torch
+    from runtime_helpers import hf_gpt2
+
+    import astra
+
+    script = tmp_path / "par.py"
+    script.write_text(PARALLELIZE_SCRIPT.format(tests=os.path.dirname(__file__)))
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, env=ENV,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("[0, 0, 0]"), proc.stdout + proc.stderr
+    model = hf_gpt2(layers=2)
+    x = torch.randint(0, 97, (2, 21), generator=torch.Generator().manual_seed(1))
+    want = astra.AstraEngine(model, astra.calibrate(model, [x], 16, 4, progress=False)).simulate(x, 3)
+    for r in range(3):
+        got = torch.load(tmp_path / f"rank{r}.pt")
+        assert got.shape == (2, 7, 97)
+        assert torch.equal(got, want[r])
+
+
 KILL_SCRIPT = r"""
 import os, sys, time, torch
 sys.path.insert(0, {tests!r})

@@ -9,14 +9,16 @@ tokens are attended through codebook lookups (Mixed-Precision Attention).
     >>> engine = astra.AstraEngine(model, books)
     >>> logits = engine.forward(inputs, world_size=4)        # single-process simulation
     >>> # on each of N processes (torchrun / mpirun / astra run --devices N):
-    >>> par = astra.parallelize(model, books, engine="gloo")
-    >>> local_logits = par(inputs)
+    >>> with astra.parallelize(model, books, engine="gloo") as par:
+    ...     local_logits = par(inputs)
 """
 from .calibrate import calibrate
 from .codebooks import Codebooks
 from .engine import AstraEngine, KVCache, PhaseTimer
 from .models import TinyTransformer, adapt
+from .parallel import ParallelModel, parallelize
 from .partition import Layout
 from .transport import PeerError
 
-__all__ = ["AstraEngine", "Codebooks", "KVCache", "Layout", "PeerError", "PhaseTimer", "TinyTransformer", "adapt", "calibrate"]
+__all__ = ["AstraEngine", "Codebooks", "KVCache", "Layout", "ParallelModel", "PeerError", "PhaseTimer", "TinyTransformer", "adapt", "calibrate",
+           "parallelize"]

@@ -32,6 +32,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codebooks", default=d.codebooks, help="codebook file (default: k-means calibration, cached)")
     p.add_argument("--remote", choices=["auto", "tokens", "codewords", "dequantize"], default=d.remote,
                    help="how remote tokens are attended (auto: cost model)")
+    p.add_argument("--table-budget-mib", type=float, default=d.table_budget_mib, help="MiB per layer for the projected K/V codebook tables; over it, remote tokens are dequantized and projected instead")
     p.add_argument("--backend", choices=["reference", "cpu", "triton", "cuda"], default=d.backend)
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds before a silent peer is an error")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -88,6 +89,7 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", type=_csv(str), default=d.methods, help=",".join(d.methods))
     p.add_argument("--groups", type=_csv(int), default=d.groups, help="ASTRA VQ groups G")
     p.add_argument("--codebook-size", type=int, default=d.codebook_size)
+    p.add_argument("--table-budget-mib", type=float, default=d.table_budget_mib, help="MiB per layer for the projected K/V codebook tables; over it, remote tokens are dequantized and projected instead")
     p.add_argument("--topology", choices=["star", "shared"], default=d.topology)
     p.add_argument("--latency-ms", type=float, default=d.latency_ms, help="sim: per-message latency")
     p.add_argument("--repeat", type=int, default=d.repeat)
@@ -114,7 +116,8 @@ def _bench(args: argparse.Namespace) -> int:
         cfgs.append(BenchConfig(
             models=[model], sizes=sizes or [DEFAULT_SIZE[model]], tokens=args.tokens, layers=args.layers,
             devices=args.devices, bandwidths=args.bandwidth, links=args.link, methods=args.methods, groups=args.groups,
-            codebook_size=args.codebook_size, topology=args.topology, latency_ms=args.latency_ms, repeat=args.repeat,
+            codebook_size=args.codebook_size, table_budget_mib=args.table_budget_mib,
+            topology=args.topology, latency_ms=args.latency_ms, repeat=args.repeat,
             point_budget_s=args.point_budget, threads=args.threads, seed=args.seed, net_name=args.net_name,
             json=args.json, markdown=args.markdown, plot=args.plot,
         ))
@@ -182,10 +185,10 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _demo() -> int:
-    from .links import NetnsError, require_root
+    from .links import NetnsError, require_netns
 
     try:
-        require_root()
+        require_netns()
         link = "netns"
     except NetnsError as exc:
         print(f"astra demo: {exc}; using simulated links", flush=True)

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from astra_kernels import cost_model
+
 from . import models
 from .calibrate import cached_calibration
 from .codebooks import Codebooks
@@ -47,6 +49,7 @@ class RunConfig:
     checkpoint: str | None = None
     codebooks: str | None = None
     remote: str = "auto"
+    table_budget_mib: float = cost_model.TABLE_BUDGET_BYTES / 2**20
     backend: str | None = None
     timeout: float = 60.0
     seed: int = 0
@@ -79,7 +82,8 @@ def measure(cfg: RunConfig, transport) -> dict | None:
                          seed=cfg.seed, positions=cfg.tokens + cfg.generate).to(cfg.device)
     inputs = models.example_inputs(model, cfg.tokens, cfg.batch, seed=cfg.seed).to(cfg.device)
     books = load_codebooks(model, cfg, verbose)
-    engine = AstraEngine(model, books, remote=cfg.remote, backend=cfg.backend)
+    engine = AstraEngine(model, books, remote=cfg.remote, backend=cfg.backend,
+                         table_budget_bytes=int(cfg.table_budget_mib * 2**20))
     layout = engine.layout(inputs, world)
 
     for _ in range(cfg.warmup):
@@ -125,8 +129,7 @@ def measure(cfg: RunConfig, transport) -> dict | None:
         "model_dim": engine.adapter.dim,
         "blocks": len(engine.adapter.blocks),
         "bits_per_code": books.bits,
-        "remote_strategy": sorted({p.choose(cfg.batch, layout.size(world - 1), cfg.tokens - layout.size(world - 1), cfg.backend)
-                                   for p in engine.plans}),
+        "remote_strategy": engine.remote_strategies(inputs, world),
         "latency_s": statistics.median(per_run),
         "latency_runs_s": per_run,
         "tokens_per_rank": [r["tokens"] for r in everyone],
@@ -216,6 +219,8 @@ def check_config(cfg: RunConfig) -> None:
         raise ValueError(f"--repeat must be >= 1, got {cfg.repeat}")
     if cfg.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {cfg.threads}")
+    if cfg.table_budget_mib < 0:
+        raise ValueError(f"--table-budget-mib must be >= 0, got {cfg.table_budget_mib}")
     if cfg.model == "vit" and round(cfg.tokens**0.5) ** 2 != cfg.tokens:
         raise ValueError(f"ViT needs a square number of patch tokens (an image of side sqrt(T)*16), got {cfg.tokens}")
     blocks, dim = models.describe(cfg.model, cfg.size, layers=cfg.layers, checkpoint=cfg.checkpoint)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from astra_kernels.cost_model import TABLE_BUDGET_BYTES
+
 METHODS = ("astra", "single", "sp_fp32", "sp_fp16", "kv_sp", "tp")
 BANDWIDTHS_MBPS = (10, 20, 50, 100, 500, 1000)
 
@@ -20,6 +22,7 @@ class BenchConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     groups: list[int] = field(default_factory=lambda: [1, 16, 32])
     codebook_size: int = 1024
+    table_budget_mib: float = TABLE_BUDGET_BYTES / 2**20  # per layer, K and V tables together
     engine: str = "gloo"
     topology: str = "star"  # sim and netns: star (full duplex) or shared (one medium)
     latency_ms: float = 0.0  # sim only: per-message latency
@@ -46,6 +49,8 @@ class BenchConfig:
             raise ValueError(f"devices must be >= 1, got {self.devices}")
         if self.topology not in ("star", "shared"):
             raise ValueError(f"topology must be star or shared, got {self.topology!r}")
+        if self.table_budget_mib < 0:
+            raise ValueError(f"table budget must be >= 0 MiB, got {self.table_budget_mib}")
         if self.repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {self.repeat}")
 
@@ -63,6 +68,7 @@ class RankSpec:
     methods: list[str]  # distributed methods only; "astra" expanded by groups
     groups: list[int]
     codebooks: dict[str, str]  # str(G) -> codebook file
+    table_budget_bytes: int
     bandwidths: list[float | None]  # None: unshaped (real link)
     link: str
     topology: str

@@ -22,7 +22,7 @@ import torch
 from .. import models
 from ..calibrate import cached_calibration
 from ..launch import free_port
-from ..links import NetnsLink, require_root
+from ..links import NetnsLink, require_netns
 from . import report
 from .config import BenchConfig, RankSpec
 
@@ -48,31 +48,31 @@ def _launch(spec: RankSpec, world: int, spec_path: str, link: NetnsLink | None) 
 def run(cfg: BenchConfig) -> list[dict]:
     cfg.validate()
     if "netns" in cfg.links:
-        require_root()
+        require_netns()
     torch.set_num_threads(cfg.threads)
     distributed = [m for m in cfg.methods if m != "single"]
     if not distributed or not any(n > 1 for n in cfg.devices):
         raise ValueError("nothing to compare: give at least one distributed method and --devices >= 2")
     rows: list[dict] = []
-    work = tempfile.mkdtemp(prefix="astra-bench-")
-    for family in cfg.models:
-        for size in cfg.sizes:
-            model = models.build(family, size, tokens=cfg.tokens, layers=cfg.layers, seed=cfg.seed)
-            name = f"{family}-{size}"
-            books = {}
-            if "astra" in cfg.methods:
-                for g in cfg.groups:
-                    print(f"[bench] {name}: codebooks K={cfg.codebook_size} G={g}", flush=True)
-                    cb = cached_calibration(model, key=[family, size, cfg.layers, None], tokens=cfg.tokens, batch=1,
-                                            codebook_size=cfg.codebook_size, groups=g, iters=cfg.calibration_iters,
-                                            seed=cfg.seed, progress=True)
-                    books[str(g)] = cb.save(os.path.join(work, f"{name}-G{g}.safetensors"))
-            del model
-            for link_mode in cfg.links:
-                bws = [None] if link_mode == "real" else sorted(cfg.bandwidths, reverse=True)
-                for n in cfg.devices:
-                    if n > 1:
-                        rows += _run_setting(cfg, family, size, n, link_mode, bws, distributed, books, work)
+    with tempfile.TemporaryDirectory(prefix="astra-bench-") as work:  # specs, codebook copies, rows
+        for family in cfg.models:
+            for size in cfg.sizes:
+                model = models.build(family, size, tokens=cfg.tokens, layers=cfg.layers, seed=cfg.seed)
+                name = f"{family}-{size}"
+                books = {}
+                if "astra" in cfg.methods:
+                    for g in cfg.groups:
+                        print(f"[bench] {name}: codebooks K={cfg.codebook_size} G={g}", flush=True)
+                        cb = cached_calibration(model, key=[family, size, cfg.layers, None], tokens=cfg.tokens, batch=1,
+                                                codebook_size=cfg.codebook_size, groups=g, iters=cfg.calibration_iters,
+                                                seed=cfg.seed, progress=True)
+                        books[str(g)] = cb.save(os.path.join(work, f"{name}-G{g}.safetensors"))
+                del model
+                for link_mode in cfg.links:
+                    bws = [None] if link_mode == "real" else sorted(cfg.bandwidths, reverse=True)
+                    for n in cfg.devices:
+                        if n > 1:
+                            rows += _run_setting(cfg, family, size, n, link_mode, bws, distributed, books, work)
     _speedups(rows)
     if "single" not in cfg.methods:
         rows = [r for r in rows if r["method"] != "single"]
@@ -88,14 +88,12 @@ def _speedups(rows: list[dict]) -> None:
 
 
 def _run_setting(cfg, family, size, n, link_mode, bws, methods, books, work) -> list[dict]:
-    link = None
-    if link_mode == "netns":
-        link = NetnsLink(cfg.net_name, n, shared=cfg.topology == "shared")
-        link.up(bws[0])
+    link = NetnsLink(cfg.net_name, n, shared=cfg.topology == "shared") if link_mode == "netns" else None
     rows_path = os.path.join(work, f"rows-{family}-{size}-{n}-{link_mode}.json")
     spec = RankSpec(
         model=family, size=size, tokens=cfg.tokens, layers=cfg.layers, seed=cfg.seed, threads=cfg.threads,
-        methods=methods, groups=cfg.groups, codebooks=books, bandwidths=bws, link=link_mode, topology=cfg.topology,
+        methods=methods, groups=cfg.groups, codebooks=books,
+        table_budget_bytes=int(cfg.table_budget_mib * 2**20), bandwidths=bws, link=link_mode, topology=cfg.topology,
         latency_ms=cfg.latency_ms, net_name=cfg.net_name, net_ranks=n, repeat=cfg.repeat,
         point_budget_s=cfg.point_budget_s, timeout_s=max(600.0, 4 * cfg.point_budget_s),
         medium_path=os.path.join(work, f"medium-{n}") if cfg.topology == "shared" else None, rows_path=rows_path,
@@ -105,6 +103,8 @@ def _run_setting(cfg, family, size, n, link_mode, bws, methods, books, work) -> 
     print(f"[bench] {family}-{size}: {n} ranks on {link_mode} links ({cfg.topology}), "
           f"bandwidths {[b for b in bws]} Mbps, methods {methods}", flush=True)
     try:
+        if link is not None:
+            link.up(bws[0])
         _launch(spec, n, spec_path, link)
     finally:
         if link is not None:

@@ -40,7 +40,8 @@ def _methods(spec: RankSpec, model) -> list[tuple[str, int | None, object]]:
     for name in spec.methods:
         if name == "astra":
             for g in spec.groups:
-                out.append(("astra", g, AstraEngine(model, Codebooks.load(spec.codebooks[str(g)]))))
+                out.append(("astra", g, AstraEngine(model, Codebooks.load(spec.codebooks[str(g)]),
+                                                      table_budget_bytes=spec.table_budget_bytes)))
         else:
             out.append((name, None, baselines.build(name, model)))
     return out
@@ -170,6 +171,8 @@ def main(spec_path: str) -> None:
                     "groups": groups, "bandwidth_mbps": bw, "link": spec.link, "topology": spec.topology,
                     "tokens": spec.tokens, "layers": len(models.adapt(model).blocks), **row, **probe,
                 })
+                if name == "astra":
+                    rows[-1]["remote_strategy"] = method.remote_strategies(inputs, transport.world_size)
                 bar.update()
     if rank0:
         bar.close()

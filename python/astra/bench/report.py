@@ -8,7 +8,8 @@ import numpy as np
 
 
 def _label(row: dict) -> str:
-    return row["method"] + (f" G={row['groups']}" if row.get("groups") is not None else "")
+    label = row["method"] + (f" G={row['groups']}" if row.get("groups") is not None else "")
+    return label + (f" ({'/'.join(row['remote_strategy'])})" if row.get("remote_strategy") else "")
 
 
 def _setting(row: dict) -> tuple:
@@ -115,7 +116,8 @@ def project(rows: list[dict], devices=(4, 8)) -> list[dict]:
         b = max(0.0, 2 * compute2 - s)
         x = np.array([max(r["bytes_sent_per_rank"]) * 8 / (r["bandwidth_mbps"] * 1e6) for r in items])
         y = np.array([r["comm_wait_s"] for r in items])
-        slope, intercept = (np.polyfit(x, y, 1) if len(items) > 1 and np.ptp(x) > 0 else (1.0, float(y.mean())))
+        # one bandwidth: assume eta = 1 and read the fixed cost c off the measured wait minus the wire time
+        slope, intercept = (np.polyfit(x, y, 1) if len(items) > 1 and np.ptp(x) > 0 else (1.0, float((y - x).mean())))
         slope, intercept = max(float(slope), 0.0), max(float(intercept), 0.0)
         bytes2 = float(np.median([max(r["bytes_sent_per_rank"]) for r in items]))
         for n in devices:

@@ -33,13 +33,20 @@ def _run(*cmd: str, check: bool = True) -> str:
     return proc.stdout
 
 
-def require_root() -> None:
-    """Refuse clearly when namespaces cannot be created here."""
+def require_netns() -> None:
+    """Refuse clearly when namespaces cannot be created here: not root, no iproute2, or no CAP_NET_ADMIN
+    (a root shell in a container often lacks it, so a throwaway namespace is really created and deleted)."""
     if os.geteuid() != 0:
         raise NetnsError("netns links need root (network namespaces, veth and tc); use --link sim or run as root")
     for tool in ("ip", "tc"):
         if shutil.which(tool) is None:
             raise NetnsError(f"netns links need `{tool}` (Debian package iproute2)")
+    probe = f"astra-probe-{os.getpid()}"
+    try:
+        _run("ip", "netns", "add", probe)
+    except NetnsError as exc:
+        raise NetnsError(f"netns links need the right to create network namespaces (CAP_NET_ADMIN): {exc}") from None
+    _run("ip", "netns", "del", probe, check=False)
 
 
 def burst_bytes(rate_mbps: float) -> int:
@@ -92,9 +99,18 @@ class NetnsLink:
 
     # lifecycle ---------------------------------------------------------------
     def up(self, rate_mbps: float) -> None:
-        """Create the namespaces, links and shaping (replacing a previous link of this name)."""
-        require_root()
+        """Create the namespaces, links and shaping (replacing a previous link of this name).
+
+        A failure part-way removes what was created before it is raised."""
+        require_netns()
         self.down()
+        try:
+            self._create(rate_mbps)
+        except BaseException:
+            self.down()
+            raise
+
+    def _create(self, rate_mbps: float) -> None:
         sw = self.switch
         _run("ip", "netns", "add", sw)
         _run("ip", "-n", sw, "link", "add", f"{self.name}br", "type", "bridge")
@@ -147,6 +163,9 @@ class NetnsLink:
         for ns in listed:
             if re.fullmatch(rf"{re.escape(self.name)}-r\d+", ns):
                 _run("ip", "netns", "del", ns, check=False)
+        # a veth pair still in the host namespace (a creation interrupted before it was moved)
+        for r in range(self.ranks):
+            _run("ip", "link", "del", self.host_if(r), check=False)
 
     # measurement -------------------------------------------------------------
     def sent_bytes(self) -> dict[str, int]:

@@ -51,6 +51,10 @@ class SharedMedium:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         return end
 
+    def close(self) -> None:
+        self._map.close()
+        os.close(self._fd)
+
 
 class _SimHandle(Handle):
     def __init__(self, link: "SimLinkTransport", record, timeout_s, inner, recv_sizes):
@@ -84,14 +88,15 @@ class SimLinkTransport(Transport):
     def __init__(self, inner: Transport, rate_mbps: float, *, latency_ms: float = 0.0, topology: str = "star",
                  medium_factor: float = 1.0, medium_path: str | None = None):
         super().__init__(inner.rank, inner.world_size, inner.timeout_s)
-        if rate_mbps <= 0:
-            raise ValueError(f"link rate must be positive, got {rate_mbps} Mbps")
         if topology not in TOPOLOGIES:
             raise ValueError(f"topology must be one of {', '.join(TOPOLOGIES)}, got {topology!r}")
         if topology == "shared" and medium_path is None:
             raise ValueError("the shared topology needs medium_path, a file every rank of this machine can open")
+        if medium_factor <= 0:
+            raise ValueError(f"medium_factor must be positive, got {medium_factor}")
         self.inner, self.engine = inner, f"{inner.engine}+sim"
-        self.rate_bps, self.latency_s, self.topology = rate_mbps * 1e6, latency_ms * 1e-3, topology
+        self.set_rate(rate_mbps)
+        self.latency_s, self.topology = latency_ms * 1e-3, topology
         self.medium_factor = medium_factor
         self.header_bytes = 8 * inner.world_size
         self._uplink_free = 0.0
@@ -99,6 +104,8 @@ class SimLinkTransport(Transport):
         self._medium = SharedMedium(medium_path) if topology == "shared" else None
 
     def set_rate(self, rate_mbps: float) -> None:
+        if not rate_mbps > 0:
+            raise ValueError(f"link rate must be positive, got {rate_mbps} Mbps")
         self.rate_bps = rate_mbps * 1e6
 
     def seconds(self, nbytes: int) -> float:
@@ -125,4 +132,6 @@ class SimLinkTransport(Transport):
         return _SimHandle(self, record, timeout_s, inner, recv_sizes)
 
     def close(self) -> None:
+        if self._medium is not None:
+            self._medium.close()
         self.inner.close()

@@ -1,0 +1,73 @@
+"""``astra.parallelize``: one rank's handle on an ASTRA-parallel model.
+
+Run the same script on every rank (``torchrun``, ``mpirun`` or ``astra run``
+spawn them); each calls ``parallelize`` with the same model weights and
+codebooks, then calls the result on the *whole* batch. Every rank embeds only
+its own chunk of the sequence and exchanges VQ codes with the others.
+
+    par = astra.parallelize(model, books, engine="gloo")
+    with par:
+        logits = par(input_ids)          # this rank's positions (B, T_r, V), or class logits (B, C)
+"""
+from __future__ import annotations
+
+import torch
+
+from astra_kernels import cost_model
+
+from .codebooks import Codebooks
+from .engine import AstraEngine
+from .launch import make_transport
+from .transport import Transport
+
+
+class ParallelModel:
+    """An :class:`AstraEngine` bound to this rank's transport."""
+
+    def __init__(self, engine: AstraEngine, transport: Transport):
+        self.engine, self.transport = engine, transport
+
+    @property
+    def rank(self) -> int:
+        return self.transport.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.transport.world_size
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``inputs``: token ids (B, T) or pixels (B, C, H, W), the same on every rank."""
+        return self.engine.run_rank(inputs, self.transport)
+
+    def generate(self, inputs: torch.Tensor, steps: int):
+        """Distributed prefill, then ``steps`` greedy tokens on the last rank (see :func:`astra.generate.generate`)."""
+        from .generate import generate
+
+        return generate(self.engine, inputs, self.transport, steps)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> "ParallelModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def parallelize(model: torch.nn.Module, codebooks: Codebooks, *, engine: str = "gloo", timeout_s: float = 60.0,
+                remote: str = "auto", backend: str | None = None,
+                table_budget_bytes: int = cost_model.TABLE_BUDGET_BYTES,
+                transport: Transport | None = None) -> ParallelModel:
+    """Wrap an unmodified model for this rank of an N-process job.
+
+    Args:
+        model: GPT2LMHeadModel, ViTForImageClassification or TinyTransformer.
+        codebooks: one (G, K, D/G) codebook per block (``astra.calibrate`` or ``Codebooks.load``).
+        engine: "gloo", "nccl" or "mpi"; the launcher's environment names rank and world size.
+        timeout_s: a silent peer becomes a :class:`astra.PeerError` after this long.
+        transport: an already created transport (then ``engine``/``timeout_s`` are unused).
+    """
+    astra_engine = AstraEngine(model, codebooks, remote=remote, backend=backend,
+                               table_budget_bytes=table_budget_bytes)
+    return ParallelModel(astra_engine, transport if transport is not None else make_transport(engine, timeout_s))
