@@ -18,9 +18,13 @@ Three formulations compute the same attention (exactly, in exact arithmetic):
     K = 1024, D = 768), so it is the only sane choice for large G.
 
 Costs are counted in multiply-adds of fp32 work per call, with memory-bound
-steps converted by a factor: ``GATHER_COST`` multiply-adds per gathered table
-element (L2-resident table rows are about as cheap as an FMA stream, larger
-tables cost more: see ``_gather_cost``). The kernels call
+steps converted by a factor: ``GATHER_COST_*`` multiply-adds per gathered table
+element. Cache-resident table rows cost about one FMA; rows streamed from
+tables larger than the caches cost ~16 (measured on ViT-Base, 12 blocks at
+G = 16 and 32: the token gather matched, then lost to, one projection GEMM).
+The fused kernels gather the remote tile once per tile of ``QUERY_TILE_ROWS``
+query rows (all heads of a KV group together), so the gather is counted once
+per query tile. The kernels call
 :func:`attention_strategy`; the runtime calls :func:`remote_plan`, which also
 weighs the table memory against ``table_budget_bytes``.
 """
@@ -30,7 +34,9 @@ from dataclasses import dataclass
 
 # Multiply-adds charged per table element gathered: cache-resident vs streamed from memory.
 GATHER_COST_CACHED = 1.0
-GATHER_COST_STREAMED = 4.0
+GATHER_COST_STREAMED = 16.0
+# Query rows (queries x heads per KV head) that share one gathered remote tile (the C++ kernel's task).
+QUERY_TILE_ROWS = 256
 # Tables larger than this stream from memory (a generous per-core L2 + share of L3).
 CACHE_BYTES = 8 << 20
 # Default per-layer budget for the two projected tables (K and V), fp32.
@@ -63,12 +69,19 @@ def _gather_cost(s: RemoteShape) -> float:
     return GATHER_COST_CACHED if s.table_bytes <= CACHE_BYTES else GATHER_COST_STREAMED
 
 
+def query_tiles(s: RemoteShape) -> int:
+    """How many times the fused kernels gather each remote token: once per tile of query rows."""
+    per_tile = max(1, QUERY_TILE_ROWS // (s.heads // s.kv_heads))
+    return max(1, -(-s.queries // per_tile))
+
+
 def costs(s: RemoteShape) -> dict[str, float]:
     """Estimated multiply-adds of each formulation (codewords only when G = 1)."""
     per_key = 2 * s.batch * s.heads * s.queries * s.head_dim  # q.k and p.v for one key, all queries
     kv_width = 2 * s.kv_heads * s.head_dim  # K and V elements per remote token
+    gathered = query_tiles(s) * s.batch * s.remote * s.groups * kv_width
     out = {
-        "tokens": per_key * s.remote + _gather_cost(s) * s.batch * s.remote * s.groups * kv_width,
+        "tokens": per_key * s.remote + _gather_cost(s) * gathered,
         "dequantize": per_key * s.remote
         + s.batch * s.remote * s.model_dim * kv_width  # projection GEMM
         + GATHER_COST_CACHED * s.batch * s.remote * s.model_dim,  # decode

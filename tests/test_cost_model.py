@@ -1,0 +1,102 @@
+"""The cost model that picks how remote tokens are attended: its documented properties and measured choices."""
+import math
+
+import pytest
+import torch
+from runtime_helpers import tiny_lm
+
+import astra
+from astra_kernels import cost_model as cm
+
+
+def shape(**kw):
+    base = dict(batch=1, heads=12, kv_heads=12, head_dim=64, queries=256, remote=768, groups=1, codebook_size=1024,
+                model_dim=768, skips_unused=False)
+    return cm.RemoteShape(**{**base, **kw})
+
+
+def test_table_bytes_are_two_fp32_tables_per_layer():
+    s = shape(groups=32)
+    assert s.table_bytes == 2 * 32 * 1024 * 768 * 4
+    assert shape(groups=32, elem_bytes=2).table_bytes == s.table_bytes // 2
+
+
+@pytest.mark.parametrize("heads,kv_heads,queries,want", [(12, 12, 256, 1), (12, 12, 257, 2), (12, 12, 513, 3),
+                                                         (32, 8, 64, 1), (32, 8, 65, 2), (8, 8, 1, 1)])
+def test_query_tiles_follow_the_kernel_task_size(heads, kv_heads, queries, want):
+    """A tile holds QUERY_TILE_ROWS query rows, the query heads of one KV head counted together."""
+    assert cm.query_tiles(shape(heads=heads, kv_heads=kv_heads, queries=queries)) == want
+
+
+def test_codeword_cost_does_not_grow_with_remote_tokens_unless_unused_codes_are_skipped():
+    short, long = shape(remote=2048), shape(remote=1 << 20)
+    tokens_short, tokens_long = cm.costs(short)["tokens"], cm.costs(long)["tokens"]
+    assert tokens_long > 400 * tokens_short  # linear in Tr
+    # only the histogram grows (one add per remote token)
+    assert cm.costs(long)["codewords"] - cm.costs(short)["codewords"] == pytest.approx(long.remote - short.remote)
+    # skipping unused codes: cost grows with the expected number of distinct codes, capped at K
+    few = shape(remote=16, skips_unused=True)
+    many = shape(remote=1 << 20, skips_unused=True)
+    assert cm.costs(few)["codewords"] < cm.costs(shape(remote=16))["codewords"] / 10
+    assert cm.costs(many)["codewords"] == pytest.approx(cm.costs(shape(remote=1 << 20))["codewords"], rel=1e-6)
+
+
+def test_codewords_only_for_one_group():
+    assert "codewords" in cm.costs(shape(groups=1))
+    for g in (2, 16, 32):
+        s = shape(groups=g, remote=1 << 16)
+        assert "codewords" not in cm.costs(s)
+        assert cm.attention_strategy(s) == "tokens"
+        assert cm.remote_plan(s, table_budget_bytes=1 << 40) != "codewords"
+
+
+def test_over_budget_tables_force_dequantize_and_the_cheapest_wins_within_budget():
+    s = shape(groups=32)
+    assert cm.remote_plan(s, table_budget_bytes=s.table_bytes - 1) == "dequantize"
+    c = cm.costs(s)
+    assert cm.remote_plan(s, table_budget_bytes=s.table_bytes) == min(c, key=c.get)
+
+
+@pytest.mark.parametrize(
+    "kw,budget,want",
+    [
+        # issue-3 paper shape: codewords at G = 1 (tables 6 MiB fit the default budget)
+        (dict(groups=1, skips_unused=True), cm.TABLE_BUDGET_BYTES, "codewords"),
+        # long context, G = 1: codewords whatever the kernel
+        (dict(groups=1, remote=16384), cm.TABLE_BUDGET_BYTES, "codewords"),
+        # G = 32, Tq = 256, Tr = 768 with the tables allowed: the fused token gather (measured 18.3 vs 21.3 ms)
+        (dict(groups=32), 1 << 30, "tokens"),
+        # ViT-Base N = 2 blocks (Tq = 513, Tr = 512), G = 32 with tables allowed: the projection GEMM (measured
+        # 1.15 s vs 1.31 s for the whole model on one core per rank)
+        (dict(groups=32, queries=513, remote=512), 1 << 30, "dequantize"),
+        # the default budget keeps 192 MiB of tables out
+        (dict(groups=32), cm.TABLE_BUDGET_BYTES, "dequantize"),
+    ],
+)
+def test_measured_choices(kw, budget, want):
+    assert cm.remote_plan(shape(**kw), budget) == want
+
+
+def test_streamed_tables_cost_more_per_gathered_element():
+    small, big = shape(groups=1), shape(groups=32)
+    assert small.table_bytes <= cm.CACHE_BYTES < big.table_bytes
+    per_element = {}
+    for s in (small, big):
+        no_gather = 2 * s.batch * s.heads * s.queries * s.head_dim * s.remote
+        gathered = cm.query_tiles(s) * s.batch * s.remote * s.groups * 2 * s.kv_heads * s.head_dim
+        per_element[s.groups] = (cm.costs(s)["tokens"] - no_gather) / gathered
+    assert per_element == {1: cm.GATHER_COST_CACHED, 32: cm.GATHER_COST_STREAMED}
+
+
+def test_the_engine_reports_what_its_blocks_pick_and_honours_the_budget():
+    model = tiny_lm()
+    x = torch.randint(0, 50, (1, 40), generator=torch.Generator().manual_seed(0))
+    books = astra.calibrate(model, [x], 16, 4, progress=False)
+    assert astra.AstraEngine(model, books, table_budget_bytes=0).remote_strategies(x, 2) == ["dequantize"]
+    roomy = astra.AstraEngine(model, books, table_budget_bytes=1 << 30)
+    plan = roomy.plans[0]
+    layout = roomy.layout(x, 2)
+    s = plan.shape(1, layout.size(1), layout.tokens - layout.size(1))
+    c = cm.costs(s)
+    assert roomy.remote_strategies(x, 2) == [min(c, key=c.get)]
+    assert math.isfinite(c["tokens"]) and c["tokens"] > 0
