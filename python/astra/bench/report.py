@@ -27,8 +27,9 @@ def markdown(rows: list[dict]) -> str:
     for (model, n, link, topo), items in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         out.append(f"### {model}, N = {n}, link {link} ({topo})\n")
         netns = link == "netns"
-        head = "| bandwidth (Mbps) | method | latency (s) | speedup vs single | bytes on wire | comm wait (s) |"
-        sep = "|---:|---|---:|---:|---:|---:|"
+        head = ("| bandwidth (Mbps) | method | latency (s) | speedup vs single | bytes on wire | compute (s) "
+                "| comm wait (s) |")
+        sep = "|---:|---|---:|---:|---:|---:|---:|"
         if netns:
             head += " achieved L2 (Mbps) |"
             sep += "---:|"
@@ -37,7 +38,8 @@ def markdown(rows: list[dict]) -> str:
         for r in items:
             bw = "unshaped" if r["bandwidth_mbps"] is None else f"{r['bandwidth_mbps']:g}"
             line = (f"| {bw} | {_label(r)} | {r['latency_s']:.3f} | {r.get('speedup_vs_single', float('nan')):.2f}x | "
-                    f"{r.get('bytes_on_wire', 0):,.0f} | {r.get('comm_wait_s', 0.0):.3f} |")
+                    f"{r.get('bytes_on_wire', 0):,.0f} | {r.get('compute_s', r['latency_s']):.3f} | "
+                    f"{r.get('comm_wait_s', 0.0):.3f} |")
             if netns:
                 line += f" {r['achieved_mbps']:.2f} |" if "achieved_mbps" in r else " |"
             out.append(line)
