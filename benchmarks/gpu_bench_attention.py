@@ -35,22 +35,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from gpu_common import add_speedups, describe_device, require_gpu, time_ms  # noqa: E402 (this script's folder)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-# Dense peaks by card-name substring: HBM TB/s, 16-bit tensor-core TFLOP/s. First match wins.
-ROOFLINES = (
-    ("H200", {"card": "H200", "tb_s": 4.8, "tflops_16bit": 989.0}),
-    ("H100 PCIe", {"card": "H100 PCIe", "tb_s": 2.0, "tflops_16bit": 756.0}),
-    ("H100", {"card": "H100 SXM", "tb_s": 3.35, "tflops_16bit": 989.0}),
-)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,26 +77,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if any(g < 1 for g in args.groups):
         p.error("--groups must be >= 1")
     return args
-
-
-def require_gpu() -> None:
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        sys.exit("gpu_bench_attention.py: TRITON_INTERPRET is set; unset it, this benchmark times compiled kernels "
-                 "on a GPU")
-    if not torch.cuda.is_available():
-        sys.exit("gpu_bench_attention.py: no CUDA GPU available (torch.cuda.is_available() is False); "
-                 "run this benchmark on an H100/H200 machine")
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        sys.exit("gpu_bench_attention.py: the 'triton' package is not installed")
-
-
-def roofline(device_name: str) -> dict | None:
-    for key, peaks in ROOFLINES:
-        if key in device_name:
-            return peaks
-    return None
 
 
 def make_inputs(b, h, hkv, d, tq, tl, tr, g, k, dtype, gen) -> dict:
@@ -229,16 +202,6 @@ def check_ours(a: dict, causal: bool, scale: float) -> list:
     return results
 
 
-def time_ms(fn, rep_ms: int) -> tuple[float, float, float]:
-    """(median, p20, p80) in ms; the first call (compilation) happens before timing."""
-    import triton.testing
-
-    fn()
-    torch.cuda.synchronize()
-    med, lo, hi = triton.testing.do_bench(fn, warmup=25, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
-    return med, lo, hi
-
-
 def min_bytes(b, h, hkv, d, tq, tl, tr, g, k, size: int) -> int:
     """DRAM bytes any implementation must move: read q, local K/V, codes, tables; write out and lse."""
     return (b * h * tq * d * size + 2 * b * hkv * tl * d * size + b * tr * g * 4 + 2 * g * k * hkv * d * size
@@ -265,11 +228,10 @@ def run_case(impls: dict, attended: dict, nbytes: int, peaks: dict | None, commo
             row["pct_hbm_peak"] = 100.0 * row["gb_s"] / (peaks["tb_s"] * 1e3)
             row["roofline_ms"] = max(nbytes / (peaks["tb_s"] * 1e9), flops / (peaks["tflops_16bit"] * 1e9))
         rows.append(row)
-    base = {r["impl"]: r["ms"] for r in rows if "ms" in r}
+    add_speedups(rows)
     for row in rows:
         if "ms" not in row:
             continue
-        row["speedup_vs"] = {b: t / row["ms"] for b, t in base.items() if b.startswith("torch_") and b != row["impl"]}
         peak_txt = ""
         if peaks:
             peak_txt = (f" {row['pct_compute_peak']:5.1f}% peak  {row['gb_s']:7.1f} GB/s ({row['pct_hbm_peak']:4.1f}%)"
@@ -281,14 +243,11 @@ def run_case(impls: dict, attended: dict, nbytes: int, peaks: dict | None, commo
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    require_gpu()
+    require_gpu("gpu_bench_attention.py")
     import triton
 
     device = torch.device("cuda")
-    name = torch.cuda.get_device_name(device)
-    peaks = roofline(name)
-    print(f"device {name}; roofline {peaks or 'unknown card: no roofline'}; "
-          f"torch {torch.__version__}, triton {triton.__version__}")
+    name, peaks = describe_device(device)
     dtype = DTYPES[args.dtype]
     size = torch.tensor([], dtype=dtype).element_size()
     b, h, d, tq, tl, tr, k = args.batch, args.heads, args.d, args.tq, args.tl, args.tr, args.k

@@ -24,23 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from gpu_common import add_speedups, describe_device, require_gpu, time_ms  # noqa: E402 (this script's folder)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-# Dense peaks by card-name substring: HBM TB/s, 16-bit tensor-core TFLOP/s, fp32 CUDA-core TFLOP/s
-# (our fp32 encode runs exact-fp32 FMAs, not TF32). First match wins: "H100 PCIe" before "H100".
-ROOFLINES = (
-    ("H200", {"card": "H200", "tb_s": 4.8, "tflops_16bit": 989.0, "tflops_fp32": 67.0}),
-    ("H100 PCIe", {"card": "H100 PCIe", "tb_s": 2.0, "tflops_16bit": 756.0, "tflops_fp32": 51.0}),
-    ("H100", {"card": "H100 SXM", "tb_s": 3.35, "tflops_16bit": 989.0, "tflops_fp32": 67.0}),
-)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,25 +49,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         if g < 1 or args.d % g:
             p.error(f"D={args.d} is not divisible by G={g}")
     return args
-
-
-def require_gpu() -> None:
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        sys.exit("gpu_bench_vq.py: TRITON_INTERPRET is set; unset it, this benchmark times compiled kernels on a GPU")
-    if not torch.cuda.is_available():
-        sys.exit("gpu_bench_vq.py: no CUDA GPU available (torch.cuda.is_available() is False); "
-                 "run this benchmark on an H100/H200 machine")
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        sys.exit("gpu_bench_vq.py: the 'triton' package is not installed")
-
-
-def roofline(device_name: str) -> dict | None:
-    for key, peaks in ROOFLINES:
-        if key in device_name:
-            return peaks
-    return None
 
 
 def our_backends() -> dict:
@@ -146,16 +119,6 @@ def check_ours(x: torch.Tensor, cb: torch.Tensor, codes_ref: torch.Tensor, sqdis
     return checks
 
 
-def time_ms(fn, rep_ms: int) -> tuple[float, float, float]:
-    """(median, p20, p80) in ms; the first call (compilation) happens before timing."""
-    import triton.testing
-
-    fn()
-    torch.cuda.synchronize()
-    med, lo, hi = triton.testing.do_bench(fn, warmup=25, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
-    return med, lo, hi
-
-
 def run_case(op: str, impls: dict, flops: float, nbytes: float, peaks: dict | None, peak_tflops_key: str,
              common: dict, rep_ms: int) -> list:
     rows = []
@@ -179,12 +142,10 @@ def run_case(op: str, impls: dict, flops: float, nbytes: float, peaks: dict | No
                 roof_ms = max(roof_ms, flops / (peaks[peak_tflops_key] * 1e9))
             row["roofline_ms"] = roof_ms
         rows.append(row)
-    base = {r["impl"]: r["ms"] for r in rows if "ms" in r}
+    add_speedups(rows)
     for row in rows:
         if "ms" not in row:
             continue
-        row["speedup_vs"] = {b: t / row["ms"] for b, t in base.items()
-                             if b.startswith("torch_") and b != row["impl"]}
         flops_txt = f"{row['tflop_s']:8.1f} TFLOP/s" if row["tflop_s"] is not None else " " * 16
         peak_txt = ""
         if peaks:
@@ -197,16 +158,13 @@ def run_case(op: str, impls: dict, flops: float, nbytes: float, peaks: dict | No
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    require_gpu()
+    require_gpu("gpu_bench_vq.py")
     import triton
 
     from astra_kernels import reference
 
     device = torch.device("cuda")
-    name = torch.cuda.get_device_name(device)
-    peaks = roofline(name)
-    print(f"device {name}; roofline {peaks or 'unknown card: no roofline'}; "
-          f"torch {torch.__version__}, triton {triton.__version__}")
+    name, peaks = describe_device(device)
     ours = our_backends()
     n, d, k = args.n, args.d, args.k
     report = {"device": name, "roofline": peaks, "torch": torch.__version__, "triton": triton.__version__,
