@@ -130,9 +130,19 @@ def device_guard(device: torch.device):
 
 
 @functools.lru_cache(maxsize=None)
-def _shared_memory_limit(device_index: int) -> int:
+def _shared_memory_limit_of(device_index: int) -> int:
     props = torch.cuda.get_device_properties(device_index)
     return int(getattr(props, "shared_memory_per_block_optin", props.shared_memory_per_block))
+
+
+def _shared_memory_limit(device: torch.device) -> int:
+    """Shared memory one block may opt into on a CUDA ``device``."""
+    return _shared_memory_limit_of(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def _dot_tile(n: int, cap: int) -> int:
+    """The power-of-two tile covering ``n`` (at least tl.dot's minimum), at most ``cap``."""
+    return min(cap, max(_MIN_DOT, triton.next_power_of_2(n)))
 
 
 def _encode_smem(block_n: int, block_k: int, block_d: int, single_chunk: bool, stages: int, nbytes: int) -> int:
@@ -148,10 +158,10 @@ def encode_config(n: int, k: int, dg: int, operand_dtype: torch.dtype, device: t
     dg_pad = max(_MIN_DOT, triton.next_power_of_2(dg))
     single_chunk = dg_pad <= max_single
     block_d = dg_pad if single_chunk else split_d
-    block_n = min(block_n, max(_MIN_DOT, triton.next_power_of_2(n)))
-    block_k = min(block_k, max(_MIN_DOT, triton.next_power_of_2(k)))
+    block_n = _dot_tile(n, block_n)
+    block_k = _dot_tile(k, block_k)
     if device.type == "cuda":
-        limit = _shared_memory_limit(device.index if device.index is not None else torch.cuda.current_device())
+        limit = _shared_memory_limit(device)
         while _encode_smem(block_n, block_k, block_d, single_chunk, stages, nbytes) > limit:
             if stages > 2:
                 stages -= 1
@@ -189,10 +199,10 @@ def attention_config(rows: int, keys: int, head_dim: int, operand_dtype: torch.d
     nbytes = 4 if operand_dtype == torch.float32 else 2
     block_d = max(_MIN_DOT, triton.next_power_of_2(head_dim))
     _, table_m, block_n, num_warps, stages = next(c for c in _ATTENTION_TABLE[nbytes] if block_d <= c[0])
-    block_m = min(table_m, max(_MIN_DOT, triton.next_power_of_2(rows)))
-    block_n = min(block_n, max(_MIN_DOT, triton.next_power_of_2(keys)))
+    block_m = _dot_tile(rows, table_m)
+    block_n = _dot_tile(keys, block_n)
     if device.type == "cuda":
-        limit = _shared_memory_limit(device.index if device.index is not None else torch.cuda.current_device())
+        limit = _shared_memory_limit(device)
         while _attention_smem(block_m, block_n, block_d, stages, nbytes, summed_rows) > limit:
             if stages > 2:
                 stages -= 1
