@@ -61,4 +61,5 @@ def add_speedups(rows: list[dict]) -> None:
     base = {r["impl"]: r["ms"] for r in rows if "ms" in r}
     for row in rows:
         if "ms" in row:
-            row["speedup_vs"] = {b: t / row["ms"] for b, t in base.items() if b.startswith("torch_") and b != row["impl"]}
+            row["speedup_vs"] = {b: t / row["ms"] for b, t in base.items()
+                                 if b.startswith("torch_") and b != row["impl"]}

@@ -20,5 +20,5 @@ from .parallel import ParallelModel, parallelize
 from .partition import Layout
 from .transport import PeerError
 
-__all__ = ["AstraEngine", "Codebooks", "KVCache", "Layout", "ParallelModel", "PeerError", "PhaseTimer", "TinyTransformer", "adapt", "calibrate",
-           "parallelize"]
+__all__ = ["AstraEngine", "Codebooks", "KVCache", "Layout", "ParallelModel", "PeerError", "PhaseTimer",
+           "TinyTransformer", "adapt", "calibrate", "parallelize"]

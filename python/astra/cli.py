@@ -10,6 +10,9 @@ import sys
 from .run import RunConfig
 
 
+TABLE_BUDGET_HELP = ("MiB per layer for the projected K/V codebook tables; over it, remote tokens are dequantized "
+                     "and projected instead")
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     d = RunConfig()
     p.add_argument("--model", choices=["gpt2", "vit"], default=d.model)
@@ -32,7 +35,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codebooks", default=d.codebooks, help="codebook file (default: k-means calibration, cached)")
     p.add_argument("--remote", choices=["auto", "tokens", "codewords", "dequantize"], default=d.remote,
                    help="how remote tokens are attended (auto: cost model)")
-    p.add_argument("--table-budget-mib", type=float, default=d.table_budget_mib, help="MiB per layer for the projected K/V codebook tables; over it, remote tokens are dequantized and projected instead")
+    p.add_argument("--table-budget-mib", type=float, default=d.table_budget_mib, help=TABLE_BUDGET_HELP)
     p.add_argument("--backend", choices=["reference", "cpu", "triton", "cuda"], default=d.backend)
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds before a silent peer is an error")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -89,7 +92,7 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", type=_csv(str), default=d.methods, help=",".join(d.methods))
     p.add_argument("--groups", type=_csv(int), default=d.groups, help="ASTRA VQ groups G")
     p.add_argument("--codebook-size", type=int, default=d.codebook_size)
-    p.add_argument("--table-budget-mib", type=float, default=d.table_budget_mib, help="MiB per layer for the projected K/V codebook tables; over it, remote tokens are dequantized and projected instead")
+    p.add_argument("--table-budget-mib", type=float, default=d.table_budget_mib, help=TABLE_BUDGET_HELP)
     p.add_argument("--topology", choices=["star", "shared"], default=d.topology)
     p.add_argument("--latency-ms", type=float, default=d.latency_ms, help="sim: per-message latency")
     p.add_argument("--repeat", type=int, default=d.repeat)

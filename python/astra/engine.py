@@ -84,7 +84,7 @@ class AstraEngine:
         return Layout(self.adapter.num_tokens(inputs), world_size, self.causal)
 
     def remote_strategies(self, inputs: torch.Tensor, world_size: int) -> list[str]:
-        """The remote-attention formulations the blocks pick for the last rank's shape (it has the most remote tokens)."""
+        """The remote-attention formulations the blocks pick for the last rank's shape (the most remote tokens)."""
         layout = self.layout(inputs, world_size)
         mine = layout.size(world_size - 1)
         return sorted({p.choose(inputs.shape[0], mine, layout.tokens - mine, self.backend) for p in self.plans})

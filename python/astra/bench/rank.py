@@ -170,9 +170,9 @@ def main(spec_path: str) -> None:
                     "devices": 1 if name == "single" else transport.world_size, "setting_devices": transport.world_size,
                     "groups": groups, "bandwidth_mbps": bw, "link": spec.link, "topology": spec.topology,
                     "tokens": spec.tokens, "layers": len(models.adapt(model).blocks), **row, **probe,
+                    **({"remote_strategy": method.remote_strategies(inputs, transport.world_size)}
+                       if name == "astra" else {}),
                 })
-                if name == "astra":
-                    rows[-1]["remote_strategy"] = method.remote_strategies(inputs, transport.world_size)
                 bar.update()
     if rank0:
         bar.close()
