@@ -1,6 +1,6 @@
 """Cost model: how to attend to remote tokens known only by their VQ codes.
 
-Three formulations compute the same attention (exactly, in exact arithmetic):
+Four formulations compute the same attention (exactly, in exact arithmetic):
 
 ``codewords`` (G = 1 only)
     Attend over the K projected codewords, each with a log(count) bias, count =
@@ -11,17 +11,28 @@ Three formulations compute the same attention (exactly, in exact arithmetic):
 ``tokens``
     Gather each remote token's key/value from the projected tables
     (sum over G rows) inside the attention loop.
+``gather``
+    Sum each remote token's G table rows once per call, from tables stored in
+    half precision (``GATHER_TABLE_DTYPE``: half the bytes to stream, fp32
+    accumulation), then attend to the results as ordinary keys/values.
 ``dequantize``
     Decode codes to D-dim embeddings and project them with W_k, W_v (a GEMM),
     then attend to them as ordinary tokens. Needs no projected tables, whose
-    memory is 2 * G * K * Hkv*d elements per layer (100 MB fp32 for G = 32,
-    K = 1024, D = 768), so it is the only sane choice for large G.
+    memory is 2 * G * K * Hkv*d elements per layer (192 MiB fp32, 96 MiB half
+    for G = 32, K = 1024, D = 768), so it is the choice when they do not fit.
+
+``gather`` and ``dequantize`` build the remote keys/values as ordinary
+tokens, so the runtime attends the local keys first, while the codes travel,
+and merges the two partials (:mod:`astra.block`).
 
 Costs are counted in multiply-adds of fp32 work per call, with memory-bound
 steps converted by a factor: ``GATHER_COST_*`` multiply-adds per gathered table
-element. Cache-resident table rows cost about one FMA; rows streamed from
+element. Cache-resident table rows cost about one FMA; fp32 rows streamed from
 tables larger than the caches cost ~16 (measured on ViT-Base, 12 blocks at
-G = 16 and 32: the token gather matched, then lost to, one projection GEMM).
+G = 16 and 32: the token gather matched, then lost to, one projection GEMM),
+and streamed rows cost in proportion to their bytes (half precision: 8;
+measured at G = 32, Tr = 512: 2.9 ms to gather K and V vs 8.6 ms to decode and
+project them).
 The fused kernels gather the remote tile once per tile of ``QUERY_TILE_ROWS``
 query rows (all heads of a KV group together), so the gather is counted once
 per query tile. The kernels call
@@ -32,6 +43,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 # Multiply-adds charged per table element gathered: cache-resident vs streamed from memory.
 GATHER_COST_CACHED = 1.0
 GATHER_COST_STREAMED = 16.0
@@ -39,8 +52,12 @@ GATHER_COST_STREAMED = 16.0
 QUERY_TILE_ROWS = 256
 # Tables larger than this stream from memory (a generous per-core L2 + share of L3).
 CACHE_BYTES = 8 << 20
-# Default per-layer budget for the two projected tables (K and V), fp32.
+# Default per-layer budget for the two projected tables (K and V).
 TABLE_BUDGET_BYTES = 16 << 20
+# Storage of the ``gather`` tables when the model computes in fp32 (narrower dtypes are kept).
+GATHER_TABLE_DTYPE = torch.float16
+# Formulations that build remote keys/values as ordinary tokens (attended apart from the local ones).
+MATERIALIZED = ("gather", "dequantize")
 
 
 @dataclass(frozen=True)
@@ -62,11 +79,31 @@ class RemoteShape:
     @property
     def table_bytes(self) -> int:
         """Memory of the K and V projected tables of one layer."""
-        return 2 * self.groups * self.codebook_size * self.kv_heads * self.head_dim * self.elem_bytes
+        return self.table_elements * self.elem_bytes
+
+    @property
+    def gather_elem_bytes(self) -> int:
+        """Bytes per table element as the ``gather`` formulation stores them (see :func:`gather_table_dtype`)."""
+        return GATHER_TABLE_DTYPE.itemsize if self.elem_bytes == 4 else self.elem_bytes
+
+    @property
+    def gather_table_bytes(self) -> int:
+        return self.table_elements * self.gather_elem_bytes
+
+    @property
+    def table_elements(self) -> int:
+        return 2 * self.groups * self.codebook_size * self.kv_heads * self.head_dim
 
 
-def _gather_cost(s: RemoteShape) -> float:
-    return GATHER_COST_CACHED if s.table_bytes <= CACHE_BYTES else GATHER_COST_STREAMED
+def gather_table_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the ``gather`` formulation stores the tables of a ``dtype`` model in."""
+    return GATHER_TABLE_DTYPE if dtype == torch.float32 else dtype
+
+
+def _gather_cost(table_bytes: int, elem_bytes: int) -> float:
+    if table_bytes <= CACHE_BYTES:
+        return GATHER_COST_CACHED
+    return GATHER_COST_STREAMED * elem_bytes / 4  # memory-bound: in proportion to the bytes streamed
 
 
 def query_tiles(s: RemoteShape) -> int:
@@ -79,9 +116,10 @@ def costs(s: RemoteShape) -> dict[str, float]:
     """Estimated multiply-adds of each formulation (codewords only when G = 1)."""
     per_key = 2 * s.batch * s.heads * s.queries * s.head_dim  # q.k and p.v for one key, all queries
     kv_width = 2 * s.kv_heads * s.head_dim  # K and V elements per remote token
-    gathered = query_tiles(s) * s.batch * s.remote * s.groups * kv_width
+    rows = s.batch * s.remote * s.groups * kv_width  # table elements summed into the remote keys/values
     out = {
-        "tokens": per_key * s.remote + _gather_cost(s) * gathered,
+        "tokens": per_key * s.remote + _gather_cost(s.table_bytes, s.elem_bytes) * query_tiles(s) * rows,
+        "gather": per_key * s.remote + _gather_cost(s.gather_table_bytes, s.gather_elem_bytes) * rows,
         "dequantize": per_key * s.remote
         + s.batch * s.remote * s.model_dim * kv_width  # projection GEMM
         + GATHER_COST_CACHED * s.batch * s.remote * s.model_dim,  # decode
@@ -105,8 +143,8 @@ def attention_strategy(s: RemoteShape) -> str:
 
 
 def remote_plan(s: RemoteShape, table_budget_bytes: int = TABLE_BUDGET_BYTES) -> str:
-    """For the runtime: ``codewords``, ``tokens`` or ``dequantize`` (tables only within budget)."""
-    if s.table_bytes > table_budget_bytes:
-        return "dequantize"
-    c = costs(s)
+    """For the runtime: the cheapest formulation whose tables fit ``table_budget_bytes``
+    (``dequantize`` needs none)."""
+    fits = {"tokens": s.table_bytes, "codewords": s.table_bytes, "gather": s.gather_table_bytes, "dequantize": 0}
+    c = {how: cost for how, cost in costs(s).items() if fits[how] <= table_budget_bytes}
     return min(c, key=c.get)

@@ -51,11 +51,13 @@ def test_lossless_codebooks_give_the_plain_model(name, world, groups):
 
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("world", [2, 3])
-def test_ranks_over_loopback_equal_the_simulation_exactly(name, world):
+@pytest.mark.parametrize("remote", ["auto", "gather"])
+def test_ranks_over_loopback_equal_the_simulation_exactly(name, world, remote):
+    """Also with a formulation that attends the local keys before the codes arrive and merges."""
     model = MODELS[name]()
     x = _inputs(model)
     books = astra.calibrate(model, [x], 16, 2, progress=False)
-    engine = astra.AstraEngine(model, books)
+    engine = astra.AstraEngine(model, books, remote=remote)
     outs, transports = run_threads(engine, x, world)
     for got, want in zip(outs, engine.simulate(x, world)):
         assert torch.equal(got, want)
@@ -73,14 +75,16 @@ def test_ranks_over_loopback_equal_the_simulation_exactly(name, world):
                                     for s in layout.sources(r)} for rec in blocks)
 
 
-@pytest.mark.parametrize("strategy", ["tokens", "codewords", "dequantize"])
+@pytest.mark.parametrize("strategy", ["tokens", "codewords", "gather", "dequantize"])
 def test_remote_strategies_agree(strategy):
     model = tiny_lm()
     x = _inputs(model)
     books = astra.calibrate(model, [x], 16, 1, progress=False)
     reference = astra.AstraEngine(model, books, remote="tokens", backend="reference").forward(x, 3)
     got = astra.AstraEngine(model, books, remote=strategy).forward(x, 3)
-    torch.testing.assert_close(got, reference, rtol=1e-4, atol=1e-4)
+    # gather sums fp16 table rows (fp32 accumulation): about 2^-11 relative error per remote key/value
+    tol = 5e-4 if strategy == "gather" else 1e-4
+    torch.testing.assert_close(got, reference, rtol=tol, atol=tol)
 
 
 def test_generation_continues_the_plain_model_with_lossless_codebooks():

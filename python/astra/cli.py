@@ -7,11 +7,13 @@ import os
 import subprocess
 import sys
 
+from .remote import STRATEGIES
 from .run import RunConfig
 
 
-TABLE_BUDGET_HELP = ("MiB per layer for the projected K/V codebook tables; over it, remote tokens are dequantized "
-                     "and projected instead")
+TABLE_BUDGET_HELP = ("MiB per layer for the projected K/V codebook tables (fp32 for the fused kernels, fp16 for "
+                     "gather; ViT-Base at G=32: 192/96 MiB); without room, remote tokens are dequantized and "
+                     "projected instead")
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     d = RunConfig()
@@ -33,7 +35,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="GPT-2: then decode STEPS tokens on the last rank (time to first token, tokens/s)")
     p.add_argument("--checkpoint", default=d.checkpoint, help="local Hugging Face checkpoint directory")
     p.add_argument("--codebooks", default=d.codebooks, help="codebook file (default: k-means calibration, cached)")
-    p.add_argument("--remote", choices=["auto", "tokens", "codewords", "dequantize"], default=d.remote,
+    p.add_argument("--remote", choices=STRATEGIES, default=d.remote,
                    help="how remote tokens are attended (auto: cost model)")
     p.add_argument("--table-budget-mib", type=float, default=d.table_budget_mib, help=TABLE_BUDGET_HELP)
     p.add_argument("--backend", choices=["reference", "cpu", "triton", "cuda"], default=d.backend)

@@ -3,9 +3,9 @@ single-process simulation.
 
 Each rank owns a contiguous chunk of the sequence. Per block it quantizes its
 tokens' attention inputs, sends the bit-packed codes to the ranks that need
-them, attends to its own tokens at full precision while the codes travel,
-then attends to the remote tokens through codebook lookups and merges the two
-partials (:mod:`astra.block`). Models with a class token keep a copy on every
+them, projects (and, for the formulations that need it, attends) its own
+tokens at full precision while the codes travel, then attends to the remote
+tokens through codebook lookups (:mod:`astra.block`). Models with a class token keep a copy on every
 rank (Distributed Class Tokens) and average the final class states.
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ class AstraEngine:
         model: GPT2LMHeadModel, ViTForImageClassification or TinyTransformer (unmodified).
         codebooks: one (G, K, D/G) codebook per block.
         remote: how remote tokens are attended ("auto": the cost model, or
-            "tokens", "codewords", "dequantize"; see :mod:`astra_kernels.cost_model`).
+            "tokens", "codewords", "gather", "dequantize"; see :mod:`astra_kernels.cost_model`).
         backend: astra_kernels backend for every op (None: fastest available).
     """
 
@@ -120,6 +120,7 @@ class AstraEngine:
         batch = h.shape[0]
         blocks = self.adapter.blocks
         sizes = {s: self.payload_bytes(batch, layout.size(s)) for s in srcs}
+        remote = sum(layout.size(s) for s in srcs)
         transport.prepost(sizes, "block0")
         for i, (bw, plan) in enumerate(zip(blocks, self.plans)):
             handle = None
@@ -133,6 +134,8 @@ class AstraEngine:
                 handle = transport.exchange(payload, dests, sizes, tag=f"block{i}")
             with timer("project"):
                 q, k, v = B.project(bw, z)
+            with timer("local"):
+                local = B.local_partial(plan, q, k, v, remote, self.causal, self.backend)
             remote_codes = None
             if handle is not None:
                 with timer("wait"):
@@ -147,7 +150,7 @@ class AstraEngine:
             with timer("finish"):
                 if cache is not None:
                     self._record(cache, plan, k, v, remote_codes)
-                h = B.residual(bw, h, B.attend(plan, q, k, v, remote_codes, self.causal, self.backend))
+                h = B.residual(bw, h, B.attend(plan, q, k, v, remote_codes, self.causal, self.backend, local))
         with timer("head"):
             if not c:
                 return self.adapter.token_outputs(h)
@@ -189,7 +192,9 @@ class AstraEngine:
             for r in range(world_size):
                 srcs = layout.sources(r)
                 remote = torch.cat([codes[s] for s in srcs], dim=1) if srcs else None
-                out = B.attend(plan, *projections[r], remote, self.causal, self.backend)
+                local = B.local_partial(plan, *projections[r], sum(layout.size(s) for s in srcs), self.causal,
+                                        self.backend)
+                out = B.attend(plan, *projections[r], remote, self.causal, self.backend, local)
                 hs[r] = B.residual(bw, hs[r], out)
         if not c:
             return [self.adapter.token_outputs(h) for h in hs]

@@ -2,9 +2,14 @@
 
 Per block, a :class:`RemotePlan` holds what the formulations of
 :mod:`astra_kernels.cost_model` need: the projected K/V tables (built once,
-only when they fit the memory budget) and the codebook (for
-dequantize-then-project). Each call picks the cheapest allowed formulation
-for its shape, unless one is forced.
+only when they fit the memory budget; in half precision for ``gather``) and
+the codebook (for dequantize-then-project). Each call picks the cheapest
+allowed formulation for its shape, unless one is forced.
+
+``codewords`` and ``tokens`` are fused kernels that take the local keys too.
+``gather`` and ``dequantize`` build the remote keys/values as ordinary
+tokens: their attention is two partials, local (computed while the codes are
+on the wire) and remote, merged by their log-sum-exps.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from astra_kernels import backends, cost_model, reference
 
 from .models.base import BlockWeights
 
-STRATEGIES = ("auto", "tokens", "codewords", "dequantize")
+STRATEGIES = ("auto", "tokens", "codewords", "gather", "dequantize")
 
 
 class RemotePlan:
@@ -30,6 +35,7 @@ class RemotePlan:
         self.block, self.codebook, self.strategy = block, codebook, strategy
         self.table_budget_bytes = table_budget_bytes
         self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._gather_table: torch.Tensor | None = None
 
     def shape(self, batch: int, queries: int, remote: int, backend: str | None = None) -> cost_model.RemoteShape:
         b = self.block
@@ -48,13 +54,28 @@ class RemotePlan:
     def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(k_table, v_table), each (G, K, Hkv*d) with the K/V bias folded in; built on first use."""
         if self._tables is None:
-            b = self.block
-            with torch.no_grad():
-                self._tables = (
-                    ak.project_codebooks(self.codebook, b.w_k, b.b_k),
-                    ak.project_codebooks(self.codebook, b.w_v, b.b_v),
-                )
+            self._tables = self._project_tables()
         return self._tables
+
+    def _project_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.block
+        with torch.no_grad():
+            return (ak.project_codebooks(self.codebook, b.w_k, b.b_k),
+                    ak.project_codebooks(self.codebook, b.w_v, b.b_v))
+
+    def materializes(self, batch: int, queries: int, remote: int, backend: str | None = None) -> bool:
+        """Whether this shape's formulation attends remote tokens apart from the local ones."""
+        return remote > 0 and self.choose(batch, queries, remote, backend) in cost_model.MATERIALIZED
+
+    def gather_table(self) -> torch.Tensor:
+        """(G*K, 2*Hkv*d): each code's K row then V row, in :func:`cost_model.gather_table_dtype`."""
+        if self._gather_table is None:
+            k_table, v_table = self._project_tables()
+            table = torch.cat([k_table, v_table], dim=-1).flatten(0, 1)
+            narrow = table.to(cost_model.gather_table_dtype(table.dtype))
+            # a projection beyond fp16's range keeps its fp32 table: slower, never wrong
+            self._gather_table = narrow if torch.isfinite(narrow).all() else table
+        return self._gather_table
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """(B, Tr, Hkv*d) -> (B, Hkv, Tr, d)."""
@@ -66,24 +87,41 @@ class RemotePlan:
         kv = F.linear(ak.vq_decode(codes, self.codebook), b.w_kv, b.b_kv)
         return tuple(self._heads(t) for t in kv.split(b.kv_heads * b.head_dim, dim=-1))
 
-    def remote_kv(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Materialized remote keys/values (B, Hkv, Tr, d), e.g. for a decoding KV cache."""
-        if self.choose(codes.shape[0], 1, codes.shape[1]) == "dequantize":
+    def _gathered_kv(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum each token's G rows of the gather table (fp32 accumulation): each (B, Hkv, Tr, d)."""
+        g, k = self.codebook.shape[:2]
+        rows = (codes.long() + torch.arange(g, device=codes.device) * k).flatten(0, 1)  # (B*Tr, G)
+        kv = F.embedding_bag(rows, self.gather_table(), mode="sum").to(self.codebook.dtype)
+        kv = kv.reshape(codes.shape[0], codes.shape[1], -1)
+        return tuple(self._heads(t) for t in kv.split(self.block.kv_heads * self.block.head_dim, dim=-1))
+
+    def _materialized_kv(self, codes: torch.Tensor, how: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if how == "gather":
+            return self._gathered_kv(codes)
+        if how == "dequantize":
             return self._dequantized_kv(codes)
-        k_table, v_table = self.tables()
+        k_table, v_table = self.tables()  # the fused formulations' tables
         return (self._heads(reference.gather_tables(codes, k_table)),
                 self._heads(reference.gather_tables(codes, v_table)))
 
+    def remote_kv(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Materialized remote keys/values (B, Hkv, Tr, d), e.g. for a decoding KV cache."""
+        return self._materialized_kv(codes, self.choose(codes.shape[0], 1, codes.shape[1]))
+
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, codes: torch.Tensor, causal: bool,
-               backend: str | None) -> torch.Tensor:
-        """One attention of q (B, H, T, d) over the remote tokens (codes (B, Tr, G)) and then the
-        local keys k, v (B, Hkv, T, d) of the same T tokens as q: (B, H, T, d)."""
+               backend: str | None, local: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Attention of q (B, H, T, d) over the remote tokens (codes (B, Tr, G), all earlier than the
+        local ones) and the local keys k, v (B, Hkv, T, d) of the same T tokens as q: (B, H, T, d).
+
+        ``local``: the local partial (out, lse) of a materializing formulation, if already computed.
+        """
         how = self.choose(q.shape[0], q.shape[2], codes.shape[1], backend)
-        if how == "dequantize":
-            rk, rv = self._dequantized_kv(codes)
-            # remote keys first: with Tq = Tl the causal alignment leaves them all visible
-            return ak.attention(q, torch.cat([rk, k], dim=2), torch.cat([rv, v], dim=2), causal=causal,
-                                backend=backend)[0]
+        if how in cost_model.MATERIALIZED:
+            rk, rv = self._materialized_kv(codes, how)
+            if local is None:
+                local = ak.attention(q, k, v, causal=causal, backend=backend)
+            remote = ak.attention(q, rk, rv, backend=backend)  # every remote token precedes every query
+            return ak.merge_attention(*local, *remote)[0]
         k_table, v_table = self.tables()
         return ak.mixed_precision_attention(q, k, v, codes, k_table, v_table, causal=causal, strategy=how,
                                             backend=backend)[0]
