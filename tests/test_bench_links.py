@@ -739,3 +739,53 @@ def test_a_failed_net_up_leaves_no_namespaces(monkeypatch):
         monkeypatch.undo()
         link.down()
         assert not [n for n in _ns_list() if n.startswith(name + "-")]
+
+
+class _Timed:
+    """A fake method: records when it runs and takes ``seconds`` on every rank."""
+
+    def __init__(self, name, seconds, log):
+        self.name, self.seconds, self.log = name, seconds, log
+
+    def run_rank(self, inputs, transport, *, timer=None):
+        if transport.rank == 0:
+            self.log.append(self.name)
+        time.sleep(self.seconds)
+
+
+def test_bench_points_interleave_the_methods_and_repeat_within_the_budget():
+    """Round r runs every method that still needs a run, so a drift of the machine hits all methods alike;
+    a method slower than the point budget allows runs once."""
+    import threading
+    from types import SimpleNamespace
+
+    from astra.bench import rank as bench_rank
+
+    log = []
+    methods = [("single", None, _Timed("single", 0.01, log)), ("astra", 1, _Timed("astra", 0.01, log)),
+               ("tp", None, _Timed("tp", 0.6, log))]
+    spec = SimpleNamespace(repeat=3, point_budget_s=0.5)
+    link = SimpleNamespace(l2_bytes=lambda: None)
+    transports = LoopbackHub(2).transports(10.0)
+    out, calls = {}, []
+
+    def work(r):
+        progress = (lambda what, done: calls.append((what, done))) if r == 0 else (lambda what, done: None)
+        out[r] = bench_rank._measure_point(methods, None, transports[r], link, spec, "10", progress)
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out[1] is None
+    assert log == ["single", "astra", "tp", "single", "astra", "single", "astra"]
+    rows = out[0]
+    assert [len(r["latency_runs_s"]) for r in rows] == [3, 3, 1]
+    for row, seconds in zip(rows, (0.01, 0.01, 0.6)):
+        assert seconds <= row["latency_s"] < seconds + 0.5
+        assert row["bytes_on_wire"] == 0 and row["bytes_sent_per_rank"] == [0, 0]
+        assert "l2_bytes_per_run" not in row
+    # every method's first run advances the bar once; repeats only rename it
+    assert sum(done for _, done in calls) == 3
+    assert ("astra G=1, run 3/3", 0) in calls

@@ -3,12 +3,15 @@
 Started by the driver (``python -m astra bench-rank SPEC``) inside the rank's
 network namespace for ``netns`` links. All ranks walk the same sweep in
 lockstep (barriers between runs); rank 0 changes the link rate, probes the
-achieved rate, and writes the rows.
+achieved rate, and writes the rows. At each rate the methods' timed runs are
+interleaved (single, astra, ..., single, astra, ...), so a slow spell of the
+shared host hits every method's runs alike instead of one method's point.
 """
 from __future__ import annotations
 
 import json
 import time
+from typing import Callable
 
 import torch
 
@@ -92,41 +95,66 @@ class _Link:
         return {"achieved_mbps": (after - before) * 8 / seconds / 1e6, "goodput_mbps": nbytes * 8 / seconds / 1e6}
 
 
-def _measure(method, inputs, transport: Transport, link: _Link, spec: RankSpec, tag: str) -> dict | None:
-    """Timed runs of one method at the current rate; rank 0 returns the row fields."""
-    def one_run():
-        transport.barrier(f"{tag}/go")
-        transport.stats.clear()
-        timer = PhaseTimer()
-        start = time.perf_counter()
-        method.run_rank(inputs, transport, timer=timer)
-        seconds = time.perf_counter() - start
-        return seconds, timer.seconds.get("wait", 0.0), transport.stats.total_sent()
-
+def _run_once(method, inputs, transport: Transport, link: _Link, tag: str) -> dict:
+    """One timed run on every rank: this rank's latency, comm wait and bytes sent (and, on rank 0, the L2 bytes
+    every rank sent during it)."""
+    transport.barrier(f"{tag}/go")
+    transport.stats.clear()
     l2_before = link.l2_bytes()
-    runs = [one_run()]
-    # Every rank must agree on the number of runs: decide from the slowest rank's first run.
-    first = max(r[0] for r in transport.gather_json([runs[0][0]], f"{tag}/first"))
-    repeats = max(1, min(spec.repeat, int(spec.point_budget_s // max(first, 1e-9))))
-    runs += [one_run() for _ in range(repeats - 1)]
-    mine = {"latency": [r[0] for r in runs], "wait": [r[1] for r in runs], "sent": [r[2] for r in runs]}
-    everyone = transport.gather_json(mine, f"{tag}/report")
-    l2_after = link.l2_bytes()
-    if transport.rank != 0:
-        return None
-    per_run = [max(e["latency"][i] for e in everyone) for i in range(len(runs))]
-    mid = sorted(range(len(runs)), key=lambda i: per_run[i])[len(runs) // 2]  # the median run
+    timer = PhaseTimer()
+    start = time.perf_counter()
+    method.run_rank(inputs, transport, timer=timer)
+    seconds = time.perf_counter() - start
+    sent = transport.stats.total_sent()
+    transport.barrier(f"{tag}/done")  # every rank's bytes have left before rank 0 reads the counters
+    l2 = None if l2_before is None else link.l2_bytes() - l2_before
+    return {"latency": seconds, "wait": timer.seconds.get("wait", 0.0), "sent": sent, "l2": l2}
+
+
+def _row(runs: list[dict], everyone: list[list[dict]]) -> dict:
+    """Row fields of one method from every rank's runs: the median run (by the slowest rank's latency)."""
+    per_run = [max(e[i]["latency"] for e in everyone) for i in range(len(runs))]
+    mid = sorted(range(len(runs)), key=lambda i: per_run[i])[len(runs) // 2]
     row = {
         "latency_s": per_run[mid],
         "latency_runs_s": per_run,
-        "comm_wait_s": max(e["wait"][mid] for e in everyone),
-        "bytes_on_wire": sum(e["sent"][mid] for e in everyone),
-        "bytes_sent_per_rank": [e["sent"][mid] for e in everyone],
+        "comm_wait_s": max(e[mid]["wait"] for e in everyone),
+        "bytes_on_wire": sum(e[mid]["sent"] for e in everyone),
+        "bytes_sent_per_rank": [e[mid]["sent"] for e in everyone],
     }
     row["compute_s"] = row["latency_s"] - row["comm_wait_s"]
-    if l2_before is not None:
-        row["l2_bytes_per_run"] = (l2_after - l2_before) / len(runs)
+    if runs[0]["l2"] is not None:
+        row["l2_bytes_per_run"] = sum(r["l2"] for r in runs) / len(runs)
     return row
+
+
+def _label(name: str, groups: int | None) -> str:
+    return name if groups is None else f"{name} G={groups}"
+
+
+def _measure_point(methods, inputs, transport: Transport, link: _Link, spec: RankSpec, tag: str,
+                   progress: Callable[[str, int], None]) -> list[dict] | None:
+    """Timed runs of every method at the current rate, interleaved: round r runs each method that still
+    needs a run, so slow drifts of the machine hit all methods alike. Rank 0 returns one row per method.
+    ``progress(what, done)`` names the run about to start (done 0), then counts each method's first run (1)."""
+    names = [f"{tag}/{name}/{groups}" for name, groups, _ in methods]
+    runs = []
+    for n, (name, groups, m) in zip(names, methods):
+        progress(_label(name, groups), 0)
+        runs.append([_run_once(m, inputs, transport, link, f"{n}/0")])
+        progress(_label(name, groups), 1)
+    # Every rank must agree on the number of runs: decide from the slowest rank's first runs.
+    firsts = [max(col) for col in zip(*transport.gather_json([r[0]["latency"] for r in runs], f"{tag}/first"))]
+    counts = [max(1, min(spec.repeat, int(spec.point_budget_s // max(f, 1e-9)))) for f in firsts]
+    for i in range(1, max(counts)):
+        for n, (name, groups, m), mine, count in zip(names, methods, runs, counts):
+            if i < count:
+                progress(f"{_label(name, groups)}, run {i + 1}/{count}", 0)
+                mine.append(_run_once(m, inputs, transport, link, f"{n}/{i}"))
+    everyone = transport.gather_json(runs, f"{tag}/report")
+    if transport.rank != 0:
+        return None
+    return [_row(mine, [e[j] for e in everyone]) for j, mine in enumerate(runs)]
 
 
 def main(spec_path: str) -> None:
@@ -160,11 +188,14 @@ def main(spec_path: str) -> None:
     for bw in spec.bandwidths:
         link.set_rate(bw)
         probe = link.probe(bw) if link.netns is not None and bw is not None else {}
-        for name, groups, method in methods:
+
+        def progress(what: str, done: int) -> None:
             if bar is not None:
-                bar.set_postfix_str(f"{name}{'' if groups is None else f' G={groups}'} @ {bw} Mbps")
-            row = _measure(method, inputs, transport, link, spec, f"{name}/{groups}/{bw}")
-            if rank0:
+                bar.set_postfix_str(f"{what} @ {bw} Mbps", refresh=False)
+                bar.update(done)
+        measured = _measure_point(methods, inputs, transport, link, spec, str(bw), progress)
+        if rank0:
+            for (name, groups, method), row in zip(methods, measured):
                 rows.append({
                     "model": f"{spec.model}-{spec.size}", "method": name,
                     "devices": 1 if name == "single" else transport.world_size, "setting_devices": transport.world_size,
@@ -173,7 +204,6 @@ def main(spec_path: str) -> None:
                     **({"remote_strategy": method.remote_strategies(inputs, transport.world_size)}
                        if name == "astra" else {}),
                 })
-                bar.update()
     if rank0:
         bar.close()
         with open(spec.rows_path, "w") as f:
