@@ -5,9 +5,9 @@ strided; it is converted to fp32 once), so these functions only forward.
 Kernels and their contract: ``csrc/core`` (torch-free), ``csrc/cpu`` (ATen),
 :mod:`astra_kernels.reference` (semantics).
 
-Set ``ASTRA_CPU_SIMD=generic|avx2|avx512`` before the first call to cap the
-SIMD kernels (e.g. to test the portable path); :func:`capabilities` reports
-what runs.
+Set ``ASTRA_CPU_SIMD=generic|avx2|avx512|avx512_vnni`` before the first call
+to cap the SIMD kernels (e.g. to test the portable path, or ``avx512`` to
+encode without the int8 prefilter); :func:`capabilities` reports what runs.
 """
 from __future__ import annotations
 

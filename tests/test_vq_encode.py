@@ -118,7 +118,26 @@ def test_non_finite_groups_get_code_zero_and_non_finite_sqdist(backend_device, b
     torch.testing.assert_close(sqdist[finite], ref_sqdist[finite])
 
 
-@pytest.mark.parametrize("g,k,dg,n", [(1, 65536, 3, 5), (1, 16, 4096, 9), (64, 2, 1, 7), (2, 3000, 130, 33)])
+@pytest.mark.parametrize("spread", [1.0, 0.01, 0.0])
+def test_wide_groups_with_clustered_codewords(backend_device, spread):
+    """Paper width (G = 1, Dg = 768, K = 1024). spread 0.01: every codeword within 0.01 per feature
+    of one centre, finer than an int8 grid (step ~0.03 here) yet ~20x the test's distance tolerance
+    apart; spread 0: all identical (the lowest index wins). Ranking must stay exact."""
+    backend, device = backend_device
+    if is_interpreted(backend, device):
+        pytest.skip("kept small under the Triton interpreter")
+    gen = torch.Generator().manual_seed(7)
+    centre = torch.randn(768, generator=gen)
+    cb = (centre + spread * torch.randn(1, 1024, 768, generator=gen)).to(device)
+    x = (centre + 0.5 * torch.randn(40, 768, generator=gen)).to(device)
+    codes, sqdist = ak.vq_encode(x, cb, backend=backend)
+    assert_nearest(x, cb, codes, sqdist)
+    if spread == 0.0:
+        assert (codes == 0).all()
+
+
+@pytest.mark.parametrize("g,k,dg,n", [(1, 65536, 3, 5), (1, 16, 4096, 9), (64, 2, 1, 7), (2, 3000, 130, 33),
+                                      (1, 1024, 768, 70)])
 def test_extreme_sizes(backend_device, g, k, dg, n):
     backend, device = backend_device
     if is_interpreted(backend, device) and k * n > 100_000:

@@ -43,6 +43,6 @@ PYBIND11_MODULE(_C, m) {
         "tables (G, K, Hkv*d), biases (Hkv*d,) or None -> "
         "(out (B, H, Tq, d) in q.dtype, lse (B, H, Tq) float32)");
   m.def("capabilities", &capabilities,
-        "dict: simd (kernels in use: avx512, avx2 or generic; capped by ASTRA_CPU_SIMD), "
+        "dict: simd (kernels in use: avx512_vnni, avx512, avx2 or generic; capped by ASTRA_CPU_SIMD), "
         "simd_detected (best this CPU supports), encode_gemm_min_width (smallest Dg on the GEMM path)");
 }

@@ -9,6 +9,7 @@ const ArgminKernels& argmin_kernels(Simd simd) {
   const ArgminKernels* kernels = nullptr;
   if (simd_supported(simd)) {
     switch (simd) {
+      case Simd::kAvx512Vnni:  // VNNI adds the int8 prefilter (vq_encode), not a new fp32 kernel
       case Simd::kAvx512:
         kernels = argmin_kernels_avx512();
         break;

@@ -67,6 +67,7 @@ const AttentionKernels<float>& attention_kernels_f32(Simd simd) {
   const AttentionKernels<float>* kernels = nullptr;
   if (simd_supported(simd)) {
     switch (simd) {
+      case Simd::kAvx512Vnni:
       case Simd::kAvx512:
         kernels = attention_kernels_avx512();
         break;

@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/argmin_int8.h"
 #include "core/simd_targets.h"
 
 namespace astra::core {
@@ -15,11 +16,11 @@ Simd simd_from_env() {
   const Simd best = detect_simd();
   const char* value = std::getenv("ASTRA_CPU_SIMD");
   if (value == nullptr || *value == '\0') return best;
-  for (Simd s : {Simd::kGeneric, Simd::kAvx2, Simd::kAvx512}) {
+  for (Simd s : {Simd::kGeneric, Simd::kAvx2, Simd::kAvx512, Simd::kAvx512Vnni}) {
     if (std::strcmp(value, simd_name(s)) == 0) return s < best ? s : best;
   }
   throw std::invalid_argument(std::string("ASTRA_CPU_SIMD=") + value +
-                              " is not one of generic, avx2, avx512");
+                              " is not one of generic, avx2, avx512, avx512_vnni");
 }
 
 }  // namespace
@@ -27,6 +28,7 @@ Simd simd_from_env() {
 Simd detect_simd() {
 #if ASTRA_X86_SIMD_KERNELS
   __builtin_cpu_init();
+  if (int8_argmin_supported()) return Simd::kAvx512Vnni;
   if (__builtin_cpu_supports("avx512f")) return Simd::kAvx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Simd::kAvx2;
 #endif
@@ -42,6 +44,8 @@ bool simd_supported(Simd simd) { return simd <= detect_simd(); }
 
 const char* simd_name(Simd simd) {
   switch (simd) {
+    case Simd::kAvx512Vnni:
+      return "avx512_vnni";
     case Simd::kAvx512:
       return "avx512";
     case Simd::kAvx2:

@@ -6,9 +6,13 @@
 //   2. if sum(x_g^2) is not finite, code = 0;
 //   3. sqdist = sum_d (x_g[d] - e_code[d])^2, computed directly in fp32.
 //
-// Two paths compute rule 1 (choose_encode_path):
+// Three paths compute rule 1 (choose_encode_path):
 //   kFused       SIMD micro-kernel over a per-call packed copy of the
 //                codebooks; scores live only in registers.
+//   kInt8        with AVX-512 VNNI, groups of at least kInt8MinWidth
+//                features: int8 estimates of every score, then the few
+//                codewords the rounding cannot rule out re-scored in fp32
+//                (argmin_int8.h).
 //   kBlockedGemm for wide groups: a caller-supplied GEMM computes x.e for a
 //                block of rows x codewords into a buffer, then a SIMD pass
 //                folds it into the running argmin.
@@ -31,7 +35,7 @@ namespace astra::core {
 using GemmABt = void (*)(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                          const float* b, int64_t ldb, float* c, int64_t ldc);
 
-enum class EncodePath { kFused, kBlockedGemm };
+enum class EncodePath { kFused, kInt8, kBlockedGemm };
 
 // Smallest group width Dg that takes the blocked-GEMM path for the given
 // kernels. Measured single-thread on a Xeon with AVX-512 (N = 64 and 1024,
@@ -45,6 +49,9 @@ enum class EncodePath { kFused, kBlockedGemm };
 // For narrow groups the fused kernel wins by far (Dg = 24: 2x at N = 1024,
 // 5x at N = 64), since a GEMM of inner size Dg is mostly overhead.
 int64_t gemm_min_width(Simd simd);
+
+// Narrowest group that takes the int8 path on kAvx512Vnni (see vq_encode.cpp).
+extern const int64_t kInt8MinWidth;
 
 EncodePath choose_encode_path(int64_t width, Simd simd);
 
@@ -63,8 +70,8 @@ class EncodePlan {
   const VqShape& shape() const { return shape_; }
 
   // Per-call codebook preparation, split into independent tasks: packing +
-  // norms of a range of panels of one group (fused), or norms + duplicate map
-  // of one group (GEMM).
+  // norms of a range of panels of one group (fused), the int8 panels of one
+  // group (int8), or norms + duplicate map of one group (GEMM).
   int64_t prepare_tasks() const;
   void prepare(int64_t task);
 
@@ -76,7 +83,7 @@ class EncodePlan {
 
  private:
   struct AlignedFree {
-    void operator()(float* p) const;
+    void operator()(void* p) const;
   };
 
   int64_t panels_per_task() const;
@@ -87,9 +94,13 @@ class EncodePlan {
   VqShape shape_;
   const ArgminKernels& kernels_;
   EncodePath path_;
-  int64_t num_panels_ = 0;                       // fused: panels per group
+  int64_t num_panels_ = 0;                       // fused, int8: panels per group
   std::unique_ptr<float[], AlignedFree> panels_;  // fused: (G, num_panels, Dg, P)
-  std::vector<float> norms_;                     // fused: (G, num_panels * P); GEMM: (G, K)
+  std::unique_ptr<int32_t[], AlignedFree> int8_panels_;  // int8: (G, num_panels, ceil(Dg / 4), P)
+  std::vector<float> int8_offsets_;              // int8: (G, num_panels * P)
+  std::vector<float> int8_scale_;                // int8: (G,) grid step of the codebook
+  std::vector<float> int8_max_l1_;               // int8: (G,)
+  std::vector<float> norms_;                     // fused, int8: (G, num_panels * P); GEMM: (G, K)
   std::vector<int32_t> first_duplicate_;         // GEMM: (G, K) lowest index of an identical codeword
 };
 

@@ -68,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor> vq_encode(const at::Tensor& x, const at::Tens
   // Enough row blocks per group that every thread gets work even when G is small.
   const int64_t threads = at::get_num_threads();
   const int64_t blocks_wanted = std::max<int64_t>(1, (threads + groups - 1) / groups);
-  const int64_t max_rows = path == core::EncodePath::kFused ? kMaxFusedTaskRows : kMaxGemmTaskRows;
+  const int64_t max_rows = path == core::EncodePath::kBlockedGemm ? kMaxGemmTaskRows : kMaxFusedTaskRows;
   const int64_t task_rows = std::clamp<int64_t>((n + blocks_wanted - 1) / blocks_wanted, 1, max_rows);
   const int64_t blocks = (n + task_rows - 1) / task_rows;
 

@@ -283,7 +283,7 @@ void check_case(const Case& c, int64_t threads = 1) {
   const std::string name = c.name() + " threads " + std::to_string(threads);
   check_close(run_core<double>(p, astra::core::attention_kernels_f64(), threads), want, 1e-11,
               "fp64 " + name);
-  for (Simd simd : {Simd::kGeneric, Simd::kAvx2, Simd::kAvx512}) {
+  for (Simd simd : {Simd::kGeneric, Simd::kAvx2, Simd::kAvx512, Simd::kAvx512Vnni}) {
     if (!astra::core::simd_supported(simd)) continue;
     check_close(run_core<float>(p, astra::core::attention_kernels_f32(simd), threads), want, 2e-5,
                 std::string("fp32 ") + astra::core::simd_name(simd) + " " + name);
@@ -349,7 +349,7 @@ ASTRA_TEST(fp32_exp2_is_accurate) {
   std::mt19937 rng(5);
   std::uniform_real_distribution<double> uniform(-130.0, 0.0);
   const int64_t n = 203;
-  for (Simd simd : {Simd::kGeneric, Simd::kAvx2, Simd::kAvx512}) {
+  for (Simd simd : {Simd::kGeneric, Simd::kAvx2, Simd::kAvx512, Simd::kAvx512Vnni}) {
     if (!astra::core::simd_supported(simd)) continue;
     std::vector<float> s(256), bias(256, 0.0f), o(3, 1.0f);
     std::vector<double> x(static_cast<size_t>(n));

@@ -89,13 +89,18 @@ double distance(const float* a, const float* b, int64_t n) {
 
 std::vector<Simd> simds() {
   std::vector<Simd> out;
-  for (Simd s : {Simd::kGeneric, Simd::kAvx2, Simd::kAvx512}) {
+  for (Simd s : {Simd::kGeneric, Simd::kAvx2, Simd::kAvx512, Simd::kAvx512Vnni}) {
     if (astra::core::simd_supported(s)) out.push_back(s);
   }
   return out;
 }
 
-constexpr EncodePath kPaths[] = {EncodePath::kFused, EncodePath::kBlockedGemm};
+// Every path each instruction set can run (the int8 prefilter needs AVX-512 VNNI).
+std::vector<EncodePath> paths(Simd simd) {
+  std::vector<EncodePath> out{EncodePath::kFused, EncodePath::kBlockedGemm};
+  if (simd == Simd::kAvx512Vnni) out.push_back(EncodePath::kInt8);
+  return out;
+}
 
 // Chosen distance equals the true minimum up to fp32 score rounding, and
 // sqdist is the directly computed distance to the chosen codeword.
@@ -124,7 +129,7 @@ ASTRA_TEST(random_inputs_pick_the_nearest_codeword) {
   const int64_t sizes[] = {2, 3, 17, 64, 65, 100, 257};
   uint32_t seed = 1;
   for (Simd simd : simds()) {
-    for (EncodePath path : kPaths) {
+    for (EncodePath path : paths(simd)) {
       for (int64_t dg : widths) {
         for (int64_t k : sizes) {
           const int64_t n = 1 + (seed * 7) % 70;
@@ -139,7 +144,7 @@ ASTRA_TEST(random_inputs_pick_the_nearest_codeword) {
 
 ASTRA_TEST(well_separated_codebooks_give_exact_codes) {
   for (Simd simd : simds()) {
-    for (EncodePath path : kPaths) {
+    for (EncodePath path : paths(simd)) {
       for (int64_t dg : {1, 4, 7, 24, 48, 64, 100}) {
         for (int64_t k : {2, 50, 129, 1000}) {
           Problem p = random_problem(67, 2, k, dg, static_cast<uint32_t>(dg * 1000 + k));
@@ -164,7 +169,7 @@ ASTRA_TEST(well_separated_codebooks_give_exact_codes) {
 
 ASTRA_TEST(duplicate_codewords_resolve_to_the_lowest_index) {
   for (Simd simd : simds()) {
-    for (EncodePath path : kPaths) {
+    for (EncodePath path : paths(simd)) {
       for (int64_t dg : {1, 3, 8, 24, 32, 96, 200}) {
         const int64_t k = 300;
         Problem p = random_problem(40, 1, k, dg, static_cast<uint32_t>(dg));
@@ -187,7 +192,7 @@ ASTRA_TEST(duplicate_codewords_resolve_to_the_lowest_index) {
 
 ASTRA_TEST(all_equal_scores_give_index_zero) {
   for (Simd simd : simds()) {
-    for (EncodePath path : kPaths) {
+    for (EncodePath path : paths(simd)) {
       Problem p = random_problem(9, 2, 77, 5, 3);
       std::fill(p.cb.begin(), p.cb.end(), 0.5f);
       const Result r = encode(p, simd, path);
@@ -200,7 +205,7 @@ ASTRA_TEST(non_finite_groups_get_code_zero) {
   const float inf = std::numeric_limits<float>::infinity();
   const float nan = std::numeric_limits<float>::quiet_NaN();
   for (Simd simd : simds()) {
-    for (EncodePath path : kPaths) {
+    for (EncodePath path : paths(simd)) {
       for (int64_t dg : {1, 6, 24, 100}) {
         Problem p = random_problem(8, 3, 40, dg, 11);
         // Group 1 of rows 0..3: NaN, +Inf, -Inf, and finite values whose squares overflow.
@@ -227,7 +232,7 @@ ASTRA_TEST(non_finite_codewords_never_win) {
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const float inf = std::numeric_limits<float>::infinity();
   for (Simd simd : simds()) {
-    for (EncodePath path : kPaths) {
+    for (EncodePath path : paths(simd)) {
       for (int64_t dg : {2, 24, 100}) {
         Problem p = random_problem(30, 1, 50, dg, 5);
         p.e(0, 0)[0] = nan;
@@ -249,7 +254,7 @@ ASTRA_TEST(non_finite_codewords_never_win) {
 
 ASTRA_TEST(extreme_shapes) {
   for (Simd simd : simds()) {
-    for (EncodePath path : kPaths) {
+    for (EncodePath path : paths(simd)) {
       const Problem large_k = random_problem(5, 1, 65536, 2, 21);
       check_near_optimal(large_k, encode(large_k, simd, path));
       const Problem wide = random_problem(3, 1, 7, 4096, 22, 0);
@@ -266,7 +271,7 @@ ASTRA_TEST(extreme_shapes) {
 
 ASTRA_TEST(repeated_rows_with_zero_stride) {
   for (Simd simd : simds()) {
-    for (EncodePath path : kPaths) {
+    for (EncodePath path : paths(simd)) {
       Problem p = random_problem(1, 2, 33, 24, 31);
       p.n = 11;
       p.x_stride = 0;  // every row aliases row 0 (an expanded tensor)
@@ -280,10 +285,12 @@ ASTRA_TEST(repeated_rows_with_zero_stride) {
 }
 
 ASTRA_TEST(path_rule_follows_the_measured_crossover) {
-  for (Simd simd : {Simd::kGeneric, Simd::kAvx2, Simd::kAvx512}) {
+  for (Simd simd : {Simd::kGeneric, Simd::kAvx2, Simd::kAvx512, Simd::kAvx512Vnni}) {
     const int64_t w = astra::core::gemm_min_width(simd);
-    ASTRA_CHECK(astra::core::choose_encode_path(64, simd) == EncodePath::kFused);
-    ASTRA_CHECK(astra::core::choose_encode_path(w - 1, simd) == EncodePath::kFused);
+    const EncodePath mid = simd == Simd::kAvx512Vnni ? EncodePath::kInt8 : EncodePath::kFused;
+    ASTRA_CHECK(astra::core::choose_encode_path(astra::core::kInt8MinWidth - 1, simd) == EncodePath::kFused);
+    ASTRA_CHECK(astra::core::choose_encode_path(astra::core::kInt8MinWidth, simd) == mid);
+    ASTRA_CHECK(astra::core::choose_encode_path(w - 1, simd) == mid);
     ASTRA_CHECK(astra::core::choose_encode_path(w, simd) == EncodePath::kBlockedGemm);
     ASTRA_CHECK(astra::core::choose_encode_path(4096, simd) == EncodePath::kBlockedGemm);
   }
