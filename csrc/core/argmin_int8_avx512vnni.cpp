@@ -18,6 +18,8 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include "core/simd_avx512.h"
+
 namespace astra::core {
 namespace {
 
@@ -29,7 +31,8 @@ constexpr float kLevels = 127.0f;
 // fp32 error of an estimate and of an exact score: a few ulps of the largest term.
 constexpr float kSlack = 1.0f / (1 << 20);
 
-__mmask16 first_lanes(int64_t n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1); }
+// The traits' lane mask for a remaining count that may exceed one vector.
+__mmask16 first_lanes(int64_t n) { return SimdAvx512::first_lanes(static_cast<int>(std::min<int64_t>(n, 16))); }
 
 // Largest |v| over n floats; false when one is not finite.
 bool finite_peak(const float* v, int64_t n, float* peak) {

@@ -67,14 +67,6 @@ int64_t gemm_min_width(Simd simd) {
   return 512;
 }
 
-// Measured single-thread, K = 1024, 512 unit-normal rows, int8 vs fused fp32
-// (ms): Dg = 24: 11.4 vs 7.2; 48: 6.2 vs 6.6; 96: 3.6 vs 6.2; 192: 3.0 vs
-// 5.8; 256: 2.7 vs 5.9; 768: 3.4 vs 6.4. Narrow groups pay the per-row
-// quantize / min / re-score passes on too few multiply-adds. At Dg = 1536
-// the blocked GEMM still wins (1024 rows: 23.3 vs 25.5 ms), and wider groups
-// give the int8 estimates too many candidates (4096: 584 vs 155 ms).
-const int64_t kInt8MinWidth = 64;
-
 EncodePath choose_encode_path(int64_t width, Simd simd) {
   if (width >= gemm_min_width(simd)) return EncodePath::kBlockedGemm;
   if (simd == Simd::kAvx512Vnni && width >= kInt8MinWidth) return EncodePath::kInt8;
@@ -132,6 +124,10 @@ int64_t EncodePlan::panels_per_task() const {
   return std::max<int64_t>(1, kPackFloatsPerTask / floats_per_panel);
 }
 
+int32_t* EncodePlan::int8_group_panels(int64_t g) const {
+  return int8_panels_.get() + g * num_panels_ * ((shape_.width + 3) / 4) * kInt8PanelWidth;
+}
+
 int64_t EncodePlan::prepare_tasks() const {
   if (path_ != EncodePath::kFused) return shape_.groups;
   return shape_.groups * ((num_panels_ + panels_per_task() - 1) / panels_per_task());
@@ -157,9 +153,9 @@ void EncodePlan::prepare(int64_t task) {
   if (path_ == EncodePath::kInt8) {
     const int64_t g = task;
     const int64_t p = kInt8PanelWidth;
-    int8_pack(codebooks_ + g * k * dg, k, dg, int8_panels_.get() + g * num_panels_ * ((dg + 3) / 4) * p,
-              norms_.data() + g * num_panels_ * p, int8_offsets_.data() + g * num_panels_ * p,
-              &int8_scale_[static_cast<size_t>(g)], &int8_max_l1_[static_cast<size_t>(g)]);
+    int8_pack(codebooks_ + g * k * dg, k, dg, int8_group_panels(g), norms_.data() + g * num_panels_ * p,
+              int8_offsets_.data() + g * num_panels_ * p, &int8_scale_[static_cast<size_t>(g)],
+              &int8_max_l1_[static_cast<size_t>(g)]);
     return;
   }
   const int64_t g = task;
@@ -228,7 +224,7 @@ void EncodePlan::encode_rows(const float* x, int64_t x_row_stride, int64_t g, in
                                      norms_.data() + g * num_panels_ * p, num_panels_, best.data()});
   } else if (path_ == EncodePath::kInt8) {
     const int64_t p = kInt8PanelWidth;
-    const Int8Codebook book{int8_panels_.get() + g * num_panels_ * ((dg + 3) / 4) * p,
+    const Int8Codebook book{int8_group_panels(g),
                             norms_.data() + g * num_panels_ * p,
                             int8_offsets_.data() + g * num_panels_ * p,
                             num_panels_,

@@ -50,8 +50,14 @@ enum class EncodePath { kFused, kInt8, kBlockedGemm };
 // 5x at N = 64), since a GEMM of inner size Dg is mostly overhead.
 int64_t gemm_min_width(Simd simd);
 
-// Narrowest group that takes the int8 path on kAvx512Vnni (see vq_encode.cpp).
-extern const int64_t kInt8MinWidth;
+// Narrowest group that takes the int8 path on kAvx512Vnni. Measured
+// single-thread, K = 1024, 512 unit-normal rows, int8 vs fused fp32 (ms):
+// Dg = 24: 11.4 vs 7.2; 48: 6.2 vs 6.6; 96: 3.6 vs 6.2; 192: 3.0 vs 5.8;
+// 256: 2.7 vs 5.9; 768: 3.4 vs 6.4. Narrow groups pay the per-row quantize /
+// min / re-score passes on too few multiply-adds. At Dg = 1536 the blocked
+// GEMM still wins (1024 rows: 23.3 vs 25.5 ms), and wider groups give the
+// int8 estimates too many candidates (4096: 584 vs 155 ms).
+constexpr int64_t kInt8MinWidth = 64;
 
 EncodePath choose_encode_path(int64_t width, Simd simd);
 
@@ -87,6 +93,7 @@ class EncodePlan {
   };
 
   int64_t panels_per_task() const;
+  int32_t* int8_group_panels(int64_t g) const;
   void encode_rows_gemm(const float* x, int64_t x_row_stride, int64_t g, int64_t rows,
                         int32_t* best, GemmABt gemm) const;
 

@@ -36,6 +36,7 @@ class RemotePlan:
         self.table_budget_bytes = table_budget_bytes
         self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
         self._gather_table: torch.Tensor | None = None
+        self._choices: dict[tuple, str] = {}  # the cost model's pick per call shape
 
     def shape(self, batch: int, queries: int, remote: int, backend: str | None = None) -> cost_model.RemoteShape:
         b = self.block
@@ -49,7 +50,11 @@ class RemotePlan:
     def choose(self, batch: int, queries: int, remote: int, backend: str | None = None) -> str:
         if self.strategy != "auto":
             return self.strategy
-        return cost_model.remote_plan(self.shape(batch, queries, remote, backend), self.table_budget_bytes)
+        key = (batch, queries, remote, backend)
+        if key not in self._choices:  # asked twice per block (local partial, then attend)
+            self._choices[key] = cost_model.remote_plan(self.shape(batch, queries, remote, backend),
+                                                        self.table_budget_bytes)
+        return self._choices[key]
 
     def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(k_table, v_table), each (G, K, Hkv*d) with the K/V bias folded in; built on first use."""

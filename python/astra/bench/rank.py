@@ -22,6 +22,7 @@ from ..launch import keep_freed_memory, local_rank, make_transport, pin_cores
 from ..links import NetnsLink, SimLinkTransport
 from ..transport import Transport
 from .config import RankSpec
+from .report import method_label
 
 PROBE_SECONDS = 0.5  # bulk transfer per netns rate probe, at the configured rate
 
@@ -128,10 +129,6 @@ def _row(runs: list[dict], everyone: list[list[dict]]) -> dict:
     return row
 
 
-def _label(name: str, groups: int | None) -> str:
-    return name if groups is None else f"{name} G={groups}"
-
-
 def _measure_point(methods, inputs, transport: Transport, link: _Link, spec: RankSpec, tag: str,
                    progress: Callable[[str, int], None]) -> list[dict] | None:
     """Timed runs of every method at the current rate, interleaved: round r runs each method that still
@@ -140,16 +137,16 @@ def _measure_point(methods, inputs, transport: Transport, link: _Link, spec: Ran
     names = [f"{tag}/{name}/{groups}" for name, groups, _ in methods]
     runs = []
     for n, (name, groups, m) in zip(names, methods):
-        progress(_label(name, groups), 0)
+        progress(method_label(name, groups), 0)
         runs.append([_run_once(m, inputs, transport, link, f"{n}/0")])
-        progress(_label(name, groups), 1)
+        progress(method_label(name, groups), 1)
     # Every rank must agree on the number of runs: decide from the slowest rank's first runs.
     firsts = [max(col) for col in zip(*transport.gather_json([r[0]["latency"] for r in runs], f"{tag}/first"))]
     counts = [max(1, min(spec.repeat, int(spec.point_budget_s // max(f, 1e-9)))) for f in firsts]
     for i in range(1, max(counts)):
         for n, (name, groups, m), mine, count in zip(names, methods, runs, counts):
             if i < count:
-                progress(f"{_label(name, groups)}, run {i + 1}/{count}", 0)
+                progress(f"{method_label(name, groups)}, run {i + 1}/{count}", 0)
                 mine.append(_run_once(m, inputs, transport, link, f"{n}/{i}"))
     everyone = transport.gather_json(runs, f"{tag}/report")
     if transport.rank != 0:

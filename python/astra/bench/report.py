@@ -7,8 +7,13 @@ from collections import defaultdict
 import numpy as np
 
 
+def method_label(method: str, groups: int | None) -> str:
+    """``astra G=32``, ``single``."""
+    return method if groups is None else f"{method} G={groups}"
+
+
 def _label(row: dict) -> str:
-    label = row["method"] + (f" G={row['groups']}" if row.get("groups") is not None else "")
+    label = method_label(row["method"], row.get("groups"))
     return label + (f" ({'/'.join(row['remote_strategy'])})" if row.get("remote_strategy") else "")
 
 
