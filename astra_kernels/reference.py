@@ -200,5 +200,5 @@ def merge_attention(
     safe = lse.clamp_min(torch.finfo(torch.float32).min)  # all -inf rows: weights exp(-inf) = 0
     wa = torch.exp(lse_a - safe).unsqueeze(-1).to(acc)
     wb = torch.exp(lse_b - safe).unsqueeze(-1).to(acc)
-    out = out_a.to(acc) * wa + out_b.to(acc) * wb
+    out = (out_a.to(acc) * wa).addcmul_(out_b.to(acc), wb)  # one temporary: the merge runs every block
     return out.to(out_a.dtype), lse

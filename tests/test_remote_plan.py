@@ -1,4 +1,4 @@
-"""RemotePlan: the runtime's four formulations of attention over code-only remote tokens, against the oracle."""
+"""RemotePlan: the runtime's five formulations of attention over code-only remote tokens, against the oracle."""
 import dataclasses
 
 import pytest
@@ -30,7 +30,7 @@ def _oracle(blk, codebook, codes, q, k, v, causal):
     return full[0]
 
 
-@pytest.mark.parametrize("strategy", ["tokens", "gather", "dequantize"])
+@pytest.mark.parametrize("strategy", ["tokens", "gather", "gather_int8", "dequantize"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("remote", [1, 7, 40])
 def test_every_formulation_matches_the_oracle(strategy, causal, remote):
@@ -38,8 +38,44 @@ def test_every_formulation_matches_the_oracle(strategy, causal, remote):
     plan = RemotePlan(blk, codebook, strategy)
     want = _oracle(blk, codebook, codes, q, k, v, causal)
     got = B.attend(plan, q, k, v, codes, causal, None, B.local_partial(plan, q, k, v, remote, causal, None))
-    tol = 1e-3 if strategy == "gather" else 1e-5  # fp16 table rows
+    tol = {"gather": 1e-3, "gather_int8": 2e-2}.get(strategy, 1e-5)  # fp16 / 8-bit table rows
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+def _int8_rows_oracle(packed: torch.Tensor) -> torch.Tensor:
+    """Pure-torch reading of torch's row-wise 8-bit layout: values, then the row's fp32 scale and offset."""
+    scale_offset = packed[:, -8:].contiguous().view(torch.float32)  # (rows, 2)
+    return packed[:, :-8].float() * scale_offset[:, :1] + scale_offset[:, 1:]
+
+
+@pytest.mark.parametrize("groups,kv_heads,remote", [(4, 2, 7), (8, 1, 33), (1, 2, 5)])
+def test_int8_gather_sums_the_rounded_rows_within_their_bound(groups, kv_heads, remote):
+    blk, codebook, codes, _ = _setup(groups=groups, kv_heads=kv_heads, remote=remote)
+    plan = RemotePlan(blk, codebook, "gather_int8")
+    rk, rv = plan.remote_kv(codes)
+    exact = RemotePlan(blk, codebook, "dequantize").remote_kv(codes)
+    for got, packed, table, want in zip((rk, rv), plan.int8_tables(), plan._project_tables(), exact):
+        width = blk.kv_heads * blk.head_dim
+        assert packed.dtype == torch.uint8 and packed.shape == (groups * 16, width + 8)
+        flat = lambda t: t.transpose(1, 2).flatten(2)  # noqa: E731  (B, Tr, Hkv*d)
+        # the op is the sum of the rows as the layout defines them
+        rounded = _int8_rows_oracle(packed).reshape(groups, 16, width)
+        torch.testing.assert_close(flat(got), reference.gather_tables(codes, rounded), rtol=1e-6, atol=1e-5)
+        # and each row moved by at most half a step of its own grid
+        rows = table.flatten(0, 1)
+        step = (rows.amax(1) - rows.amin(1)) / 255
+        assert ((_int8_rows_oracle(packed) - rows).abs() <= step[:, None] / 2 * (1 + 1e-5) + 1e-6).all()
+        bound = reference.gather_tables(codes, (step[:, None] / 2).expand_as(rows).reshape(groups, 16, width))
+        assert ((flat(got) - flat(want)).abs() <= bound * (1 + 1e-4) + 1e-4).all()
+        assert not torch.equal(flat(got), flat(want))  # rounded for real
+
+
+def test_int8_gather_refuses_a_device_without_the_quantized_op(monkeypatch):
+    blk, codebook, _, _ = _setup()
+    monkeypatch.setattr(astra.remote, "int8_gather_available", lambda device: False)
+    with pytest.raises(ValueError, match="gather_int8 strategy needs torch's quantized CPU ops"):
+        RemotePlan(blk, codebook, "gather_int8")
+    assert "gather_int8" not in cost_model.costs(RemotePlan(blk, codebook).shape(1, 4, 4))
 
 
 def test_the_gather_table_is_half_precision_and_sums_rows_in_fp32():
@@ -90,6 +126,10 @@ def test_auto_picks_by_cost_within_the_budget():
     # room for the half-precision tables only: the fused kernels' fp32 tables are out
     assert shape.gather_table_bytes * 2 == shape.table_bytes
     between = RemotePlan(blk, codebook, table_budget_bytes=shape.gather_table_bytes)
-    assert between.choose(2, 600, 600) == min(("gather", "dequantize"), key=c.get)
+    assert between.choose(2, 600, 600) == min(("gather", "gather_int8", "dequantize"), key=c.get)
+    # room for the 8-bit tables only
+    assert shape.int8_gather_table_bytes < shape.gather_table_bytes
+    int8_only = RemotePlan(blk, codebook, table_budget_bytes=shape.int8_gather_table_bytes)
+    assert int8_only.choose(2, 600, 600) == min(("gather_int8", "dequantize"), key=c.get)
     roomy = RemotePlan(blk, codebook, table_budget_bytes=1 << 30)
     assert roomy.choose(2, 600, 600) == min(c, key=c.get)

@@ -12,8 +12,8 @@ from .run import RunConfig
 
 
 TABLE_BUDGET_HELP = ("MiB per layer for the projected K/V codebook tables (fp32 for the fused kernels, fp16 for "
-                     "gather; ViT-Base at G=32: 192/96 MiB); without room, remote tokens are dequantized and "
-                     "projected instead")
+                     "gather, 8-bit rows for gather_int8 on CPU; ViT-Base at G=32: 192/96/48.5 MiB); without room, "
+                     "remote tokens are dequantized and projected instead")
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     d = RunConfig()

@@ -7,8 +7,8 @@ the codebook (for dequantize-then-project). Each call picks the cheapest
 allowed formulation for its shape, unless one is forced.
 
 ``codewords`` and ``tokens`` are fused kernels that take the local keys too.
-``gather`` and ``dequantize`` build the remote keys/values as ordinary
-tokens: their attention is two partials, local (computed while the codes are
+``gather``, ``gather_int8`` and ``dequantize`` build the remote keys/values
+as ordinary tokens: their attention is two partials, local (computed while the codes are
 on the wire) and remote, merged by their log-sum-exps.
 """
 from __future__ import annotations
@@ -21,7 +21,12 @@ from astra_kernels import backends, cost_model, reference
 
 from .models.base import BlockWeights
 
-STRATEGIES = ("auto", "tokens", "codewords", "gather", "dequantize")
+STRATEGIES = ("auto", "tokens", "codewords", "gather", "gather_int8", "dequantize")
+
+
+def int8_gather_available(device: torch.device) -> bool:
+    """Whether torch's 8-bit row-wise embedding bag (``gather_int8``) runs on ``device``: CPU builds only."""
+    return device.type == "cpu" and hasattr(torch.ops.quantized, "embedding_bag_byte_rowwise_offsets")
 
 
 class RemotePlan:
@@ -32,10 +37,14 @@ class RemotePlan:
         g = codebook.shape[0]
         if strategy == "codewords" and g != 1:
             raise ValueError(f"the codewords strategy needs G = 1, got G={g}")
+        if strategy == "gather_int8" and not int8_gather_available(codebook.device):
+            raise ValueError(f"the gather_int8 strategy needs torch's quantized CPU ops; this torch has none "
+                             f"for {codebook.device.type} tensors (use gather)")
         self.block, self.codebook, self.strategy = block, codebook, strategy
         self.table_budget_bytes = table_budget_bytes
         self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
         self._gather_table: torch.Tensor | None = None
+        self._int8_tables: tuple[torch.Tensor, torch.Tensor] | None = None
         self._choices: dict[tuple, str] = {}  # the cost model's pick per call shape
 
     def shape(self, batch: int, queries: int, remote: int, backend: str | None = None) -> cost_model.RemoteShape:
@@ -45,6 +54,7 @@ class RemotePlan:
             batch=batch, heads=b.heads, kv_heads=b.kv_heads, head_dim=b.head_dim, queries=queries, remote=remote,
             groups=self.codebook.shape[0], codebook_size=self.codebook.shape[1], model_dim=b.dim,
             elem_bytes=self.codebook.element_size(), skips_unused=cost_model.skips_unused_codewords(kernel),
+            int8_gather=int8_gather_available(self.codebook.device),
         )
 
     def choose(self, batch: int, queries: int, remote: int, backend: str | None = None) -> str:
@@ -82,6 +92,14 @@ class RemotePlan:
             self._gather_table = narrow if torch.isfinite(narrow).all() else table
         return self._gather_table
 
+    def int8_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(k_rows, v_rows) for ``gather_int8``: each (G*K, Hkv*d + 8) uint8, a code's K (V) row rounded to
+        8 bits with its fp32 scale and offset (torch's row-wise layout); built on first use."""
+        if self._int8_tables is None:
+            pack = torch.ops.quantized.embedding_bag_byte_prepack
+            self._int8_tables = tuple(pack(t.flatten(0, 1).float().contiguous()) for t in self._project_tables())
+        return self._int8_tables
+
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """(B, Tr, Hkv*d) -> (B, Hkv, Tr, d)."""
         return x.reshape(x.shape[0], x.shape[1], self.block.kv_heads, self.block.head_dim).transpose(1, 2)
@@ -92,17 +110,30 @@ class RemotePlan:
         kv = F.linear(ak.vq_decode(codes, self.codebook), b.w_kv, b.b_kv)
         return tuple(self._heads(t) for t in kv.split(b.kv_heads * b.head_dim, dim=-1))
 
+    def _table_rows(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, Tr, G) -> the rows of the flattened (G*K, ...) tables they select, (B*Tr, G) int64."""
+        g, k = self.codebook.shape[:2]
+        return (codes.long() + torch.arange(g, device=codes.device) * k).flatten(0, 1)
+
     def _gathered_kv(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum each token's G rows of the gather table (fp32 accumulation): each (B, Hkv, Tr, d)."""
-        g, k = self.codebook.shape[:2]
-        rows = (codes.long() + torch.arange(g, device=codes.device) * k).flatten(0, 1)  # (B*Tr, G)
-        kv = F.embedding_bag(rows, self.gather_table(), mode="sum").to(self.codebook.dtype)
+        kv = F.embedding_bag(self._table_rows(codes), self.gather_table(), mode="sum").to(self.codebook.dtype)
         kv = kv.reshape(codes.shape[0], codes.shape[1], -1)
         return tuple(self._heads(t) for t in kv.split(self.block.kv_heads * self.block.head_dim, dim=-1))
+
+    def _int8_gathered_kv(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum each token's G rows of the 8-bit tables (dequantized in fp32): each (B, Hkv, Tr, d)."""
+        rows = self._table_rows(codes)
+        offsets = torch.arange(0, rows.numel(), rows.shape[1], device=rows.device)  # one bag per token
+        bag = torch.ops.quantized.embedding_bag_byte_rowwise_offsets
+        return tuple(self._heads(bag(t, rows.flatten(), offsets, mode=0).to(self.codebook.dtype)
+                                 .reshape(codes.shape[0], codes.shape[1], -1)) for t in self.int8_tables())
 
     def _materialized_kv(self, codes: torch.Tensor, how: str) -> tuple[torch.Tensor, torch.Tensor]:
         if how == "gather":
             return self._gathered_kv(codes)
+        if how == "gather_int8":
+            return self._int8_gathered_kv(codes)
         if how == "dequantize":
             return self._dequantized_kv(codes)
         k_table, v_table = self.tables()  # the fused formulations' tables
