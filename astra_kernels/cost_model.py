@@ -30,9 +30,9 @@ but for the rounded tables of ``gather_int8``):
     memory is 2 * G * K * Hkv*d elements per layer (192 MiB fp32, 96 MiB half
     for G = 32, K = 1024, D = 768), so it is the choice when they do not fit.
 
-``gather``, ``gather_int8`` and ``dequantize`` build the remote keys/values as ordinary
-tokens, so the runtime attends the local keys first, while the codes travel,
-and merges the two partials (:mod:`astra.block`).
+``gather``, ``gather_int8`` and ``dequantize`` build the remote keys/values as
+ordinary tokens, so the runtime attends the local keys first, while the codes
+travel, and merges the two partials (:mod:`astra.block`).
 
 Costs are counted in multiply-adds of fp32 work per call, with memory-bound
 steps converted by a factor: ``GATHER_COST_*`` multiply-adds per gathered table
@@ -40,9 +40,9 @@ element. Cache-resident table rows cost about one FMA; fp32 rows streamed from
 tables larger than the caches cost ~16 (measured on ViT-Base, 12 blocks at
 G = 16 and 32: the token gather matched, then lost to, one projection GEMM),
 and streamed rows cost in proportion to their bytes (half precision: 8, 8-bit
-rows: about 4; measured at G = 32, Tr = 512: 2.9 ms to gather K and V vs 8.6 ms to decode and
-project them; 12 ViT-Base blocks in turn, each table cold: fp16 5.8 ms, int8
-3.6 ms per block).
+rows: about 4; measured at G = 32, Tr = 512: 2.9 ms to gather K and V vs 8.6
+ms to decode and project them; 12 ViT-Base blocks in turn, each table cold:
+fp16 5.8 ms, int8 3.6 ms per block).
 The fused kernels gather the remote tile once per tile of ``QUERY_TILE_ROWS``
 query rows (all heads of a KV group together), so the gather is counted once
 per query tile. The kernels call
@@ -139,12 +139,13 @@ def costs(s: RemoteShape) -> dict[str, float]:
     out = {
         "tokens": per_key * s.remote + _gather_cost(s.table_bytes, s.elem_bytes) * query_tiles(s) * rows,
         "gather": per_key * s.remote + _gather_cost(s.gather_table_bytes, s.gather_elem_bytes) * rows,
-        **({"gather_int8": per_key * s.remote + _gather_cost(s.int8_gather_table_bytes, s.int8_gather_table_bytes
-                                                              / s.table_elements) * rows} if s.int8_gather else {}),
         "dequantize": per_key * s.remote
         + s.batch * s.remote * s.model_dim * kv_width  # projection GEMM
         + GATHER_COST_CACHED * s.batch * s.remote * s.model_dim,  # decode
     }
+    if s.int8_gather:
+        bytes_per_element = s.int8_gather_table_bytes / s.table_elements
+        out["gather_int8"] = per_key * s.remote + _gather_cost(s.int8_gather_table_bytes, bytes_per_element) * rows
     if s.groups == 1:
         k = s.codebook_size
         keys = k * (1 - (1 - 1 / k) ** s.remote) if s.skips_unused else k

@@ -70,6 +70,13 @@ def test_int8_gather_sums_the_rounded_rows_within_their_bound(groups, kv_heads, 
         assert not torch.equal(flat(got), flat(want))  # rounded for real
 
 
+@pytest.mark.parametrize("strategy", cost_model.MATERIALIZED)
+def test_materialized_remote_kv_of_no_remote_tokens_is_empty(strategy):
+    blk, codebook, _, _ = _setup()
+    rk, rv = RemotePlan(blk, codebook, strategy).remote_kv(torch.zeros((2, 0, 4), dtype=torch.int32))
+    assert rk.shape == rv.shape == (2, blk.kv_heads, 0, blk.head_dim)
+
+
 def test_int8_gather_refuses_a_device_without_the_quantized_op(monkeypatch):
     blk, codebook, _, _ = _setup()
     monkeypatch.setattr(astra.remote, "int8_gather_available", lambda device: False)

@@ -8,8 +8,8 @@ allowed formulation for its shape, unless one is forced.
 
 ``codewords`` and ``tokens`` are fused kernels that take the local keys too.
 ``gather``, ``gather_int8`` and ``dequantize`` build the remote keys/values
-as ordinary tokens: their attention is two partials, local (computed while the codes are
-on the wire) and remote, merged by their log-sum-exps.
+as ordinary tokens: their attention is two partials, local (computed while the
+codes are on the wire) and remote, merged by their log-sum-exps.
 """
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ class RemotePlan:
     def _gathered_kv(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum each token's G rows of the gather table (fp32 accumulation): each (B, Hkv, Tr, d)."""
         kv = F.embedding_bag(self._table_rows(codes), self.gather_table(), mode="sum").to(self.codebook.dtype)
-        kv = kv.reshape(codes.shape[0], codes.shape[1], -1)
+        kv = kv.reshape(codes.shape[0], codes.shape[1], kv.shape[-1])
         return tuple(self._heads(t) for t in kv.split(self.block.kv_heads * self.block.head_dim, dim=-1))
 
     def _int8_gathered_kv(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,8 +126,9 @@ class RemotePlan:
         rows = self._table_rows(codes)
         offsets = torch.arange(0, rows.numel(), rows.shape[1], device=rows.device)  # one bag per token
         bag = torch.ops.quantized.embedding_bag_byte_rowwise_offsets
-        return tuple(self._heads(bag(t, rows.flatten(), offsets, mode=0).to(self.codebook.dtype)
-                                 .reshape(codes.shape[0], codes.shape[1], -1)) for t in self.int8_tables())
+        sums = (bag(t, rows.flatten(), offsets, mode=0) for t in self.int8_tables())  # mode 0: sum
+        b, tr = codes.shape[:2]
+        return tuple(self._heads(x.to(self.codebook.dtype).reshape(b, tr, x.shape[-1])) for x in sums)
 
     def _materialized_kv(self, codes: torch.Tensor, how: str) -> tuple[torch.Tensor, torch.Tensor]:
         if how == "gather":
