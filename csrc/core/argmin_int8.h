@@ -29,23 +29,28 @@ constexpr int64_t kInt8PanelWidth = 32;
 // True when this build has the kernels and this CPU runs AVX-512 VNNI.
 bool int8_argmin_supported();
 
+// Constants of one packed codebook that bound the estimates' rounding.
+struct Int8Grid {
+  float scale;      // s_e
+  float max_l1;     // max_k ||e~_k||_1
+  float norm_peak;  // largest finite ||e_k||^2 (the fp32 slack of an estimate)
+};
+
 struct Int8Codebook {
   const int32_t* panels;  // (num_panels, ceil(Dg / 4), P)
   const float* norms;     // (num_panels * P,)
   const float* offsets;   // (num_panels * P,)
   int64_t num_panels;
-  float scale;            // s_e
-  float max_l1;           // max_k ||e~_k||_1
+  Int8Grid grid;
   const float* codebook;  // (K, Dg) fp32 row-major: the exact re-scoring
   int64_t codes;          // K
   int64_t width;          // Dg
 };
 
 // Packs a (k, width) fp32 codebook into panels (ceil(k / P) * ceil(width / 4)
-// * P words), norms and offsets (ceil(k / P) * P floats each); returns scale
-// and max_l1 through the pointers.
-void int8_pack(const float* codebook, int64_t k, int64_t width, int32_t* panels, float* norms,
-               float* offsets, float* scale, float* max_l1);
+// * P words), norms and offsets (ceil(k / P) * P floats each); returns its grid.
+Int8Grid int8_pack(const float* codebook, int64_t k, int64_t width, int32_t* panels, float* norms,
+                   float* offsets);
 
 // best[r] = argmin for rows r < rows of x (row stride x_row_stride floats).
 // Rows that are not finite get 0 (vq_encode's rule 2 overrides them anyway).

@@ -166,17 +166,19 @@ bool int8_argmin_supported() {
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
 
-void int8_pack(const float* codebook, int64_t k, int64_t width, int32_t* panels, float* norms,
-               float* offsets, float* scale, float* max_l1) {
+Int8Grid int8_pack(const float* codebook, int64_t k, int64_t width, int32_t* panels, float* norms,
+                   float* offsets) {
   const int64_t quads = (width + 3) / 4;
   const int64_t num_panels = (k + P - 1) / P;
   float peak = 0.0f;
+  float norm_peak = 0.0f;
   for (int64_t j = 0; j < k; ++j) {
     const float* e = codebook + j * width;
     float row_peak;
     norms[j] = fixed_order_norm(e, width);
     if (finite_peak(e, width, &row_peak) && std::isfinite(norms[j])) {
       peak = std::max(peak, row_peak);
+      norm_peak = std::max(norm_peak, norms[j]);
     } else {
       norms[j] = std::numeric_limits<float>::infinity();  // never wins; its words stay 0
     }
@@ -205,18 +207,13 @@ void int8_pack(const float* codebook, int64_t k, int64_t width, int32_t* panels,
     offsets[j] = 128.0f * static_cast<float>(_mm512_reduce_add_epi32(sum));
     l1_max = std::max(l1_max, static_cast<float>(_mm512_reduce_add_epi32(l1)));
   }
-  *scale = step;
-  *max_l1 = l1_max;
+  return Int8Grid{step, l1_max, norm_peak};
 }
 
 void int8_argmin(const Int8Codebook& book, const float* x, int64_t x_row_stride, int64_t rows,
                  int32_t* best) {
   const int64_t quads = (book.width + 3) / 4;
   const int64_t ld = book.num_panels * P;
-  float norm_peak = 0.0f;
-  for (int64_t j = 0; j < book.codes; ++j) {
-    if (std::isfinite(book.norms[j])) norm_peak = std::max(norm_peak, book.norms[j]);
-  }
   // Per-thread buffers: vq_encode runs one task per (group, row block).
   thread_local std::vector<int32_t> words;
   thread_local std::vector<float> scores;
@@ -233,7 +230,7 @@ void int8_argmin(const Int8Codebook& book, const float* x, int64_t x_row_stride,
         std::memset(w, 0x80, sizeof(int32_t) * static_cast<size_t>(quads));
         step[i] = l1[i] = 0.0f;
       }
-      alpha[i] = -2.0f * step[i] * book.scale;
+      alpha[i] = -2.0f * step[i] * book.grid.scale;
     }
     for (int64_t r = 0; r < n; r += kTileRows) {
       estimate_rows<kTileRows>(std::min<int64_t>(kTileRows, n - r), book, words.data() + r * quads, quads,
@@ -248,9 +245,11 @@ void int8_argmin(const Int8Codebook& book, const float* x, int64_t x_row_stride,
       __m512 vmin = _mm512_set1_ps(std::numeric_limits<float>::infinity());
       for (int64_t j = 0; j < ld; j += 16) vmin = _mm512_min_ps(vmin, _mm512_loadu_ps(s + j));
       const float lowest = _mm512_reduce_min_ps(vmin);
-      const float bound = step[i] * book.scale * (l1[i] + book.max_l1 + 0.5f * static_cast<float>(book.width));
+      const float bound =
+          step[i] * book.grid.scale * (l1[i] + book.grid.max_l1 + 0.5f * static_cast<float>(book.width));
       // the largest terms an estimate adds: the norm, and |alpha| * (byte sum + offset)
-      const float terms = norm_peak + -alpha[i] * 2.0f * 255.0f * kLevels * static_cast<float>(quads * 4);
+      const float terms =
+          book.grid.norm_peak + -alpha[i] * 2.0f * 255.0f * kLevels * static_cast<float>(quads * 4);
       const float threshold = lowest + (2.0f * bound + kSlack * terms) * 1.001f;
       best[c0 + i] = rescore(book, x + (c0 + i) * x_row_stride, s, threshold);
     }
@@ -266,7 +265,7 @@ void int8_argmin(const Int8Codebook& book, const float* x, int64_t x_row_stride,
 
 namespace astra::core {
 bool int8_argmin_supported() { return false; }
-void int8_pack(const float*, int64_t, int64_t, int32_t*, float*, float*, float*, float*) {
+Int8Grid int8_pack(const float*, int64_t, int64_t, int32_t*, float*, float*) {
   throw std::logic_error("int8_pack: this build has no AVX-512 VNNI kernels");
 }
 void int8_argmin(const Int8Codebook&, const float*, int64_t, int64_t, int32_t*) {

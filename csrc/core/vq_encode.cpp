@@ -1,7 +1,5 @@
 #include "core/vq_encode.h"
 
-#include "core/argmin_int8.h"
-
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -111,8 +109,7 @@ EncodePlan::EncodePlan(const float* codebooks, VqShape shape, Simd simd, EncodeP
     int8_panels_.reset(static_cast<int32_t*>(aligned_buffer(static_cast<size_t>(words) * sizeof(int32_t))));
     norms_.resize(static_cast<size_t>(g * num_panels_ * kInt8PanelWidth));
     int8_offsets_.resize(norms_.size());
-    int8_scale_.resize(static_cast<size_t>(g));
-    int8_max_l1_.resize(static_cast<size_t>(g));
+    int8_grids_.resize(static_cast<size_t>(g));
   } else {
     norms_.resize(static_cast<size_t>(g * k));
     first_duplicate_.resize(static_cast<size_t>(g * k));
@@ -153,9 +150,9 @@ void EncodePlan::prepare(int64_t task) {
   if (path_ == EncodePath::kInt8) {
     const int64_t g = task;
     const int64_t p = kInt8PanelWidth;
-    int8_pack(codebooks_ + g * k * dg, k, dg, int8_group_panels(g), norms_.data() + g * num_panels_ * p,
-              int8_offsets_.data() + g * num_panels_ * p, &int8_scale_[static_cast<size_t>(g)],
-              &int8_max_l1_[static_cast<size_t>(g)]);
+    int8_grids_[static_cast<size_t>(g)] =
+        int8_pack(codebooks_ + g * k * dg, k, dg, int8_group_panels(g), norms_.data() + g * num_panels_ * p,
+                  int8_offsets_.data() + g * num_panels_ * p);
     return;
   }
   const int64_t g = task;
@@ -228,8 +225,7 @@ void EncodePlan::encode_rows(const float* x, int64_t x_row_stride, int64_t g, in
                             norms_.data() + g * num_panels_ * p,
                             int8_offsets_.data() + g * num_panels_ * p,
                             num_panels_,
-                            int8_scale_[static_cast<size_t>(g)],
-                            int8_max_l1_[static_cast<size_t>(g)],
+                            int8_grids_[static_cast<size_t>(g)],
                             codebooks_ + g * k * dg,
                             k,
                             dg};

@@ -25,6 +25,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/argmin_int8.h"
 #include "core/argmin_kernels.h"
 #include "core/cpu_features.h"
 
@@ -105,8 +106,7 @@ class EncodePlan {
   std::unique_ptr<float[], AlignedFree> panels_;  // fused: (G, num_panels, Dg, P)
   std::unique_ptr<int32_t[], AlignedFree> int8_panels_;  // int8: (G, num_panels, ceil(Dg / 4), P)
   std::vector<float> int8_offsets_;              // int8: (G, num_panels * P)
-  std::vector<float> int8_scale_;                // int8: (G,) grid step of the codebook
-  std::vector<float> int8_max_l1_;               // int8: (G,)
+  std::vector<Int8Grid> int8_grids_;             // int8: (G,)
   std::vector<float> norms_;                     // fused, int8: (G, num_panels * P); GEMM: (G, K)
   std::vector<int32_t> first_duplicate_;         // GEMM: (G, K) lowest index of an identical codeword
 };
