@@ -106,12 +106,16 @@ class RemoteShape:
     @property
     def int8_gather_table_bytes(self) -> int:
         """Memory of the K and V tables of ``gather_int8``: a byte per element, plus each row's scale and offset."""
-        rows = 2 * self.groups * self.codebook_size
-        return rows * (self.kv_heads * self.head_dim + INT8_ROW_EXTRA_BYTES)
+        return self.table_elements + self.table_rows * INT8_ROW_EXTRA_BYTES
+
+    @property
+    def table_rows(self) -> int:
+        """Rows of the K and V tables together: one per code and group."""
+        return 2 * self.groups * self.codebook_size
 
     @property
     def table_elements(self) -> int:
-        return 2 * self.groups * self.codebook_size * self.kv_heads * self.head_dim
+        return self.table_rows * self.kv_heads * self.head_dim
 
 
 def gather_table_dtype(dtype: torch.dtype) -> torch.dtype:

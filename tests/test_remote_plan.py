@@ -54,17 +54,18 @@ def test_int8_gather_sums_the_rounded_rows_within_their_bound(groups, kv_heads, 
     plan = RemotePlan(blk, codebook, "gather_int8")
     rk, rv = plan.remote_kv(codes)
     exact = RemotePlan(blk, codebook, "dequantize").remote_kv(codes)
+    width = blk.kv_heads * blk.head_dim
+    flat = lambda t: t.transpose(1, 2).flatten(2)  # noqa: E731  (B, Hkv, Tr, d) -> (B, Tr, Hkv*d)
     for got, packed, table, want in zip((rk, rv), plan.int8_tables(), plan._project_tables(), exact):
-        width = blk.kv_heads * blk.head_dim
         assert packed.dtype == torch.uint8 and packed.shape == (groups * 16, width + 8)
-        flat = lambda t: t.transpose(1, 2).flatten(2)  # noqa: E731  (B, Tr, Hkv*d)
         # the op is the sum of the rows as the layout defines them
-        rounded = _int8_rows_oracle(packed).reshape(groups, 16, width)
-        torch.testing.assert_close(flat(got), reference.gather_tables(codes, rounded), rtol=1e-6, atol=1e-5)
+        rounded = _int8_rows_oracle(packed)
+        torch.testing.assert_close(flat(got), reference.gather_tables(codes, rounded.reshape(groups, 16, width)),
+                                   rtol=1e-6, atol=1e-5)
         # and each row moved by at most half a step of its own grid
         rows = table.flatten(0, 1)
         step = (rows.amax(1) - rows.amin(1)) / 255
-        assert ((_int8_rows_oracle(packed) - rows).abs() <= step[:, None] / 2 * (1 + 1e-5) + 1e-6).all()
+        assert ((rounded - rows).abs() <= step[:, None] / 2 * (1 + 1e-5) + 1e-6).all()
         bound = reference.gather_tables(codes, (step[:, None] / 2).expand_as(rows).reshape(groups, 16, width))
         assert ((flat(got) - flat(want)).abs() <= bound * (1 + 1e-4) + 1e-4).all()
         assert not torch.equal(flat(got), flat(want))  # rounded for real

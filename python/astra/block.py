@@ -1,9 +1,9 @@
-"""The arithmetic of one ASTRA block on one rank, in three phases.
+"""The arithmetic of one ASTRA block on one rank, in four phases.
 
     encode   z = attention input of the local tokens; codes = VQ(z)      (then: post the exchange)
-    project  q, k, v of the local tokens, and when the remote formulation (overlaps the exchange)
-             builds remote keys as ordinary tokens, the local attention
-             partial
+    project  q, k, v of the local tokens                                 (overlaps the exchange)
+    local    the attention partial over the local keys, only when the    (overlaps the exchange)
+             remote formulation builds remote keys as ordinary tokens
     finish   attention over the remote tokens (from their codes, after the wait) and the local
              keys (full precision), output projection, MLP
 

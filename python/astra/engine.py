@@ -5,8 +5,9 @@ Each rank owns a contiguous chunk of the sequence. Per block it quantizes its
 tokens' attention inputs, sends the bit-packed codes to the ranks that need
 them, projects (and, for the formulations that need it, attends) its own
 tokens at full precision while the codes travel, then attends to the remote
-tokens through codebook lookups (:mod:`astra.block`). Models with a class token keep a copy on every
-rank (Distributed Class Tokens) and average the final class states.
+tokens through codebook lookups (:mod:`astra.block`). Models with a class
+token keep a copy on every rank (Distributed Class Tokens) and average the
+final class states.
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ class AstraEngine:
         model: GPT2LMHeadModel, ViTForImageClassification or TinyTransformer (unmodified).
         codebooks: one (G, K, D/G) codebook per block.
         remote: how remote tokens are attended ("auto": the cost model, or
-            "tokens", "codewords", "gather", "dequantize"; see :mod:`astra_kernels.cost_model`).
+            "tokens", "codewords", "gather", "gather_int8", "dequantize"; see
+            :mod:`astra_kernels.cost_model`).
         backend: astra_kernels backend for every op (None: fastest available).
     """
 
