@@ -150,14 +150,12 @@ def _op_fn(op: str, remote: int, groups: int):
             return F.scaled_dot_product_attention(q, torch.cat([k_r, k_local], 2), torch.cat([v_r, v_local], 2),
                                                   attn_mask=mask)
         return gather_sdpa
-    plan = RemotePlan(block, codebooks, {"runtime_gather": "gather", "runtime_gather_int8": "gather_int8"}.get(op, "auto"))
-    plan.tables()  # built once per layer, like the runtime (unused when it dequantizes)
-    plan.gather_table()
-    if op == "runtime_gather_int8":
-        plan.int8_tables()
+    strategy = {"runtime_gather": "gather", "runtime_gather_int8": "gather_int8"}.get(op, "auto")
+    plan = RemotePlan(block, codebooks, strategy)
 
     def runtime_plan():
         return plan.attend(q, k_local, v_local, codes, causal=True, backend="cpu")
+    runtime_plan()  # builds the tables its formulation needs, once per layer like the runtime (not timed)
     return runtime_plan
 
 
