@@ -9,9 +9,11 @@ keys), with pure-torch, C++ CPU, Triton and CUDA backends.
     >>> x_hat = ak.vq_decode(ak.unpack_codes(wire, 4, codes.shape), cb)
 """
 from .backends import BackendUnavailable, available_backends
+from .encoder import VqEncoder
 from .ops import (
     attention,
     code_bits,
+    int8_estimate_native,
     merge_attention,
     mixed_precision_attention,
     pack_codes,
@@ -20,13 +22,16 @@ from .ops import (
     unpack_codes,
     vq_decode,
     vq_encode,
+    vq_encode_int8,
 )
 
 __all__ = [
     "BackendUnavailable",
+    "VqEncoder",
     "attention",
     "available_backends",
     "code_bits",
+    "int8_estimate_native",
     "merge_attention",
     "mixed_precision_attention",
     "pack_codes",
@@ -35,5 +40,6 @@ __all__ = [
     "unpack_codes",
     "vq_decode",
     "vq_encode",
+    "vq_encode_int8",
 ]
 __version__ = "0.1.0"

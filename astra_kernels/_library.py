@@ -29,7 +29,7 @@ def vq_encode(x: Tensor, codebooks: Tensor, backend: str) -> tuple[Tensor, Tenso
 
 
 @vq_encode.register_fake
-def _(x, codebooks, backend):
+def _vq_encode_fake(x, codebooks, backend):
     shape = (x.shape[0], codebooks.shape[0])
     return x.new_empty(shape, dtype=torch.int32), x.new_empty(shape, dtype=torch.float32)
 
@@ -57,6 +57,17 @@ def _vq_encode_backward(ctx, grad_codes, grad_sqdist):
 
 
 vq_encode.register_autograd(_vq_encode_backward, setup_context=_vq_encode_setup)
+
+
+@torch.library.custom_op("astra::vq_encode_int8", mutates_args=())
+def vq_encode_int8(x: Tensor, codebooks: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+    """As vq_encode, codes chosen by int8-estimated scores (reference.vq_encode_int8)."""
+    return backends.get(backend).vq_encode_int8(x, codebooks)
+
+
+vq_encode_int8.register_fake(_vq_encode_fake)
+# sqdist is the exact distance to the chosen codeword, whichever rule chose it
+vq_encode_int8.register_autograd(_vq_encode_backward, setup_context=_vq_encode_setup)
 
 
 # --- vq_decode -------------------------------------------------------------
@@ -169,3 +180,41 @@ def _mpa_backward(ctx, grad_out, grad_lse):
 
 
 mixed_precision_attention.register_autograd(_mpa_backward, setup_context=_mpa_setup)
+
+
+# --- merge of attention partials -------------------------------------------
+
+@torch.library.custom_op("astra::merge_attention", mutates_args=())
+def merge_attention(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+    """See astra_kernels.reference.merge_attention; returns (out, lse), out stored token-major."""
+    out, lse = backends.get(backend).merge_attention(out_a, lse_a, out_b, lse_b)
+    # one layout for every backend (the fake's): the C++ kernel writes it, the reference's is copied there
+    return out.transpose(1, 2).contiguous().transpose(1, 2), lse
+
+
+@merge_attention.register_fake
+def _(out_a, lse_a, out_b, lse_b, backend):
+    b, h, t, d = out_a.shape
+    return out_a.new_empty((b, t, h, d)).transpose(1, 2), lse_a.new_empty(lse_a.shape)
+
+
+def _merge_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:4])
+
+
+def _merge_backward(ctx, grad_out, grad_lse):
+    # The reference's vector-Jacobian product, whatever backend ran forward.
+    from . import reference
+
+    tensors = [t.detach().requires_grad_(ctx.needs_input_grad[i]) for i, t in enumerate(ctx.saved_tensors)]
+    wanted = [t for t in tensors if t.requires_grad]
+    grads = iter(())
+    if wanted:
+        with torch.enable_grad():
+            pairs = [(o, g) for o, g in zip(reference.merge_attention(*tensors), (grad_out, grad_lse)) if o.requires_grad]
+            outs, grad_outs = zip(*pairs)  # lse needs no gradient when only out_a/out_b require one
+            grads = iter(torch.autograd.grad(outs, wanted, grad_outs, allow_unused=True))
+    return tuple(next(grads) if t.requires_grad else None for t in tensors) + (None,)
+
+
+merge_attention.register_autograd(_merge_backward, setup_context=_merge_setup)

@@ -21,14 +21,18 @@ except ImportError as exc:  # registry reports this message as the reason
 
 
 def capabilities() -> dict:
-    """{'simd': kernels in use, 'simd_detected': best supported, 'encode_gemm_min_width': Dg}."""
+    """{'simd': kernels in use, 'simd_detected': best supported, 'encode_gemm_min_width': Dg,
+    'int8_estimate': 'avx512_vnni' or 'portable' (the vq_encode_int8 kernels)}."""
     return dict(_C.capabilities())
 
 
 # The extension's functions take exactly the backend contract's arguments
 # (astra_kernels.reference): bind them directly.
 vq_encode = _C.vq_encode
+vq_encode_int8 = _C.vq_encode_int8
+VqEncoder = _C.VqEncoder  # prepared codebooks: VqEncoder(codebooks, exact).encode(x)
 vq_decode = _C.vq_decode
 pack_codes = _C.pack_codes
 unpack_codes = _C.unpack_codes
 mixed_precision_attention = _C.mixed_precision_attention  # fp64 and fp32 native, fp16/bf16 via fp32
+merge_attention = _C.merge_attention  # token-major output

@@ -51,14 +51,43 @@ def vq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, backend: str | None =
     non-finite sqdist on every backend; check ``sqdist.isfinite()`` to detect
     it. See :func:`astra_kernels.reference.vq_encode` for the exact contract.
     """
+    return _encode("vq_encode", x, codebooks, backend)
+
+
+def vq_encode_int8(x: torch.Tensor, codebooks: torch.Tensor, *, backend: str | None = None):
+    """:func:`vq_encode` with each code chosen by int8 estimates of the scores: an
+    approximately nearest codeword, about twice as fast on CPUs with AVX-512 VNNI.
+
+    Same arguments, outputs and rules for non-finite groups; sqdist is the
+    exact distance to the chosen codeword. The chosen codeword's true score
+    exceeds the best one by at most the rounding bound of
+    :func:`astra_kernels.reference.vq_encode_int8`, the contract (on ViT-Base
+    activations at G = 32, K = 1024: 3 % of codes differ from the nearest one,
+    and the total squared error grows by 0.02 %). The C++ CPU backend runs it
+    (VNNI kernels, or bit-identical portable code: :func:`int8_estimate_native`);
+    other devices run the reference.
+    """
+    return _encode("vq_encode_int8", x, codebooks, backend)
+
+
+def int8_estimate_native(device: torch.device | str) -> bool:
+    """Whether :func:`vq_encode_int8` runs SIMD kernels on ``device`` (the C++ CPU backend on a CPU
+    with AVX-512 VNNI), i.e. whether it is faster than :func:`vq_encode` there."""
+    device = torch.device(device)
+    if device.type != "cpu" or backends.resolve(None, device, "vq_encode_int8") != "cpu":
+        return False
+    return backends.get("cpu").capabilities()["int8_estimate"] == "avx512_vnni"
+
+
+def _encode(op: str, x: torch.Tensor, codebooks: torch.Tensor, backend: str | None):
     g, _, dg = _checks.codebooks(codebooks)
     _checks.vq_input(x, codebooks, g, dg)
-    name = backends.resolve(backend, x.device, "vq_encode")
+    name = backends.resolve(backend, x.device, op)
     lead = x.shape[:-1]
     flat = x.reshape(-1, g * dg)
     if flat.shape[0] == 0:
         return (x.new_empty((*lead, g), dtype=torch.int32), x.new_empty((*lead, g), dtype=torch.float32))
-    codes, sqdist = _library.vq_encode(flat, codebooks, name)
+    codes, sqdist = getattr(_library, op)(flat, codebooks, name)
     return codes.reshape(*lead, g), sqdist.reshape(*lead, g)
 
 
@@ -235,19 +264,24 @@ def project_codebooks(codebooks: torch.Tensor, weight: torch.Tensor, bias: torch
     return reference.project_codebooks(codebooks, weight, bias)
 
 
-def merge_attention(out_a, lse_a, out_b, lse_b) -> tuple[torch.Tensor, torch.Tensor]:
+def merge_attention(out_a, lse_a, out_b, lse_b, *, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge two attention partials over disjoint key sets (e.g. local, then remote).
 
-    out_* (B, H, T, d), lse_* (B, H, T) float32 -> (out, lse) equal to one call
-    over the union of the keys. Pure torch (elementwise).
+    out_* (B, H, T, d) of one dtype, lse_* (B, H, T) float32 -> (out, lse) equal
+    to one call over the union of the keys. ``out`` is stored token-major
+    ((B, T, H, d) memory, a (B, H, T, d) view), so that
+    ``out.transpose(1, 2).reshape(B, T, H * d)`` needs no copy. Differentiable.
     """
-    from . import reference
-
     for name, t in (("out_a", out_a), ("lse_a", lse_a), ("out_b", out_b), ("lse_b", lse_b)):
         _checks.tensor(name, t)
     if out_a.shape != out_b.shape or out_a.dim() != 4:
         raise ValueError(f"out_a and out_b must share a (B, H, T, d) shape, got {tuple(out_a.shape)} and {tuple(out_b.shape)}")
+    if out_a.dtype != out_b.dtype or not out_a.is_floating_point():
+        raise TypeError(f"out_a and out_b must share one floating dtype, got {out_a.dtype} and {out_b.dtype}")
     if lse_a.shape != out_a.shape[:3] or lse_b.shape != out_a.shape[:3]:
         raise ValueError(f"lse_a and lse_b must have shape {tuple(out_a.shape[:3])}")
+    if lse_a.dtype != torch.float32 or lse_b.dtype != torch.float32:
+        raise TypeError(f"lse_a and lse_b must be float32, got {lse_a.dtype} and {lse_b.dtype}")
     _checks.same_device(out_a=out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
-    return reference.merge_attention(out_a, lse_a, out_b, lse_b)
+    name = backends.resolve(backend, out_a.device, "merge_attention")
+    return _library.merge_attention(out_a, lse_a, out_b, lse_b, name)

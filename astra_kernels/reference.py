@@ -48,10 +48,74 @@ def vq_encode(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tensor, t
         scores = torch.baddbmm(e_sq.unsqueeze(1), xg[:, r0:r1], cb.transpose(1, 2), alpha=-2.0)
         # NaN scores would win torch.argmin; make them lose instead (rule 2 decides those rows).
         codes[:, r0:r1] = torch.nan_to_num(scores, nan=float("inf")).argmin(dim=-1)
+    return _finish_codes(xg, cb, codes)
+
+
+def _finish_codes(xg: torch.Tensor, cb: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rules 2 and 3 of :func:`vq_encode`: xg (G, N, Dg) and cb (G, K, Dg) in fp32, codes (G, N)
+    -> codes (N, G) int32, sqdist (N, G) float32."""
+    g, n, dg = xg.shape
     codes = codes.masked_fill(~torch.isfinite((xg * xg).sum(-1)), 0)
     chosen = torch.gather(cb, 1, codes.unsqueeze(-1).expand(g, n, dg))  # (G, N, Dg)
     sqdist = ((xg - chosen) ** 2).sum(-1)
     return codes.to(torch.int32).transpose(0, 1).contiguous(), sqdist.transpose(0, 1).contiguous()
+
+
+INT8_LEVELS = 127.0
+INT8_MIN_STEP = 2.0**-100  # keeps 1 / step finite for subnormal peaks
+
+
+def int8_grid(v: torch.Tensor, peak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 8-bit grid of vectors v (..., Dg) fp32 with per-vector peaks (...,): the step
+    s = max(peak / 127, 2^-100) and v~ = round-half-even(v * fp32(1 / s)), each in fp32."""
+    step = torch.clamp(peak / INT8_LEVELS, min=INT8_MIN_STEP)
+    return step, torch.round(v * (1.0 / step).unsqueeze(-1))
+
+
+def int8_estimates(xg: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
+    """The int8-estimated scores of :func:`vq_encode_int8`, in float64: xg (G, N, Dg) and
+    cb (G, K, Dg) fp32 -> (G, N, K); +inf for codewords that are not finite."""
+    norms = (cb * cb).sum(-1)  # (G, K) fp32: overflows and underflows where the kernels' does
+    usable = torch.isfinite(norms)
+    cb = torch.where(usable.unsqueeze(-1), cb, 0.0)
+    step_e, e_q = int8_grid(cb, cb.abs().amax(dim=(1, 2)).unsqueeze(-1))  # one grid per group
+    xg = torch.where(torch.isfinite(xg), xg, 0.0)  # those groups' codes are overridden (rule 2)
+    step_x, x_q = int8_grid(xg, xg.abs().amax(-1))  # one grid per row group
+    alpha = (-2.0 * step_x) * step_e  # (G, N) fp32, as the kernels round it
+    dots = torch.bmm(x_q.double(), e_q.double().transpose(1, 2))  # exact: small integers
+    est = norms.double().unsqueeze(1) + alpha.double().unsqueeze(-1) * dots
+    return est.masked_fill(~usable.unsqueeze(1), float("inf"))
+
+
+def vq_encode_int8(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Approximately nearest codeword per group, by int8-estimated scores.
+
+    x: (N, D); codebooks: (G, K, Dg). Returns codes (N, G) int32 and sqdist
+    (N, G) float32, as :func:`vq_encode` but with rule 1 replaced by:
+
+      1. a codeword is usable when its fp32 ||e||^2 is finite. Per group, the
+         usable codewords are rounded to one 8-bit grid (:func:`int8_grid`, with
+         the peak max |e| over them), and each row group x_g to its own grid;
+         est_k = ||e_k||^2 + alpha * x~.e~_k with alpha = (-2 s_x) s_e in fp32
+         (+inf when unusable); code = argmin_k est_k, the lowest index on ties.
+         The true score of the chosen codeword exceeds the best one by at most
+         2 s_x s_e (||x~||_1 + max_k ||e~_k||_1 + Dg / 2) (plus fp32 rounding).
+
+    Rules 2 and 3 (non-finite groups get code 0; sqdist is the exact distance
+    to the chosen codeword) are unchanged. Kernels evaluate est_k in fp32 with
+    one fused multiply-add and this reference in float64, so the two can
+    differ only where two estimates lie within fp32 rounding of each other.
+    """
+    n, _ = x.shape
+    g, k, dg = codebooks.shape
+    xg = x.float().reshape(n, g, dg).transpose(0, 1)  # (G, N, Dg)
+    cb = codebooks.float()
+    codes = torch.empty(g, n, dtype=torch.int64, device=x.device)
+    rows = max(1, _MAX_BLOCK_ELEMS // max(1, g * k))
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        codes[:, r0:r1] = int8_estimates(xg[:, r0:r1], cb).argmin(dim=-1)
+    return _finish_codes(xg, cb, codes)
 
 
 def vq_decode(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:

@@ -25,9 +25,10 @@ X = torch.randn(5, 32)
         (X, torch.randn(4, 16, 8, device="meta"), ValueError, "same device"),
     ],
 )
-def test_vq_encode_rejects(x, cb, exc, match):
+@pytest.mark.parametrize("encode", [ak.vq_encode, ak.vq_encode_int8], ids=["exact", "int8"])
+def test_vq_encode_rejects(x, cb, exc, match, encode):
     with pytest.raises(exc, match=match):
-        ak.vq_encode(x, cb)
+        encode(x, cb)
 
 
 def test_decode_rejects_out_of_range_and_bad_shapes():

@@ -610,7 +610,9 @@ def test_astra_bench_on_sim_links_end_to_end(tmp_path):
 
     assert {(r["method"], r["devices"]) for r in projected} == {(m, n) for m in ("astra", "sp_fp32") for n in (4, 8)}
     md = (tmp_path / "b.md").read_text()
-    for label in ("single", "sp_fp32", f"astra G={groups} ({'/'.join(by[('astra', 10.0)]['remote_strategy'])})"):
+    a10 = by[("astra", 10.0)]
+    assert a10["encoding"] == ("int8" if ak.int8_estimate_native("cpu") else "exact")
+    for label in ("single", "sp_fp32", f"astra G={groups} ({'/'.join(a10['remote_strategy'])}, {a10['encoding']} encode)"):
         assert label in md
     assert "PROJECTION" in md
     png = (tmp_path / "b.png").read_bytes()

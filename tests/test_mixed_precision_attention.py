@@ -198,3 +198,66 @@ def test_bad_options():
         ak.mixed_precision_attention(**args, strategy="fast")
     with pytest.raises(ValueError, match="scale must be a positive number"):
         ak.mixed_precision_attention(**args, scale=-1.0)
+
+
+MERGE_BACKENDS = [b for b in ak.available_backends("cpu") if b in ("cpu", "reference")]
+
+
+@pytest.mark.parametrize("backend", MERGE_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
+def test_merge_matches_the_reference_with_empty_partials_and_strides(backend, dtype):
+    gen = torch.Generator().manual_seed(5)
+    out_a = torch.randn(2, 3, 9, 16, generator=gen).to(dtype)
+    out_b = torch.randn(2, 9, 3, 16, generator=gen).to(dtype).transpose(1, 2)  # token-major input
+    lse_a, lse_b = torch.randn(2, 3, 9, generator=gen) * 5, torch.randn(2, 9, 3, generator=gen).transpose(1, 2)
+    lse_a[0, 0, :3] = float("-inf")  # no key in partial a
+    lse_b[0, 0, 2:5] = float("-inf")  # nor in b: rows 2 both empty
+    out, lse = ak.merge_attention(out_a, lse_a, out_b, lse_b, backend=backend)
+    want, want_lse = reference.merge_attention(out_a, lse_a, out_b, lse_b)
+    tol = 1e-3 if dtype == torch.float16 else 1e-6
+    torch.testing.assert_close(out, want, rtol=tol, atol=tol)
+    torch.testing.assert_close(lse, want_lse, rtol=1e-6, atol=1e-6)
+    assert out.dtype == dtype and (out[0, 0, 2] == 0).all() and lse[0, 0, 2] == float("-inf")
+    # the heads of a token are contiguous: the output projection's input is a view
+    flat = out.transpose(1, 2).reshape(2, 9, 48)
+    assert flat.data_ptr() == out.data_ptr()
+
+
+@pytest.mark.parametrize("backend", MERGE_BACKENDS)
+def test_merge_gradients_match_the_reference(backend):
+    gen = torch.Generator().manual_seed(6)
+    leaves = [torch.randn(1, 2, 4, 8, generator=gen), torch.randn(1, 2, 4, generator=gen),
+              torch.randn(1, 2, 4, 8, generator=gen), torch.randn(1, 2, 4, generator=gen)]
+    grads = []
+    for fn in (lambda *a: ak.merge_attention(*a, backend=backend), reference.merge_attention):
+        xs = [t.clone().requires_grad_() for t in leaves]
+        out, lse = fn(*xs)
+        (out.square().sum() + lse.sum()).backward()
+        grads.append([x.grad for x in xs])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_merge_rejects_mismatched_partials():
+    out, lse = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3)
+    with pytest.raises(ValueError, match="share a \\(B, H, T, d\\) shape"):
+        ak.merge_attention(out, lse, out[:, :1], lse)
+    with pytest.raises(TypeError, match="one floating dtype"):
+        ak.merge_attention(out, lse, out.double(), lse)
+    with pytest.raises(TypeError, match="lse_a and lse_b must be float32"):
+        ak.merge_attention(out, lse.double(), out, lse)
+    with pytest.raises(ValueError, match="lse_a and lse_b must have shape"):
+        ak.merge_attention(out, lse[..., :2], out, lse)
+
+
+@pytest.mark.skipif("cpu" not in ak.available_backends("cpu"), reason="the C++ CPU extension is not built")
+@pytest.mark.parametrize("tq,tl,causal", [(513, 513, False), (700, 700, True), (1000, 1000, True), (300, 1100, True),
+                                          (257, 770, False)])
+def test_long_segments_with_ragged_sizes(tq, tl, causal):
+    """Key and query blocks are balanced around their targets (a sliver joins the other blocks): sizes
+    just past a block boundary, causal bands whose fully visible part changes size per query block."""
+    args = make_inputs(b=1, h=2, hkv=1, tq=tq, tl=tl, tr=5, d=16, seed=tq)
+    got = ak.mixed_precision_attention(**args, backend="cpu", causal=causal)
+    want = ak.mixed_precision_attention(**args, backend="reference", causal=causal)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

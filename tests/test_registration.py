@@ -27,6 +27,11 @@ def test_opcheck(backend, device):
         (ops.pack_codes.default, (flat, 4, backend)),
         (ops.unpack_codes.default, (ak.pack_codes(flat, 4), 4, flat.numel(), backend)),
     ]
+    if hasattr(ak.backends.get(backend), "vq_encode_int8"):
+        cases.append((ops.vq_encode_int8.default, (x, cb, backend)))
+    if hasattr(ak.backends.get(backend), "merge_attention"):
+        parts = torch.randn(2, 3, 5, 4, device=device), torch.randn(2, 3, 5, device=device)
+        cases.append((ops.merge_attention.default, (*parts, parts[0].flip(0).requires_grad_(), parts[1], backend)))
     for op, args in cases:
         torch.library.opcheck(op, args)
 

@@ -45,19 +45,20 @@ def test_one_rank_is_the_plain_model(name):
 def test_lossless_codebooks_give_the_plain_model(name, world, groups):
     model = MODELS[name]()
     x = _inputs(model)
-    engine = astra.AstraEngine(model, exact_codebooks(model, x, groups))
+    engine = astra.AstraEngine(model, exact_codebooks(model, x, groups), encode="exact")
     torch.testing.assert_close(engine.forward(x, world), astra.adapt(model).reference_forward(x), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("world", [2, 3])
-@pytest.mark.parametrize("remote", ["auto", "gather", "gather_int8"])
-def test_ranks_over_loopback_equal_the_simulation_exactly(name, world, remote):
-    """Also with a formulation that attends the local keys before the codes arrive and merges."""
+@pytest.mark.parametrize("remote,encode", [("auto", "exact"), ("gather", "int8"), ("gather_int8", "auto")])
+def test_ranks_over_loopback_equal_the_simulation_exactly(name, world, remote, encode):
+    """Also with a formulation that attends the local keys before the codes arrive and merges,
+    and with either encoding."""
     model = MODELS[name]()
     x = _inputs(model)
     books = astra.calibrate(model, [x], 16, 2, progress=False)
-    engine = astra.AstraEngine(model, books, remote=remote)
+    engine = astra.AstraEngine(model, books, remote=remote, encode=encode)
     outs, transports = run_threads(engine, x, world)
     for got, want in zip(outs, engine.simulate(x, world)):
         assert torch.equal(got, want)
@@ -88,10 +89,27 @@ def test_remote_strategies_agree(strategy):
     torch.testing.assert_close(got, reference, rtol=tol, atol=tol)
 
 
+def test_int8_encoding_changes_few_codes_and_little_output():
+    """encode="int8" (vq_encode_int8) against exact nearest codewords, same codebooks; "auto" picks
+    int8 exactly where its SIMD kernels run."""
+    model = hf_vit(layers=2)
+    x = _inputs(model)
+    books = astra.calibrate(model, [x], 32, 4, progress=False)
+    exact = astra.AstraEngine(model, books, encode="exact")
+    int8 = astra.AstraEngine(model, books, encode="int8")
+    assert (exact.encode, int8.encode) == ("exact", "int8")
+    assert astra.AstraEngine(model, books).encode == ("int8" if ak.int8_estimate_native("cpu") else "exact")
+    assert astra.AstraEngine(model, books, backend="reference").encode == "exact"
+    want, got = exact.forward(x, 3), int8.forward(x, 3)
+    plain = astra.adapt(model).reference_forward(x)
+    # the int8 choice moves the outputs far less than quantization itself does
+    assert (got - want).norm() < 0.25 * (want - plain).norm()
+
+
 def test_generation_continues_the_plain_model_with_lossless_codebooks():
     model = tiny_lm()
     x = _inputs(model, tokens=20)
-    engine = astra.AstraEngine(model, exact_codebooks(model, x))
+    engine = astra.AstraEngine(model, exact_codebooks(model, x), encode="exact")
     outs, _ = run_threads(engine, x, 3, fn=lambda e, inp, t: generate(e, inp, t, 5))
     assert outs[0] is None and outs[1] is None
     seq = x
@@ -132,6 +150,8 @@ def test_bad_configurations_are_rejected():
         astra.AstraEngine(model, books, remote="magic")
     with pytest.raises(ValueError, match="codewords strategy needs G = 1"):
         astra.AstraEngine(model, books, remote="codewords")
+    with pytest.raises(ValueError, match="encode must be one of auto, exact, int8"):
+        astra.AstraEngine(model, books, encode="fp8")
     with pytest.raises(TypeError, match="cannot parallelize Linear"):
         astra.adapt(torch.nn.Linear(2, 2))
 

@@ -2,20 +2,11 @@
 import pytest
 import torch
 from conftest import is_interpreted
-from vq_helpers import assert_nearest, near_codewords, separated_codebooks
+from vq_helpers import VQ_SHAPES, assert_nearest, near_codewords, separated_codebooks
 
 import astra_kernels as ak
 
-# (lead shape, G, K, Dg): group counts of the paper, odd widths, K not a power of two.
-SHAPES = [
-    ((37,), 1, 64, 48),
-    ((5, 7), 16, 37, 3),
-    ((33,), 32, 100, 5),
-    ((2, 3, 4), 4, 513, 17),
-    ((19,), 2, 1000, 1),
-    ((1,), 1, 2, 7),
-    ((65,), 8, 260, 24),
-]
+SHAPES = VQ_SHAPES
 SMALL = [s for s in SHAPES if s[1] * s[2] <= 4096]
 
 
@@ -155,11 +146,12 @@ def test_empty_batch(backend_device):
     assert codes.shape == (0, 3, 2) and sqdist.shape == (0, 3, 2)
 
 
-def test_sqdist_is_a_differentiable_commitment_loss():
+@pytest.mark.parametrize("encode", [ak.vq_encode, ak.vq_encode_int8], ids=["exact", "int8"])
+def test_sqdist_is_a_differentiable_commitment_loss(encode):
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(10, 12, generator=gen, requires_grad=True)
     cb = torch.randn(3, 9, 4, generator=gen, requires_grad=True)
-    codes, sqdist = ak.vq_encode(x, cb)
+    codes, sqdist = encode(x, cb)
     w = torch.randn(sqdist.shape, generator=gen)
     (sqdist * w).sum().backward()
     # Same loss written with plain torch ops, the codes held fixed.

@@ -1,5 +1,16 @@
-"""Float64 oracles and input builders for the VQ tests."""
+"""Float64 oracles, input builders and shapes for the VQ tests."""
 import torch
+
+# (lead shape, G, K, Dg): group counts of the paper, odd widths, K not a power of two.
+VQ_SHAPES = [
+    ((37,), 1, 64, 48),
+    ((5, 7), 16, 37, 3),
+    ((33,), 32, 100, 5),
+    ((2, 3, 4), 4, 513, 17),
+    ((19,), 2, 1000, 1),
+    ((1,), 1, 2, 7),
+    ((65,), 8, 260, 24),
+]
 
 
 def true_distances(x: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:

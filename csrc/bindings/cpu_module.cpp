@@ -16,6 +16,7 @@ pybind11::dict capabilities() {
   caps["simd"] = astra::core::simd_name(astra::core::active_simd());
   caps["simd_detected"] = astra::core::simd_name(astra::core::detect_simd());
   caps["encode_gemm_min_width"] = astra::core::gemm_min_width(astra::core::active_simd());
+  caps["int8_estimate"] = astra::core::active_simd() == astra::core::Simd::kAvx512Vnni ? "avx512_vnni" : "portable";
   return caps;
 }
 
@@ -23,11 +24,18 @@ pybind11::dict capabilities() {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() =
-      "ASTRA C++ CPU kernels (vq_encode, vq_decode, pack_codes, unpack_codes, "
-      "mixed_precision_attention)";
+      "ASTRA C++ CPU kernels (vq_encode, vq_encode_int8, vq_decode, pack_codes, unpack_codes, "
+      "mixed_precision_attention, merge_attention)";
   const auto no_gil = pybind11::call_guard<pybind11::gil_scoped_release>();
   m.def("vq_encode", &astra::cpu::vq_encode, pybind11::arg("x"), pybind11::arg("codebooks"), no_gil,
         "x (N, D), codebooks (G, K, Dg) -> (codes (N, G) int32, sqdist (N, G) float32)");
+  m.def("vq_encode_int8", &astra::cpu::vq_encode_int8, pybind11::arg("x"), pybind11::arg("codebooks"), no_gil,
+        "x (N, D), codebooks (G, K, Dg) -> (codes (N, G) int32 by int8-estimated scores, sqdist (N, G) float32)");
+  pybind11::class_<astra::cpu::VqEncoder>(m, "VqEncoder",
+                                         "vq_encode (exact=True) or vq_encode_int8 with prepared codebooks")
+      .def(pybind11::init<const at::Tensor&, bool>(), pybind11::arg("codebooks"), pybind11::arg("exact"), no_gil)
+      .def("encode", &astra::cpu::VqEncoder::encode, pybind11::arg("x"), no_gil,
+           "x (N, D) -> (codes (N, G) int32, sqdist (N, G) float32)");
   m.def("vq_decode", &astra::cpu::vq_decode, pybind11::arg("codes"), pybind11::arg("codebooks"), no_gil,
         "codes (N, G) int32, codebooks (G, K, Dg) -> (N, G*Dg) in codebooks.dtype");
   m.def("pack_codes", &astra::cpu::pack_codes, pybind11::arg("codes"), pybind11::arg("bits"), no_gil,
@@ -42,7 +50,12 @@ PYBIND11_MODULE(_C, m) {
         "q (B, H, Tq, d), k/v_local (B, Hkv, Tl, d), remote_codes (B, Tr, G) int32, "
         "tables (G, K, Hkv*d), biases (Hkv*d,) or None -> "
         "(out (B, H, Tq, d) in q.dtype, lse (B, H, Tq) float32)");
+  m.def("merge_attention", &astra::cpu::merge_attention, pybind11::arg("out_a"), pybind11::arg("lse_a"),
+        pybind11::arg("out_b"), pybind11::arg("lse_b"), no_gil,
+        "out_a, out_b (B, H, T, d), lse_a, lse_b (B, H, T) float32 -> (out (B, H, T, d) stored token-major, "
+        "lse (B, H, T) float32)");
   m.def("capabilities", &capabilities,
         "dict: simd (kernels in use: avx512_vnni, avx512, avx2 or generic; capped by ASTRA_CPU_SIMD), "
-        "simd_detected (best this CPU supports), encode_gemm_min_width (smallest Dg on the GEMM path)");
+        "simd_detected (best this CPU supports), encode_gemm_min_width (smallest Dg on the GEMM path), "
+        "int8_estimate (vq_encode_int8 kernels: avx512_vnni or portable)");
 }

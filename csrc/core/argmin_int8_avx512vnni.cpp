@@ -1,4 +1,4 @@
-// AVX-512 VNNI build of the int8-prefiltered argmin (argmin_int8.h).
+// AVX-512 VNNI build of the int8-estimate argmins and their codebook packing (argmin_int8.h).
 #include "core/argmin_int8.h"
 
 #include "core/simd_targets.h"
@@ -13,9 +13,10 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")
 // GCC 12's AVX-512 intrinsics self-initialise their "undefined" pass-through
-// operand, which -Wmaybe-uninitialized flags once inlined (GCC PR 105593).
+// operand, which -W(maybe-)uninitialized flags once inlined (GCC PR 105593).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 #include "core/simd_avx512.h"
@@ -47,16 +48,6 @@ bool finite_peak(const float* v, int64_t n, float* peak) {
   return _mm512_cmp_ps_mask(vsum, vsum, _CMP_ORD_Q) == 0xFFFF;
 }
 
-// ||v||^2 in a fixed order: identical codewords get identical norms.
-float fixed_order_norm(const float* v, int64_t n) {
-  __m512 acc = _mm512_setzero_ps();
-  for (int64_t d = 0; d < n; d += 16) {
-    const __m512 x = _mm512_maskz_loadu_ps(first_lanes(n - d), v + d);
-    acc = _mm512_fmadd_ps(x, x, acc);
-  }
-  return _mm512_reduce_add_ps(acc);
-}
-
 // 16 features (masked past n) on the grid: int32 lanes in [-127, 127].
 __m512i to_grid(const float* v, int64_t n, __m512 inv_step) {
   const __m512 x = _mm512_maskz_loadu_ps(first_lanes(n), v);
@@ -69,10 +60,10 @@ bool quantize_row(const float* x, int64_t width, int32_t* words, float* step, fl
   if (!finite_peak(x, width, &peak)) return false;
   const int64_t quads = (width + 3) / 4;
   std::memset(words, 0x80, sizeof(int32_t) * static_cast<size_t>(quads));  // x~ = 0 padding
-  *step = peak > 0.0f ? peak / kLevels : 0.0f;
+  *step = std::max(peak / kLevels, kInt8MinStep);
   *l1 = 0.0f;
   if (peak == 0.0f) return true;
-  const __m512 inv_step = _mm512_set1_ps(kLevels / peak);
+  const __m512 inv_step = _mm512_set1_ps(1.0f / *step);
   const __m512i bias = _mm512_set1_epi32(128);
   __m512i l1v = _mm512_setzero_si512();
   auto* bytes = reinterpret_cast<uint8_t*>(words);
@@ -85,30 +76,60 @@ bool quantize_row(const float* x, int64_t width, int32_t* words, float* step, fl
   return true;
 }
 
+// quantize_row for the estimate kernel: no ||x~||_1 and no finiteness test (a
+// group with NaN or Inf gets code 0 from vq_encode's rule 2 whatever its
+// estimates); returns the step.
+float quantize_row_estimate(const float* x, int64_t width, int32_t* words) {
+  __m512 vmax = _mm512_setzero_ps();
+  for (int64_t d = 0; d < width; d += 16) {
+    vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(first_lanes(width - d), x + d)));
+  }
+  const float peak = _mm512_reduce_max_ps(vmax);
+  const float step = std::max(peak / kLevels, kInt8MinStep);
+  const __m512 inv_step = _mm512_set1_ps(1.0f / step);
+  const __m512i bias = _mm512_set1_epi32(128);
+  auto* bytes = reinterpret_cast<uint8_t*>(words);
+  if (width % 4 != 0) words[width / 4] = static_cast<int32_t>(0x80808080u);  // x~ = 0 padding
+  for (int64_t d = 0; d < width; d += 16) {
+    const __m512i q = to_grid(x + d, width - d, inv_step);
+    _mm_mask_storeu_epi8(bytes + d, first_lanes(width - d), _mm512_cvtepi32_epi8(_mm512_add_epi32(q, bias)));
+  }
+  return step;
+}
+
+// x~.e~ of R rows and panel p's codewords, exactly, in R x kVectors int32 lanes:
+// the accumulators start at -offset, which cancels the +128 on x~'s bytes.
+template <int R>
+inline void panel_dots(const Int8Codebook& book, int64_t p, const int32_t* words, int64_t quads,
+                       __m512i (&acc)[R][kVectors]) {
+  const int32_t* panel = book.panels + p * quads * P;
+  for (int c = 0; c < kVectors; ++c) {
+    const __m512 offset = _mm512_loadu_ps(book.offsets + p * P + c * 16);
+    const __m512i start = _mm512_cvtps_epi32(_mm512_sub_ps(_mm512_setzero_ps(), offset));  // exact integers
+    for (int r = 0; r < R; ++r) acc[r][c] = start;
+  }
+#pragma GCC unroll 8
+  for (int64_t q = 0; q < quads; ++q) {
+    __m512i e[kVectors];
+    for (int c = 0; c < kVectors; ++c) e[c] = _mm512_loadu_si512(panel + q * P + c * 16);
+    for (int r = 0; r < R; ++r) {
+      const __m512i xv = _mm512_set1_epi32(words[r * quads + q]);
+      for (int c = 0; c < kVectors; ++c) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], xv, e[c]);
+    }
+  }
+}
+
 // Estimated scores of R rows against every panel: scores[r * ld + j].
 template <int R>
 void estimate_tile(const Int8Codebook& book, const int32_t* words, int64_t quads, const float* alpha,
                    float* scores, int64_t ld) {
   for (int64_t p = 0; p < book.num_panels; ++p) {
-    const int32_t* panel = book.panels + p * quads * P;
     __m512i acc[R][kVectors];
-    for (int r = 0; r < R; ++r) {
-      for (int c = 0; c < kVectors; ++c) acc[r][c] = _mm512_setzero_si512();
-    }
-#pragma GCC unroll 4
-    for (int64_t q = 0; q < quads; ++q) {
-      __m512i e[kVectors];
-      for (int c = 0; c < kVectors; ++c) e[c] = _mm512_loadu_si512(panel + q * P + c * 16);
-      for (int r = 0; r < R; ++r) {
-        const __m512i xv = _mm512_set1_epi32(words[r * quads + q]);
-        for (int c = 0; c < kVectors; ++c) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], xv, e[c]);
-      }
-    }
+    panel_dots<R>(book, p, words, quads, acc);
     for (int c = 0; c < kVectors; ++c) {
       const __m512 norm = _mm512_loadu_ps(book.norms + p * P + c * 16);
-      const __m512 offset = _mm512_loadu_ps(book.offsets + p * P + c * 16);
       for (int r = 0; r < R; ++r) {
-        const __m512 dot = _mm512_sub_ps(_mm512_cvtepi32_ps(acc[r][c]), offset);
+        const __m512 dot = _mm512_cvtepi32_ps(acc[r][c]);
         _mm512_storeu_ps(scores + r * ld + p * P + c * 16, _mm512_fmadd_ps(_mm512_set1_ps(alpha[r]), dot, norm));
       }
     }
@@ -123,6 +144,62 @@ void estimate_rows(int64_t rows, const Int8Codebook& book, const int32_t* words,
       estimate_tile<R>(book, words, quads, alpha, scores, ld);
     } else {
       estimate_rows<R - 1>(rows, book, words, quads, alpha, scores, ld);
+    }
+  }
+}
+
+// Smallest estimate of R rows over every panel: per lane a running (minimum,
+// index), in registers. Strict `<` in increasing codeword order, then the
+// lowest index among the lanes' equal minima: the lowest index of the minimum.
+template <int R>
+void estimate_argmin_tile(const Int8Codebook& book, const int32_t* words, int64_t quads, const float* alpha,
+                          int32_t* best) {
+  __m512 vmin[R];
+  __m512i vidx[R];
+  for (int r = 0; r < R; ++r) {
+    vmin[r] = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+    vidx[r] = _mm512_setzero_si512();
+  }
+  for (int64_t p = 0; p < book.num_panels; ++p) {
+    __m512i acc[R][kVectors];
+    panel_dots<R>(book, p, words, quads, acc);
+    for (int c = 0; c < kVectors; ++c) {
+      const __m512 norm = _mm512_loadu_ps(book.norms + p * P + c * 16);
+      const __m512i cand =
+          _mm512_add_epi32(SimdAvx512::lane_index(), _mm512_set1_epi32(static_cast<int32_t>(p * P + c * 16)));
+      for (int r = 0; r < R; ++r) {
+        const __m512 score = _mm512_fmadd_ps(_mm512_set1_ps(alpha[r]), _mm512_cvtepi32_ps(acc[r][c]), norm);
+        const __mmask16 m = SimdAvx512::less(score, vmin[r]);
+        vmin[r] = SimdAvx512::select(m, score, vmin[r]);
+        vidx[r] = SimdAvx512::select(m, cand, vidx[r]);
+      }
+    }
+  }
+  alignas(64) float lane_min[16];
+  alignas(64) int32_t lane_index[16];
+  for (int r = 0; r < R; ++r) {
+    _mm512_store_ps(lane_min, vmin[r]);
+    _mm512_store_si512(lane_index, vidx[r]);
+    int32_t index = lane_index[0];
+    float value = lane_min[0];
+    for (int l = 1; l < 16; ++l) {
+      if (lane_min[l] < value || (lane_min[l] == value && lane_index[l] < index)) {
+        value = lane_min[l];
+        index = lane_index[l];
+      }
+    }
+    best[r] = index;
+  }
+}
+
+template <int R>
+void estimate_argmin_rows(int64_t rows, const Int8Codebook& book, const int32_t* words, int64_t quads,
+                          const float* alpha, int32_t* best) {
+  if constexpr (R > 0) {
+    if (rows == R) {
+      estimate_argmin_tile<R>(book, words, quads, alpha, best);
+    } else {
+      estimate_argmin_rows<R - 1>(rows, book, words, quads, alpha, best);
     }
   }
 }
@@ -166,48 +243,102 @@ bool int8_argmin_supported() {
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
 
+// In-register transpose of a 16 x 16 block: r[i] (row i) becomes column i.
+void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int h = 0; h < 16; h += 8) {
+    for (int i = 0; i < 4; ++i) {
+      t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+      t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xDD);
+    }
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+  }
+}
+
+// Codewords [j0, j0 + 16) of a (k, width) codebook as columns: columns[d * 16 + l]
+// = e_{j0 + l}[d], 0 past k. Loads and shuffles: gathers are far slower.
+void load_columns(const float* codebook, int64_t k, int64_t width, int64_t j0, float* columns) {
+  const int valid = static_cast<int>(std::min<int64_t>(k - j0, 16));
+  for (int64_t d0 = 0; d0 < width; d0 += 16) {
+    const __mmask16 cols = first_lanes(width - d0);
+    __m512 r[16];
+    for (int i = 0; i < 16; ++i) {
+      r[i] = i < valid ? _mm512_maskz_loadu_ps(cols, codebook + (j0 + i) * width + d0) : _mm512_setzero_ps();
+    }
+    transpose16(r);
+    for (int64_t c = 0; c < 16 && d0 + c < width; ++c) _mm512_storeu_ps(columns + (d0 + c) * 16, r[c]);
+  }
+}
+
+// Sixteen codewords per vector, feature by feature, so each lane accumulates
+// ||e||^2 in the portable build's order.
 Int8Grid int8_pack(const float* codebook, int64_t k, int64_t width, int32_t* panels, float* norms,
                    float* offsets) {
   const int64_t quads = (width + 3) / 4;
-  const int64_t num_panels = (k + P - 1) / P;
-  float peak = 0.0f;
-  float norm_peak = 0.0f;
-  for (int64_t j = 0; j < k; ++j) {
-    const float* e = codebook + j * width;
-    float row_peak;
-    norms[j] = fixed_order_norm(e, width);
-    if (finite_peak(e, width, &row_peak) && std::isfinite(norms[j])) {
-      peak = std::max(peak, row_peak);
-      norm_peak = std::max(norm_peak, norms[j]);
-    } else {
-      norms[j] = std::numeric_limits<float>::infinity();  // never wins; its words stay 0
+  const int64_t padded = (k + P - 1) / P * P;
+  const __m512 inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+  thread_local std::vector<float> columns;  // the transposed codebook, 16 codewords per block
+  columns.resize(static_cast<size_t>(padded * width));
+  // Pass 1: norms, which codewords are finite, and their largest |e| and norm.
+  __m512 peak = _mm512_setzero_ps();
+  __m512 norm_peak = _mm512_setzero_ps();
+  for (int64_t j0 = 0; j0 < padded; j0 += 16) {
+    const int valid = static_cast<int>(std::clamp<int64_t>(k - j0, 0, 16));
+    float* block = columns.data() + j0 * width;
+    if (valid > 0) load_columns(codebook, k, width, j0, block);
+    __m512 norm = _mm512_setzero_ps();
+    __m512 big = _mm512_setzero_ps();
+    for (int64_t d = 0; d < width && valid > 0; ++d) {
+      const __m512 e = _mm512_loadu_ps(block + d * 16);
+      norm = _mm512_fmadd_ps(e, e, norm);
+      big = _mm512_max_ps(big, _mm512_abs_ps(e));
     }
+    // NaN and inf features, and overflowing squares, all leave ||e||^2 not below +inf.
+    const __mmask16 finite = _mm512_cmp_ps_mask(norm, inf, _CMP_LT_OQ) & SimdAvx512::first_lanes(valid);
+    _mm512_storeu_ps(norms + j0, _mm512_mask_blend_ps(finite, inf, norm));
+    peak = _mm512_mask_max_ps(peak, finite, peak, big);
+    norm_peak = _mm512_mask_max_ps(norm_peak, finite, norm_peak, norm);
   }
-  const int64_t padded = num_panels * P;
-  std::fill(norms + k, norms + padded, std::numeric_limits<float>::infinity());
-  std::fill(offsets, offsets + padded, 0.0f);
-  std::memset(panels, 0, sizeof(int32_t) * static_cast<size_t>(num_panels * quads * P));
-  const float step = peak > 0.0f ? peak / kLevels : 1.0f;
+  const float step = std::max(_mm512_reduce_max_ps(peak) / kLevels, kInt8MinStep);
   const __m512 inv_step = _mm512_set1_ps(1.0f / step);
-  float l1_max = 0.0f;
-  alignas(64) int32_t packed[4];
-  for (int64_t j = 0; j < k; ++j) {
-    if (std::isinf(norms[j])) continue;
-    const float* e = codebook + j * width;
-    int32_t* column = panels + (j / P) * quads * P + j % P;
+  // Pass 2: the bytes of each quad of features, byte b from feature 4q + b.
+  const __m512i low_byte = _mm512_set1_epi32(0xFF);
+  __m512i l1_max = _mm512_setzero_si512();
+  for (int64_t j0 = 0; j0 < padded; j0 += 16) {
+    const int valid = static_cast<int>(std::clamp<int64_t>(k - j0, 0, 16));
+    const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_loadu_ps(norms + j0), inf, _CMP_LT_OQ);
+    const float* block = columns.data() + j0 * width;
+    int32_t* column = panels + (j0 / P) * quads * P + j0 % P;
     __m512i sum = _mm512_setzero_si512();
     __m512i l1 = _mm512_setzero_si512();
-    for (int64_t d = 0; d < width; d += 16) {
-      const __m512i q = to_grid(e + d, width - d, inv_step);
-      sum = _mm512_add_epi32(sum, q);
-      l1 = _mm512_add_epi32(l1, _mm512_abs_epi32(q));
-      _mm_store_si128(reinterpret_cast<__m128i*>(packed), _mm512_cvtepi32_epi8(q));
-      for (int64_t w = 0; w < 4 && d / 4 + w < quads; ++w) column[(d / 4 + w) * P] = packed[w];
+    for (int64_t q = 0; q < quads; ++q) {
+      __m512i word = _mm512_setzero_si512();
+      for (int64_t b = 0; b < 4 && 4 * q + b < width && valid > 0; ++b) {
+        const __m512 e = _mm512_loadu_ps(block + (4 * q + b) * 16);
+        const __m512i v = _mm512_maskz_cvtps_epi32(finite, _mm512_mul_ps(e, inv_step));  // round to nearest
+        sum = _mm512_add_epi32(sum, v);
+        l1 = _mm512_add_epi32(l1, _mm512_abs_epi32(v));
+        word = _mm512_or_si512(word, _mm512_slli_epi32(_mm512_and_si512(v, low_byte), static_cast<unsigned>(8 * b)));
+      }
+      _mm512_storeu_si512(column + q * P, word);
     }
-    offsets[j] = 128.0f * static_cast<float>(_mm512_reduce_add_epi32(sum));
-    l1_max = std::max(l1_max, static_cast<float>(_mm512_reduce_add_epi32(l1)));
+    _mm512_storeu_ps(offsets + j0, _mm512_mul_ps(_mm512_set1_ps(128.0f), _mm512_cvtepi32_ps(sum)));
+    l1_max = _mm512_max_epi32(l1_max, l1);
   }
-  return Int8Grid{step, l1_max, norm_peak};
+  return Int8Grid{step, static_cast<float>(_mm512_reduce_max_epi32(l1_max)), _mm512_reduce_max_ps(norm_peak)};
 }
 
 void int8_argmin(const Int8Codebook& book, const float* x, int64_t x_row_stride, int64_t rows,
@@ -256,6 +387,25 @@ void int8_argmin(const Int8Codebook& book, const float* x, int64_t x_row_stride,
   }
 }
 
+void int8_argmin_estimate(const Int8Codebook& book, const float* x, int64_t x_row_stride, int64_t rows,
+                          int32_t* best) {
+  const int64_t quads = (book.width + 3) / 4;
+  thread_local std::vector<int32_t> words;
+  words.resize(static_cast<size_t>(kRowChunk * quads));
+  float alpha[kRowChunk];
+  for (int64_t c0 = 0; c0 < rows; c0 += kRowChunk) {
+    const int64_t n = std::min(kRowChunk, rows - c0);
+    for (int64_t i = 0; i < n; ++i) {
+      const float step = quantize_row_estimate(x + (c0 + i) * x_row_stride, book.width, words.data() + i * quads);
+      alpha[i] = -2.0f * step * book.grid.scale;
+    }
+    for (int64_t r = 0; r < n; r += kTileRows) {
+      estimate_argmin_rows<kTileRows>(std::min<int64_t>(kTileRows, n - r), book, words.data() + r * quads, quads,
+                                      alpha + r, best + c0 + r);
+    }
+  }
+}
+
 }  // namespace astra::core
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
@@ -270,6 +420,9 @@ Int8Grid int8_pack(const float*, int64_t, int64_t, int32_t*, float*, float*) {
 }
 void int8_argmin(const Int8Codebook&, const float*, int64_t, int64_t, int32_t*) {
   throw std::logic_error("int8_argmin: this build has no AVX-512 VNNI kernels");
+}
+void int8_argmin_estimate(const Int8Codebook&, const float*, int64_t, int64_t, int32_t*) {
+  throw std::logic_error("int8_argmin_estimate: this build has no AVX-512 VNNI kernels");
 }
 }  // namespace astra::core
 #endif

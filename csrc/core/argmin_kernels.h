@@ -43,6 +43,20 @@ struct ScoresArgminArgs {
   int32_t* best_index;     // (rows,) in/out its index (start at 0)
 };
 
+// Rules 2 and 3 of vq_encode for rows whose argmin is known: code 0 where
+// ||x_g||^2 is not finite, and sqdist = sum_d (x_g[d] - e_code[d])^2.
+struct FinishArgs {
+  const float* x;          // row 0, first feature of the group
+  int64_t x_row_stride;
+  int64_t rows;
+  int64_t width;           // Dg
+  const float* codebook;   // (K, Dg) row-major, this group's
+  const int32_t* best;     // (rows,) argmin of the scores
+  int32_t* codes;          // out: codes[r * out_stride]
+  float* sqdist;           // out: sqdist[r * out_stride]
+  int64_t out_stride;
+};
+
 struct ArgminKernels {
   Simd simd;
   int panel_width;  // P, codewords per packed panel
@@ -50,6 +64,7 @@ struct ArgminKernels {
   void (*pack)(const float* codebook, int64_t k, int64_t width, float* panels, float* norms);
   void (*packed)(const PackedArgminArgs&);
   void (*scores)(const ScoresArgminArgs&);
+  void (*finish)(const FinishArgs&);
 };
 
 // Kernels for `simd`; throws std::invalid_argument when this CPU or build

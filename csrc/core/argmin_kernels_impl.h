@@ -8,6 +8,7 @@
 // generic path.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <limits>
 
@@ -245,9 +246,57 @@ void argmin_scores(const ScoresArgminArgs& a) {
 }
 
 template <class S>
+float lane_sum(typename S::F v) {
+  alignas(64) float lanes[S::kWidth];
+  S::store(lanes, v);
+  float sum = 0.0f;
+  for (int l = 0; l < S::kWidth; ++l) sum += lanes[l];
+  return sum;
+}
+
+// sum_d (a[d] - b[d])^2 (b = nullptr: sum_d a[d]^2): W-lane partial sums, then the lanes and the tail.
+template <class S>
+float squared_distance(const float* a, const float* b, int64_t n) {
+  using F = typename S::F;
+  constexpr int W = S::kWidth;
+  const F minus_one = S::broadcast(-1.0f);
+  const int64_t body = n - n % W;
+  F acc = S::broadcast(0.0f);
+  for (int64_t d = 0; d < body; d += W) {
+    const F t = b == nullptr ? S::load(a + d) : S::fmadd(minus_one, S::load(b + d), S::load(a + d));
+    acc = S::fmadd(t, t, acc);
+  }
+  float sum = lane_sum<S>(acc);
+  for (int64_t d = body; d < n; ++d) {
+    const float t = b == nullptr ? a[d] : a[d] - b[d];
+    sum += t * t;
+  }
+  return sum;
+}
+
+template <class S>
+void finish_rows(const FinishArgs& a) {
+  // The chosen codewords are scattered over the group's codebook, which the int8
+  // kernels never read: request them all before the first one is needed.
+  const int64_t row_bytes = a.width * static_cast<int64_t>(sizeof(float));
+  for (int64_t i = 0; i < a.rows; ++i) {
+    const char* e = reinterpret_cast<const char*>(a.codebook + a.best[i] * a.width);
+    for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(e + b);
+    __builtin_prefetch(e + row_bytes - 1);  // rows need not start on a line
+  }
+  for (int64_t i = 0; i < a.rows; ++i) {
+    const float* x = a.x + i * a.x_row_stride;
+    const bool finite = std::isfinite(squared_distance<S>(x, nullptr, a.width));
+    const int32_t code = finite ? a.best[i] : 0;
+    a.codes[i * a.out_stride] = code;
+    a.sqdist[i * a.out_stride] = squared_distance<S>(x, a.codebook + code * a.width, a.width);
+  }
+}
+
+template <class S>
 constexpr ArgminKernels make_argmin_kernels(Simd simd) {
-  return ArgminKernels{simd, S::kWidth * S::kTileVectors, &pack_panels<S>, &argmin_packed<S>,
-                       &argmin_scores<S>};
+  return ArgminKernels{simd,          S::kWidth * S::kTileVectors, &pack_panels<S>,
+                       &argmin_packed<S>, &argmin_scores<S>,            &finish_rows<S>};
 }
 
 }  // namespace

@@ -18,6 +18,14 @@ constexpr double kLn2 = 0.6931471805599453094172321214581766;
 
 int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
 
+// Size of the near-equal blocks, about `target` each, that cover n: a ragged
+// sliver joins the others (a class token makes 513 one block of 513, not
+// 512 + 1, whose GEMMs are all overhead). Blocks stay below 1.5 * target.
+int64_t balanced_block(int64_t n, int64_t target) {
+  const int64_t blocks = std::max<int64_t>(1, (n + target / 2) / target);
+  return std::max<int64_t>(1, (n + blocks - 1) / blocks);
+}
+
 }  // namespace
 
 template <class T>
@@ -80,7 +88,7 @@ AttentionPlan<T>::AttentionPlan(const AttentionShape& shape, const AttentionInpu
   }
   if (!(inputs.scale > 0)) throw std::invalid_argument("AttentionPlan: scale must be positive");
   group_size_ = shape.heads / shape.kv_heads;
-  task_queries_ = std::max<int64_t>(1, kTaskRows / group_size_);
+  task_queries_ = balanced_block(shape.queries, std::max<int64_t>(1, kTaskRows / group_size_));
   query_blocks_ = (shape.queries + task_queries_ - 1) / task_queries_;
   const int64_t d = shape.head_dim;
   const int64_t table_bytes =
@@ -103,7 +111,8 @@ AttentionPlan<T>::AttentionPlan(const AttentionShape& shape, const AttentionInpu
                                      ? std::min(shape.codes, shape.remote)
                                      : shape.remote;
   tile_entries_ = std::min(remote_block_, remote_entries);
-  score_ld_ = round_up(std::max<int64_t>({1, std::min(shape.local, kBlockKeys), tile_entries_}),
+  // balanced_block(n, kBlockKeys) < 1.5 * kBlockKeys for every n <= Tl
+  score_ld_ = round_up(std::max<int64_t>({1, std::min(shape.local, kBlockKeys * 3 / 2), tile_entries_}),
                        kColumnPadding);
   if (inputs.strategy == RemoteStrategy::kCodewords) {
     entries_.resize(static_cast<size_t>(shape.batch * shape.codes));
@@ -272,8 +281,9 @@ void AttentionPlan<T>::attend_local(const Task& task, const HeadState& head, Wor
   const int64_t shift = tl - shape_.queries;
   int64_t all_visible_end = in_.causal ? std::clamp<int64_t>(task.t0 + shift + 1, 0, tl) : tl;
   if (in_.causal && all_visible_end < kDiagonalRows) all_visible_end = 0;
-  for (int64_t j0 = 0; j0 < all_visible_end; j0 += kBlockKeys) {
-    const int64_t n = std::min(kBlockKeys, all_visible_end - j0);
+  const int64_t block = balanced_block(all_visible_end, kBlockKeys);
+  for (int64_t j0 = 0; j0 < all_visible_end; j0 += block) {
+    const int64_t n = std::min(block, all_visible_end - j0);
     attend_block(head, ws, gemms, 0, task.rows, keys + j0 * kld, kld, values + j0 * vld, vld, n,
                  nullptr, nullptr);
   }

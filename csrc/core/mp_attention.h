@@ -93,7 +93,8 @@ struct AttentionGemms {
 template <class T>
 class AttentionPlan {
  public:
-  // Tiling. Query rows per kv head and task (query-major, all query heads of
+  // Tiling (targets: sizes are balanced, so a ragged sliver joins the other
+  // blocks). Query rows per kv head and task (query-major, all query heads of
   // the kv head): tall GEMMs amortise the GEMM's packing of each key block.
   // Keys per block: the scores (rows x keys) stay in L2. Rows per chunk on the
   // causal diagonal: fewer wasted masked scores vs shorter GEMMs. Gathered

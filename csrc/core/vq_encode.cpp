@@ -43,13 +43,6 @@ float squared_norm(const float* v, int64_t n) {
   return sum_terms(n, [v](int64_t i) { return v[i] * v[i]; });
 }
 
-float squared_distance(const float* a, const float* b, int64_t n) {
-  return sum_terms(n, [a, b](int64_t i) {
-    const float t = a[i] - b[i];
-    return t * t;
-  });
-}
-
 }  // namespace
 
 int64_t gemm_min_width(Simd simd) {
@@ -85,7 +78,11 @@ void* aligned_buffer(size_t bytes) {
 }  // namespace
 
 EncodePlan::EncodePlan(const float* codebooks, VqShape shape, Simd simd, EncodePath path)
-    : codebooks_(codebooks), shape_(shape), kernels_(argmin_kernels(simd)), path_(path) {
+    : codebooks_(codebooks),
+      shape_(shape),
+      kernels_(argmin_kernels(simd)),
+      path_(path),
+      vnni_(simd == Simd::kAvx512Vnni && simd_supported(Simd::kAvx512Vnni)) {
   if (shape.groups < 1 || shape.codes < 1 || shape.width < 1) {
     throw std::invalid_argument("EncodePlan: G, K and Dg must be positive");
   }
@@ -103,7 +100,7 @@ EncodePlan::EncodePlan(const float* codebooks, VqShape shape, Simd simd, EncodeP
     const int64_t floats = g * num_panels_ * shape.width * p;
     panels_.reset(static_cast<float*>(aligned_buffer(static_cast<size_t>(floats) * sizeof(float))));
     norms_.resize(static_cast<size_t>(g * num_panels_ * p));
-  } else if (path_ == EncodePath::kInt8) {
+  } else if (int8()) {
     num_panels_ = (k + kInt8PanelWidth - 1) / kInt8PanelWidth;
     const int64_t words = g * num_panels_ * ((shape.width + 3) / 4) * kInt8PanelWidth;
     int8_panels_.reset(static_cast<int32_t*>(aligned_buffer(static_cast<size_t>(words) * sizeof(int32_t))));
@@ -147,12 +144,13 @@ void EncodePlan::prepare(int64_t task) {
                   norms_.data() + g * num_panels_ * p + first_code);
     return;
   }
-  if (path_ == EncodePath::kInt8) {
+  if (int8()) {
     const int64_t g = task;
     const int64_t p = kInt8PanelWidth;
+    const auto pack = vnni_ ? &int8_pack : &int8_pack_portable;
     int8_grids_[static_cast<size_t>(g)] =
-        int8_pack(codebooks_ + g * k * dg, k, dg, int8_group_panels(g), norms_.data() + g * num_panels_ * p,
-                  int8_offsets_.data() + g * num_panels_ * p);
+        pack(codebooks_ + g * k * dg, k, dg, int8_group_panels(g), norms_.data() + g * num_panels_ * p,
+             int8_offsets_.data() + g * num_panels_ * p);
     return;
   }
   const int64_t g = task;
@@ -219,7 +217,7 @@ void EncodePlan::encode_rows(const float* x, int64_t x_row_stride, int64_t g, in
     kernels_.packed(PackedArgminArgs{xg, x_row_stride, rows, dg,
                                      panels_.get() + g * num_panels_ * dg * p,
                                      norms_.data() + g * num_panels_ * p, num_panels_, best.data()});
-  } else if (path_ == EncodePath::kInt8) {
+  } else if (int8()) {
     const int64_t p = kInt8PanelWidth;
     const Int8Codebook book{int8_group_panels(g),
                             norms_.data() + g * num_panels_ * p,
@@ -229,18 +227,17 @@ void EncodePlan::encode_rows(const float* x, int64_t x_row_stride, int64_t g, in
                             codebooks_ + g * k * dg,
                             k,
                             dg};
-    int8_argmin(book, xg, x_row_stride, rows, best.data());
+    if (path_ == EncodePath::kInt8) {
+      int8_argmin(book, xg, x_row_stride, rows, best.data());
+    } else {
+      (vnni_ ? int8_argmin_estimate : int8_argmin_estimate_portable)(book, xg, x_row_stride, rows, best.data());
+    }
   } else {
     encode_rows_gemm(xg, x_row_stride, g, rows, best.data(), gemm);
   }
-  const float* cb = codebooks_ + g * k * dg;
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* xr = xg + i * x_row_stride;
-    const int32_t code = std::isfinite(squared_norm(xr, dg)) ? best[static_cast<size_t>(i)] : 0;
-    const int64_t out = (row_begin + i) * groups + g;
-    codes[out] = code;
-    sqdist[out] = squared_distance(xr, cb + code * dg, dg);
-  }
+  const int64_t out = row_begin * groups + g;
+  kernels_.finish(FinishArgs{xg, x_row_stride, rows, dg, codebooks_ + g * k * dg, best.data(), codes + out,
+                             sqdist + out, groups});
 }
 
 }  // namespace astra::core

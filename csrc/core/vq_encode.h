@@ -16,6 +16,10 @@
 //   kBlockedGemm for wide groups: a caller-supplied GEMM computes x.e for a
 //                block of rows x codewords into a buffer, then a SIMD pass
 //                folds it into the running argmin.
+// A fourth path replaces rule 1 by its int8 estimate (vq_encode_int8):
+//   kInt8Estimate code = the lowest index of the smallest int8-estimated score
+//                (argmin_int8.h), an approximate nearest codeword; VNNI kernels
+//                on AVX-512 VNNI, bit-identical portable code elsewhere.
 // Usage: build an EncodePlan, run prepare(t) for every t < prepare_tasks()
 // (independent: in parallel if wanted), then encode_rows() over any split of
 // (group, rows).
@@ -36,7 +40,7 @@ namespace astra::core {
 using GemmABt = void (*)(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                          const float* b, int64_t ldb, float* c, int64_t ldc);
 
-enum class EncodePath { kFused, kInt8, kBlockedGemm };
+enum class EncodePath { kFused, kInt8, kInt8Estimate, kBlockedGemm };
 
 // Smallest group width Dg that takes the blocked-GEMM path for the given
 // kernels. Measured single-thread on a Xeon with AVX-512 (N = 64 and 1024,
@@ -78,7 +82,7 @@ class EncodePlan {
 
   // Per-call codebook preparation, split into independent tasks: packing +
   // norms of a range of panels of one group (fused), the int8 panels of one
-  // group (int8), or norms + duplicate map of one group (GEMM).
+  // group (int8, int8 estimate), or norms + duplicate map of one group (GEMM).
   int64_t prepare_tasks() const;
   void prepare(int64_t task);
 
@@ -102,12 +106,15 @@ class EncodePlan {
   VqShape shape_;
   const ArgminKernels& kernels_;
   EncodePath path_;
-  int64_t num_panels_ = 0;                       // fused, int8: panels per group
+  bool vnni_;  // the int8 panels are packed and scanned by the AVX-512 VNNI kernels
+  bool int8() const { return path_ == EncodePath::kInt8 || path_ == EncodePath::kInt8Estimate; }
+
+  int64_t num_panels_ = 0;                       // fused, int8*: panels per group
   std::unique_ptr<float[], AlignedFree> panels_;  // fused: (G, num_panels, Dg, P)
-  std::unique_ptr<int32_t[], AlignedFree> int8_panels_;  // int8: (G, num_panels, ceil(Dg / 4), P)
-  std::vector<float> int8_offsets_;              // int8: (G, num_panels * P)
-  std::vector<Int8Grid> int8_grids_;             // int8: (G,)
-  std::vector<float> norms_;                     // fused, int8: (G, num_panels * P); GEMM: (G, K)
+  std::unique_ptr<int32_t[], AlignedFree> int8_panels_;  // int8*: (G, num_panels, ceil(Dg / 4), P)
+  std::vector<float> int8_offsets_;              // int8*: (G, num_panels * P)
+  std::vector<Int8Grid> int8_grids_;             // int8*: (G,)
+  std::vector<float> norms_;                     // fused, int8*: (G, num_panels * P); GEMM: (G, K)
   std::vector<int32_t> first_duplicate_;         // GEMM: (G, K) lowest index of an identical codeword
 };
 

@@ -23,4 +23,11 @@ std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
     const std::optional<at::Tensor>& k_bias, const std::optional<at::Tensor>& v_bias, bool causal,
     double scale, const std::string& strategy);
 
+// out_a, out_b (B, H, T, d) of one dtype (fp64, fp32, fp16 or bf16; fp16/bf16
+// computed in fp32), unit stride along d; lse_a, lse_b (B, H, T) fp32, any
+// strides -> out (B, H, T, d) in out_a.dtype, stored token-major ((B, T, H, d)
+// contiguous, returned as its (B, H, T, d) view), lse (B, H, T) fp32.
+std::tuple<at::Tensor, at::Tensor> merge_attention(const at::Tensor& out_a, const at::Tensor& lse_a,
+                                                   const at::Tensor& out_b, const at::Tensor& lse_b);
+
 }  // namespace astra::cpu

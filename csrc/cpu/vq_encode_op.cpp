@@ -1,6 +1,6 @@
-// vq_encode on CPU tensors: dtype/layout normalisation, the per-call
-// EncodePlan of the torch-free core, and at::parallel_for over
-// (group, row block) tasks.
+// vq_encode and vq_encode_int8 on CPU tensors: dtype/layout normalisation, the
+// EncodePlan of the torch-free core (prepared per call, or once by a VqEncoder),
+// and at::parallel_for over (group, row block) tasks.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -17,6 +17,7 @@ namespace {
 // Rows per task: small enough to split work across threads when N is small,
 // large enough to amortise the per-task setup; GEMM calls want tall blocks.
 constexpr int64_t kMaxFusedTaskRows = 256;
+constexpr int64_t kMaxInt8EstimateTaskRows = 64;
 constexpr int64_t kMaxGemmTaskRows = 1024;
 
 // The core's GEMM callback, backed by ATen (MKL sgemm on the CPU build):
@@ -39,36 +40,48 @@ at::Tensor as_float_rows(const at::Tensor& x) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> vq_encode(const at::Tensor& x, const at::Tensor& codebooks) {
-  TORCH_CHECK(x.device().is_cpu() && codebooks.device().is_cpu(),
-              "astra CPU vq_encode: tensors must be on the CPU");
-  TORCH_CHECK(x.dim() == 2 && codebooks.dim() == 3,
-              "astra CPU vq_encode: expected x (N, D) and codebooks (G, K, Dg), got ", x.sizes(),
-              " and ", codebooks.sizes());
-  const int64_t n = x.size(0);
-  const int64_t groups = codebooks.size(0);
-  const int64_t k = codebooks.size(1);
-  const int64_t width = codebooks.size(2);
-  TORCH_CHECK(x.size(1) == groups * width, "astra CPU vq_encode: x has D=", x.size(1),
-              " but codebooks cover G*Dg=", groups * width);
+VqEncoder::VqEncoder(const at::Tensor& codebooks, bool exact, bool copy)
+    : op_(exact ? "vq_encode" : "vq_encode_int8") {
+  TORCH_CHECK(codebooks.device().is_cpu(), "astra CPU ", op_, ": codebooks must be on the CPU");
+  TORCH_CHECK(codebooks.dim() == 3, "astra CPU ", op_, ": expected codebooks (G, K, Dg), got ",
+              codebooks.sizes());
+  codebooks_ = codebooks.to(at::kFloat).contiguous();
+  if (copy && codebooks_.is_same(codebooks)) codebooks_ = codebooks_.clone();
+  const core::VqShape shape{codebooks_.size(0), codebooks_.size(1), codebooks_.size(2)};
+  const core::Simd simd = core::active_simd();
+  path_ = exact ? core::choose_encode_path(shape.width, simd) : core::EncodePath::kInt8Estimate;
+  plan_ = std::make_unique<core::EncodePlan>(codebooks_.data_ptr<float>(), shape, simd, path_);
+  at::parallel_for(0, plan_->prepare_tasks(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) plan_->prepare(t);
+  });
+}
 
+VqEncoder::~VqEncoder() = default;
+
+std::tuple<at::Tensor, at::Tensor> VqEncoder::encode(const at::Tensor& x) const {
+  const int64_t groups = codebooks_.size(0);
+  const int64_t width = codebooks_.size(2);
+  TORCH_CHECK(x.device().is_cpu(), "astra CPU ", op_, ": tensors must be on the CPU");
+  TORCH_CHECK(x.dim() == 2, "astra CPU ", op_, ": expected x (N, D), got ", x.sizes());
+  TORCH_CHECK(x.size(1) == groups * width, "astra CPU ", op_, ": x has D=", x.size(1),
+              " but codebooks cover G*Dg=", groups * width);
+  const int64_t n = x.size(0);
   const at::Tensor xf = as_float_rows(x);
-  const at::Tensor cb = codebooks.to(at::kFloat).contiguous();
   at::Tensor codes = at::empty({n, groups}, x.options().dtype(at::kInt));
   at::Tensor sqdist = at::empty({n, groups}, x.options().dtype(at::kFloat));
   if (n == 0) return {codes, sqdist};
 
-  const core::Simd simd = core::active_simd();
-  const core::EncodePath path = core::choose_encode_path(width, simd);
-  core::EncodePlan plan(cb.data_ptr<float>(), {groups, k, width}, simd, path);
-  at::parallel_for(0, plan.prepare_tasks(), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) plan.prepare(t);
-  });
-
   // Enough row blocks per group that every thread gets work even when G is small.
   const int64_t threads = at::get_num_threads();
   const int64_t blocks_wanted = std::max<int64_t>(1, (threads + groups - 1) / groups);
-  const int64_t max_rows = path == core::EncodePath::kBlockedGemm ? kMaxGemmTaskRows : kMaxFusedTaskRows;
+  // The int8-estimate books are small (ceil(Dg / 4) * K words per group): tasks
+  // walk row blocks outside groups, so a block's rows stay in cache across its
+  // groups (ViT-Base, G = 32: 5.8 vs 6.2 ms). The fp32 panels are 4x larger:
+  // each group's stay in cache across its row blocks instead (8.5 vs 8.8 ms).
+  const bool rows_outer = path_ == core::EncodePath::kInt8Estimate;
+  const int64_t max_rows = path_ == core::EncodePath::kBlockedGemm ? kMaxGemmTaskRows
+                           : rows_outer                           ? kMaxInt8EstimateTaskRows
+                                                                  : kMaxFusedTaskRows;
   const int64_t task_rows = std::clamp<int64_t>((n + blocks_wanted - 1) / blocks_wanted, 1, max_rows);
   const int64_t blocks = (n + task_rows - 1) / task_rows;
 
@@ -78,13 +91,41 @@ std::tuple<at::Tensor, at::Tensor> vq_encode(const at::Tensor& x, const at::Tens
   float* sqdist_p = sqdist.data_ptr<float>();
   at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t g = t / blocks;
-      const int64_t r0 = (t % blocks) * task_rows;
-      plan.encode_rows(xp, x_stride, g, r0, std::min(n, r0 + task_rows), codes_p, sqdist_p,
-                       &aten_gemm_abt);
+      const int64_t g = rows_outer ? t % groups : t / blocks;
+      const int64_t r0 = (rows_outer ? t / groups : t % blocks) * task_rows;
+      plan_->encode_rows(xp, x_stride, g, r0, std::min(n, r0 + task_rows), codes_p, sqdist_p,
+                         &aten_gemm_abt);
     }
   });
   return {codes, sqdist};
+}
+
+namespace {
+
+// The ops prepare the codebooks on every call (VqEncoder keeps them prepared).
+std::tuple<at::Tensor, at::Tensor> encode_once(const at::Tensor& x, const at::Tensor& codebooks, bool exact) {
+  const char* op = exact ? "vq_encode" : "vq_encode_int8";
+  TORCH_CHECK(x.device().is_cpu() && codebooks.device().is_cpu(), "astra CPU ", op,
+              ": tensors must be on the CPU");
+  TORCH_CHECK(x.dim() == 2 && codebooks.dim() == 3, "astra CPU ", op,
+              ": expected x (N, D) and codebooks (G, K, Dg), got ", x.sizes(), " and ", codebooks.sizes());
+  if (x.size(0) == 0) {
+    TORCH_CHECK(x.size(1) == codebooks.size(0) * codebooks.size(2), "astra CPU ", op, ": x has D=", x.size(1),
+                " but codebooks cover G*Dg=", codebooks.size(0) * codebooks.size(2));
+    return {at::empty({0, codebooks.size(0)}, x.options().dtype(at::kInt)),
+            at::empty({0, codebooks.size(0)}, x.options().dtype(at::kFloat))};
+  }
+  return VqEncoder(codebooks, exact, /*copy=*/false).encode(x);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> vq_encode(const at::Tensor& x, const at::Tensor& codebooks) {
+  return encode_once(x, codebooks, /*exact=*/true);
+}
+
+std::tuple<at::Tensor, at::Tensor> vq_encode_int8(const at::Tensor& x, const at::Tensor& codebooks) {
+  return encode_once(x, codebooks, /*exact=*/false);
 }
 
 }  // namespace astra::cpu

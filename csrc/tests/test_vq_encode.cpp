@@ -1,6 +1,7 @@
 // Unit tests of the torch-free vq_encode core: every compiled SIMD build,
-// both paths (fused, blocked GEMM with a naive GEMM), against a double
-// precision brute force and the reference.py rules.
+// every exact path (fused, int8 prefilter, blocked GEMM with a naive GEMM)
+// against a double precision brute force and the reference.py rules; the
+// int8-estimate path against its rounding bound, VNNI against portable.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -102,9 +103,12 @@ std::vector<EncodePath> paths(Simd simd) {
   return out;
 }
 
-// Chosen distance equals the true minimum up to fp32 score rounding, and
-// sqdist is the directly computed distance to the chosen codeword.
-void check_near_optimal(const Problem& p, const Result& r) {
+double int8_bound(const Problem& p, int64_t i, int64_t g);
+
+// Chosen distance equals the true minimum up to fp32 score rounding (and, for
+// the int8-estimate path, up to its rounding bound), and sqdist is the
+// directly computed distance to the chosen codeword.
+void check_near_optimal(const Problem& p, const Result& r, bool int8_estimate = false) {
   for (int64_t i = 0; i < p.n; ++i) {
     for (int64_t g = 0; g < p.g; ++g) {
       const int32_t code = r.codes[static_cast<size_t>(i * p.g + g)];
@@ -116,7 +120,7 @@ void check_near_optimal(const Problem& p, const Result& r) {
       for (int64_t d = 0; d < p.dg; ++d) xnorm += double(p.xg(i, g)[d]) * p.xg(i, g)[d];
       const double chosen = distance(p.xg(i, g), p.e(g, code), p.dg);
       // Scores are O(||x||^2 + ||e||^2) (unit-normal data: ||e||^2 ~ Dg).
-      const double tol = 1e-5 * (xnorm + 4.0 * p.dg + 1.0);
+      const double tol = 1e-5 * (xnorm + 4.0 * p.dg + 1.0) + (int8_estimate ? int8_bound(p, i, g) : 0.0);
       ASTRA_CHECK(chosen - best <= tol);
       const float sq = r.sqdist[static_cast<size_t>(i * p.g + g)];
       ASTRA_CHECK(std::fabs(sq - chosen) <= 1e-5 * (chosen + 1.0));
@@ -293,6 +297,98 @@ ASTRA_TEST(path_rule_follows_the_measured_crossover) {
     ASTRA_CHECK(astra::core::choose_encode_path(w - 1, simd) == mid);
     ASTRA_CHECK(astra::core::choose_encode_path(w, simd) == EncodePath::kBlockedGemm);
     ASTRA_CHECK(astra::core::choose_encode_path(4096, simd) == EncodePath::kBlockedGemm);
+  }
+}
+
+
+// --- the int8-estimate path (approximate) -----------------------------------
+
+// 2B of argmin_int8.h for row i, group g: the most by which the chosen
+// codeword's true score may exceed the best one (with the grids' rounding).
+double int8_bound(const Problem& p, int64_t i, int64_t g) {
+  const float levels = 127.0f;
+  float peak_e = 0.0f;
+  for (int64_t c = 0; c < p.k; ++c) {
+    for (int64_t d = 0; d < p.dg; ++d) peak_e = std::max(peak_e, std::fabs(p.e(g, c)[d]));
+  }
+  float peak_x = 0.0f;
+  for (int64_t d = 0; d < p.dg; ++d) peak_x = std::max(peak_x, std::fabs(p.xg(i, g)[d]));
+  const float step_e = std::max(peak_e / levels, astra::core::kInt8MinStep);
+  const float step_x = std::max(peak_x / levels, astra::core::kInt8MinStep);
+  double l1_x = 0.0, l1_e = 0.0;
+  for (int64_t d = 0; d < p.dg; ++d) l1_x += std::fabs(std::nearbyint(p.xg(i, g)[d] * (1.0f / step_x)));
+  for (int64_t c = 0; c < p.k; ++c) {
+    double l1 = 0.0;
+    for (int64_t d = 0; d < p.dg; ++d) l1 += std::fabs(std::nearbyint(p.e(g, c)[d] * (1.0f / step_e)));
+    l1_e = std::max(l1_e, l1);
+  }
+  return 2.0 * double(step_x) * step_e * (l1_x + l1_e + 0.5 * double(p.dg));
+}
+
+ASTRA_TEST(int8_estimates_stay_within_their_rounding_bound) {
+  const int64_t widths[] = {1, 3, 4, 5, 17, 24, 33, 64, 130, 768};
+  const int64_t sizes[] = {2, 17, 33, 100, 1024};
+  uint32_t seed = 100;
+  for (Simd simd : simds()) {
+    for (int64_t dg : widths) {
+      for (int64_t k : sizes) {
+        if (dg * k > 200000) continue;
+        const Problem p = random_problem(1 + (seed * 7) % 40, 1 + seed % 3, k, dg, seed);
+        ++seed;
+        check_near_optimal(p, encode(p, simd, EncodePath::kInt8Estimate), /*int8_estimate=*/true);
+      }
+    }
+  }
+}
+
+// The VNNI kernels and the portable code must pick the same codes, bit for bit,
+// on every shape and on the adversarial inputs of the exact paths.
+ASTRA_TEST(int8_estimate_vnni_equals_portable) {
+  if (!astra::core::simd_supported(Simd::kAvx512Vnni)) return;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  uint32_t seed = 300;
+  std::vector<Problem> problems;
+  for (int64_t dg : {1, 2, 5, 16, 24, 31, 48, 100, 768}) {
+    for (int64_t k : {2, 31, 32, 33, 257, 1000}) {
+      problems.push_back(random_problem(3 + seed % 70, 1 + seed % 4, k, dg, seed));
+      ++seed;
+    }
+  }
+  Problem odd = random_problem(40, 2, 300, 24, 9);
+  for (int64_t c : {70, 150, 299}) std::copy(odd.e(0, 5), odd.e(0, 5) + 24, odd.e(0, c));  // duplicates
+  odd.e(1, 0)[0] = nan;
+  odd.e(1, 17)[3] = inf;
+  std::fill(odd.e(1, 40), odd.e(1, 40) + 24, 3e30f);  // squares overflow
+  std::fill(odd.xg(0, 0), odd.xg(0, 0) + 24, 0.0f);    // zero row
+  std::fill(odd.xg(1, 0), odd.xg(1, 0) + 24, 1e-41f);  // subnormal row
+  odd.xg(2, 1)[4] = nan;
+  problems.push_back(odd);
+  Problem tiny = random_problem(20, 1, 64, 8, 10);
+  for (float& v : tiny.cb) v *= 1e-39f;  // subnormal codebook: 1 / (peak / 127) overflows
+  problems.push_back(tiny);
+  for (const Problem& p : problems) {
+    const Result vnni = encode(p, Simd::kAvx512Vnni, EncodePath::kInt8Estimate);
+    const Result portable = encode(p, Simd::kGeneric, EncodePath::kInt8Estimate);
+    ASTRA_CHECK(vnni.codes == portable.codes);
+  }
+  const Result r = encode(odd, Simd::kAvx512Vnni, EncodePath::kInt8Estimate);
+  for (int64_t i = 3; i < odd.n; ++i) {
+    const int32_t c = r.codes[static_cast<size_t>(i * 2 + 1)];
+    ASTRA_CHECK(c != 0 && c != 17 && c != 40);
+  }
+  ASTRA_CHECK_EQ(r.codes[static_cast<size_t>(2 * 2 + 1)], 0);  // the NaN group
+}
+
+ASTRA_TEST(int8_estimate_duplicates_resolve_to_the_lowest_index) {
+  for (Simd simd : simds()) {
+    for (int64_t dg : {8, 24, 96}) {
+      Problem p = random_problem(12, 1, 300, dg, static_cast<uint32_t>(dg));
+      for (int64_t c : {70, 150, 299}) std::copy(p.e(0, 5), p.e(0, 5) + dg, p.e(0, c));
+      for (int64_t i = 0; i < p.n; ++i) std::copy(p.e(0, 150), p.e(0, 150) + dg, p.xg(i, 0));
+      const Result r = encode(p, simd, EncodePath::kInt8Estimate);
+      for (int64_t i = 0; i < p.n; ++i) ASTRA_CHECK_EQ(r.codes[static_cast<size_t>(i)], 5);
+    }
   }
 }
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+from .engine import ENCODINGS
 from .remote import STRATEGIES
 from .run import RunConfig
 
@@ -14,6 +15,9 @@ from .run import RunConfig
 TABLE_BUDGET_HELP = ("MiB per layer for the projected K/V codebook tables (fp32 for the fused kernels, fp16 for "
                      "gather, 8-bit rows for gather_int8 on CPU; ViT-Base at G=32: 192/96/48.5 MiB); without room, "
                      "remote tokens are dequantized and projected instead")
+
+ENCODE_HELP = ("how tokens are quantized: exact (nearest codeword), int8 (int8-estimated scores: faster, about 3 %% "
+               "of codes near-nearest) or auto (int8 where its AVX-512 VNNI kernels run)")
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     d = RunConfig()
@@ -38,6 +42,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remote", choices=STRATEGIES, default=d.remote,
                    help="how remote tokens are attended (auto: cost model)")
     p.add_argument("--table-budget-mib", type=float, default=d.table_budget_mib, help=TABLE_BUDGET_HELP)
+    p.add_argument("--encode", choices=ENCODINGS, default=d.encode, help=ENCODE_HELP)
     p.add_argument("--backend", choices=["reference", "cpu", "triton", "cuda"], default=d.backend)
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds before a silent peer is an error")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -95,6 +100,7 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--groups", type=_csv(int), default=d.groups, help="ASTRA VQ groups G")
     p.add_argument("--codebook-size", type=int, default=d.codebook_size)
     p.add_argument("--table-budget-mib", type=float, default=d.table_budget_mib, help=TABLE_BUDGET_HELP)
+    p.add_argument("--encode", choices=ENCODINGS, default=d.encode, help=ENCODE_HELP)
     p.add_argument("--topology", choices=["star", "shared"], default=d.topology)
     p.add_argument("--latency-ms", type=float, default=d.latency_ms, help="sim: per-message latency")
     p.add_argument("--repeat", type=int, default=d.repeat)
@@ -121,7 +127,7 @@ def _bench(args: argparse.Namespace) -> int:
         cfgs.append(BenchConfig(
             models=[model], sizes=sizes or [DEFAULT_SIZE[model]], tokens=args.tokens, layers=args.layers,
             devices=args.devices, bandwidths=args.bandwidth, links=args.link, methods=args.methods, groups=args.groups,
-            codebook_size=args.codebook_size, table_budget_mib=args.table_budget_mib,
+            codebook_size=args.codebook_size, table_budget_mib=args.table_budget_mib, encode=args.encode,
             topology=args.topology, latency_ms=args.latency_ms, repeat=args.repeat,
             point_budget_s=args.point_budget, threads=args.threads, seed=args.seed, net_name=args.net_name,
             json=args.json, markdown=args.markdown, plot=args.plot,

@@ -28,6 +28,8 @@ from .partition import Layout
 from .remote import RemotePlan
 from .transport import Transport
 
+ENCODINGS = ("auto", "exact", "int8")
+
 
 class PhaseTimer:
     """Accumulated wall time per phase name (seconds)."""
@@ -66,10 +68,18 @@ class AstraEngine:
             "tokens", "codewords", "gather", "gather_int8", "dequantize"; see
             :mod:`astra_kernels.cost_model`).
         backend: astra_kernels backend for every op (None: fastest available).
+        encode: how tokens are quantized: "exact" (nearest codeword,
+            :func:`astra_kernels.vq_encode`), "int8" (by int8-estimated scores,
+            :func:`astra_kernels.vq_encode_int8`: about 3 % of codes pick a
+            near-nearest codeword) or "auto" (int8 where its SIMD kernels run,
+            see :func:`astra_kernels.int8_estimate_native`, else exact).
     """
 
     def __init__(self, model: torch.nn.Module, codebooks: Codebooks, *, remote: str = "auto",
-                 backend: str | None = None, table_budget_bytes: int = cost_model.TABLE_BUDGET_BYTES):
+                 backend: str | None = None, table_budget_bytes: int = cost_model.TABLE_BUDGET_BYTES,
+                 encode: str = "auto"):
+        if encode not in ENCODINGS:
+            raise ValueError(f"encode must be one of {', '.join(ENCODINGS)}, got {encode!r}")
         self.adapter = adapt(model)
         blocks = self.adapter.blocks
         codebooks.check(len(blocks), self.adapter.dim)
@@ -77,6 +87,11 @@ class AstraEngine:
         self.codebooks = codebooks.to(dtype=ref.dtype, device=ref.device)
         self.plans = [RemotePlan(b, cb, remote, table_budget_bytes) for b, cb in zip(blocks, self.codebooks.tensors)]
         self.backend = backend
+        if encode == "auto":
+            native = backend in (None, "cpu") and ak.int8_estimate_native(ref.device)
+            encode = "int8" if native else "exact"
+        self.encode = encode
+        self._encoders = [ak.VqEncoder(cb, int8=encode == "int8", backend=backend) for cb in self.codebooks.tensors]
 
     @property
     def causal(self) -> bool:
@@ -130,7 +145,7 @@ class AstraEngine:
                 z = B.attention_input(bw, h)
                 payload = torch.empty(0, dtype=torch.uint8)
                 if dests:
-                    codes, _ = ak.vq_encode(z[:, c:], self.codebooks.tensors[i], backend=self.backend)
+                    codes, _ = self._encoders[i](z[:, c:])
                     payload = ak.pack_codes(codes, bits, backend=self.backend)
             if dests or srcs:
                 handle = transport.exchange(payload, dests, sizes, tag=f"block{i}")
@@ -186,7 +201,7 @@ class AstraEngine:
         for i, (bw, plan) in enumerate(zip(self.adapter.blocks, self.plans)):
             zs = [B.attention_input(bw, h) for h in hs]
             codes = {
-                r: ak.vq_encode(zs[r][:, c:], self.codebooks.tensors[i], backend=self.backend)[0]
+                r: self._encoders[i](zs[r][:, c:])[0]
                 for r in range(world_size)
                 if layout.destinations(r)
             }

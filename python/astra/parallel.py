@@ -57,7 +57,7 @@ class ParallelModel:
 
 def parallelize(model: torch.nn.Module, codebooks: Codebooks, *, engine: str = "gloo", timeout_s: float = 60.0,
                 remote: str = "auto", backend: str | None = None,
-                table_budget_bytes: int = cost_model.TABLE_BUDGET_BYTES,
+                table_budget_bytes: int = cost_model.TABLE_BUDGET_BYTES, encode: str = "auto",
                 transport: Transport | None = None) -> ParallelModel:
     """Wrap an unmodified model for this rank of an N-process job.
 
@@ -66,8 +66,9 @@ def parallelize(model: torch.nn.Module, codebooks: Codebooks, *, engine: str = "
         codebooks: one (G, K, D/G) codebook per block (``astra.calibrate`` or ``Codebooks.load``).
         engine: "gloo", "nccl" or "mpi"; the launcher's environment names rank and world size.
         timeout_s: a silent peer becomes a :class:`astra.PeerError` after this long.
+        remote, backend, table_budget_bytes, encode: as :class:`astra.AstraEngine`.
         transport: an already created transport (then ``engine``/``timeout_s`` are unused).
     """
     astra_engine = AstraEngine(model, codebooks, remote=remote, backend=backend,
-                               table_budget_bytes=table_budget_bytes)
+                               table_budget_bytes=table_budget_bytes, encode=encode)
     return ParallelModel(astra_engine, transport if transport is not None else make_transport(engine, timeout_s))

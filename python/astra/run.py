@@ -49,6 +49,7 @@ class RunConfig:
     checkpoint: str | None = None
     codebooks: str | None = None
     remote: str = "auto"
+    encode: str = "auto"
     table_budget_mib: float = cost_model.TABLE_BUDGET_BYTES / 2**20
     backend: str | None = None
     timeout: float = 60.0
@@ -83,7 +84,7 @@ def measure(cfg: RunConfig, transport) -> dict | None:
     inputs = models.example_inputs(model, cfg.tokens, cfg.batch, seed=cfg.seed).to(cfg.device)
     books = load_codebooks(model, cfg, verbose)
     engine = AstraEngine(model, books, remote=cfg.remote, backend=cfg.backend,
-                         table_budget_bytes=int(cfg.table_budget_mib * 2**20))
+                         table_budget_bytes=int(cfg.table_budget_mib * 2**20), encode=cfg.encode)
     layout = engine.layout(inputs, world)
 
     for _ in range(cfg.warmup):
@@ -130,6 +131,7 @@ def measure(cfg: RunConfig, transport) -> dict | None:
         "blocks": len(engine.adapter.blocks),
         "bits_per_code": books.bits,
         "remote_strategy": engine.remote_strategies(inputs, world),
+        "encoding": engine.encode,
         "latency_s": statistics.median(per_run),
         "latency_runs_s": per_run,
         "tokens_per_rank": [r["tokens"] for r in everyone],
@@ -170,7 +172,8 @@ def summary(report: dict) -> str:
         f"ASTRA run: {report['model']}-{report['size']} ({report['blocks']} blocks, D={report['model_dim']}), "
         f"{report['tokens']} tokens x batch {report['batch']}, {report['devices']} ranks "
         f"({report['engine']}, {report['threads']} thread(s) each), G={report['groups']}, K={report['codebook_size']} "
-        f"({report['bits_per_code']}-bit codes), remote attention: {'/'.join(report['remote_strategy'])}",
+        f"({report['bits_per_code']}-bit codes, {report['encoding']} encode), "
+        f"remote attention: {'/'.join(report['remote_strategy'])}",
         f"  latency (median of {report['repeat']}): {report['latency_s']:.4f} s",
     ]
     if "single_device_latency_s" in report:

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 
 from astra_kernels.cost_model import TABLE_BUDGET_BYTES
 
+from ..engine import ENCODINGS
+
 METHODS = ("astra", "single", "sp_fp32", "sp_fp16", "kv_sp", "tp")
 BANDWIDTHS_MBPS = (10, 20, 50, 100, 500, 1000)
 
@@ -23,6 +25,7 @@ class BenchConfig:
     groups: list[int] = field(default_factory=lambda: [1, 16, 32])
     codebook_size: int = 1024
     table_budget_mib: float = TABLE_BUDGET_BYTES / 2**20  # per layer, K and V tables together
+    encode: str = "auto"  # astra.engine.ENCODINGS
     engine: str = "gloo"
     topology: str = "star"  # sim and netns: star (full duplex) or shared (one medium)
     latency_ms: float = 0.0  # sim only: per-message latency
@@ -51,6 +54,8 @@ class BenchConfig:
             raise ValueError(f"topology must be star or shared, got {self.topology!r}")
         if self.table_budget_mib < 0:
             raise ValueError(f"table budget must be >= 0 MiB, got {self.table_budget_mib}")
+        if self.encode not in ENCODINGS:
+            raise ValueError(f"encode must be one of {', '.join(ENCODINGS)}, got {self.encode!r}")
         if self.repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {self.repeat}")
 
@@ -69,6 +74,7 @@ class RankSpec:
     groups: list[int]
     codebooks: dict[str, str]  # str(G) -> codebook file
     table_budget_bytes: int
+    encode: str
     bandwidths: list[float | None]  # None: unshaped (real link)
     link: str
     topology: str

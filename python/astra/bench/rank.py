@@ -45,7 +45,7 @@ def _methods(spec: RankSpec, model) -> list[tuple[str, int | None, object]]:
         if name == "astra":
             for g in spec.groups:
                 out.append(("astra", g, AstraEngine(model, Codebooks.load(spec.codebooks[str(g)]),
-                                                      table_budget_bytes=spec.table_budget_bytes)))
+                                                      table_budget_bytes=spec.table_budget_bytes, encode=spec.encode)))
         else:
             out.append((name, None, baselines.build(name, model)))
     return out
@@ -198,8 +198,8 @@ def main(spec_path: str) -> None:
                     "devices": 1 if name == "single" else transport.world_size, "setting_devices": transport.world_size,
                     "groups": groups, "bandwidth_mbps": bw, "link": spec.link, "topology": spec.topology,
                     "tokens": spec.tokens, "layers": len(models.adapt(model).blocks), **row, **probe,
-                    **({"remote_strategy": method.remote_strategies(inputs, transport.world_size)}
-                       if name == "astra" else {}),
+                    **({"remote_strategy": method.remote_strategies(inputs, transport.world_size),
+                        "encoding": method.encode} if name == "astra" else {}),
                 })
     if rank0:
         bar.close()

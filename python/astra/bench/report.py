@@ -14,7 +14,9 @@ def method_label(method: str, groups: int | None) -> str:
 
 def _label(row: dict) -> str:
     label = method_label(row["method"], row.get("groups"))
-    return label + (f" ({'/'.join(row['remote_strategy'])})" if row.get("remote_strategy") else "")
+    notes = ["/".join(row["remote_strategy"])] if row.get("remote_strategy") else []
+    notes += [f"{row['encoding']} encode"] if row.get("encoding") else []
+    return label + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _setting(row: dict) -> tuple:
