@@ -75,7 +75,9 @@ def int8_grid(v: torch.Tensor, peak: torch.Tensor) -> tuple[torch.Tensor, torch.
 def int8_estimates(xg: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
     """The int8-estimated scores of :func:`vq_encode_int8`, in float64: xg (G, N, Dg) and
     cb (G, K, Dg) fp32 -> (G, N, K); +inf for codewords that are not finite."""
-    norms = (cb * cb).sum(-1)  # (G, K) fp32: overflows and underflows where the kernels' does
+    # (G, K) fp32, as the kernels keep them; summed in another order than their feature-by-feature
+    # fused multiply-adds, so usability can differ within rounding of FLT_MAX
+    norms = (cb * cb).sum(-1)
     usable = torch.isfinite(norms)
     cb = torch.where(usable.unsqueeze(-1), cb, 0.0)
     step_e, e_q = int8_grid(cb, cb.abs().amax(dim=(1, 2)).unsqueeze(-1))  # one grid per group

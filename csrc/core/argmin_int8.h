@@ -25,6 +25,12 @@
 // others get +inf estimates (never chosen) and zero bytes. ||e||^2 is
 // accumulated feature by feature with fused multiply-adds from 0.
 //
+// Packed codebook of one group: panels of kInt8PanelWidth codewords; panel p
+// holds, for each quad q of features, the int32 words made of the 4 bytes
+// e~[4q .. 4q + 3] of each of its codewords: panels[(p * quads + q) * P + j].
+// norms[p * P + j] = ||e||^2 in fp32, +inf for padding and for codewords that
+// are not finite (they never win); offsets[p * P + j] = 128 * sum_d e~[d],
+// which the unsigned bytes of x add to every dot product (int32, exact).
 #pragma once
 
 #include <cstdint>
@@ -39,6 +45,10 @@ bool int8_argmin_supported();
 // Smallest quantization step: keeps 1 / s finite for subnormal peaks.
 constexpr float kInt8MinStep = 0x1p-100f;
 
+// Widest group of the int8 paths: the int32 lanes' sums, up to 255 * 127 per
+// feature, cannot overflow.
+constexpr int64_t kInt8MaxWidth = 65536;
+
 // Constants of one packed codebook that bound the estimates' rounding.
 struct Int8Grid {
   float scale;      // s_e
@@ -49,7 +59,7 @@ struct Int8Grid {
 struct Int8Codebook {
   const int32_t* panels;  // (num_panels, ceil(Dg / 4), P)
   const float* norms;     // (num_panels * P,)
-  const float* offsets;   // (num_panels * P,)
+  const int32_t* offsets;  // (num_panels * P,)
   int64_t num_panels;
   Int8Grid grid;
   const float* codebook;  // (K, Dg) fp32 row-major: the exact re-scoring
@@ -58,12 +68,12 @@ struct Int8Codebook {
 };
 
 // Packs a (k, width) fp32 codebook into panels (ceil(k / P) * ceil(width / 4)
-// * P words), norms and offsets (ceil(k / P) * P floats each); returns its grid.
+// * P words), norms and offsets (ceil(k / P) * P each); returns its grid.
 // The portable build writes the same bytes.
 Int8Grid int8_pack(const float* codebook, int64_t k, int64_t width, int32_t* panels, float* norms,
-                   float* offsets);
+                   int32_t* offsets);
 Int8Grid int8_pack_portable(const float* codebook, int64_t k, int64_t width, int32_t* panels,
-                            float* norms, float* offsets);
+                            float* norms, int32_t* offsets);
 
 // best[r] = argmin for rows r < rows of x (row stride x_row_stride floats).
 // Rows that are not finite get 0 (vq_encode's rule 2 overrides them anyway).

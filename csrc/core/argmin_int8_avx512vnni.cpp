@@ -18,6 +18,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 
 #include "core/simd_avx512.h"
 
@@ -104,8 +105,7 @@ inline void panel_dots(const Int8Codebook& book, int64_t p, const int32_t* words
                        __m512i (&acc)[R][kVectors]) {
   const int32_t* panel = book.panels + p * quads * P;
   for (int c = 0; c < kVectors; ++c) {
-    const __m512 offset = _mm512_loadu_ps(book.offsets + p * P + c * 16);
-    const __m512i start = _mm512_cvtps_epi32(_mm512_sub_ps(_mm512_setzero_ps(), offset));  // exact integers
+    const __m512i start = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_loadu_si512(book.offsets + p * P + c * 16));
     for (int r = 0; r < R; ++r) acc[r][c] = start;
   }
 #pragma GCC unroll 8
@@ -286,12 +286,11 @@ void load_columns(const float* codebook, int64_t k, int64_t width, int64_t j0, f
 // Sixteen codewords per vector, feature by feature, so each lane accumulates
 // ||e||^2 in the portable build's order.
 Int8Grid int8_pack(const float* codebook, int64_t k, int64_t width, int32_t* panels, float* norms,
-                   float* offsets) {
+                   int32_t* offsets) {
   const int64_t quads = (width + 3) / 4;
   const int64_t padded = (k + P - 1) / P * P;
   const __m512 inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
-  thread_local std::vector<float> columns;  // the transposed codebook, 16 codewords per block
-  columns.resize(static_cast<size_t>(padded * width));
+  std::vector<float> columns(static_cast<size_t>(padded * width));  // transposed, 16 codewords per block
   // Pass 1: norms, which codewords are finite, and their largest |e| and norm.
   __m512 peak = _mm512_setzero_ps();
   __m512 norm_peak = _mm512_setzero_ps();
@@ -335,7 +334,7 @@ Int8Grid int8_pack(const float* codebook, int64_t k, int64_t width, int32_t* pan
       }
       _mm512_storeu_si512(column + q * P, word);
     }
-    _mm512_storeu_ps(offsets + j0, _mm512_mul_ps(_mm512_set1_ps(128.0f), _mm512_cvtepi32_ps(sum)));
+    _mm512_storeu_si512(offsets + j0, _mm512_slli_epi32(sum, 7));  // 128 * sum
     l1_max = _mm512_max_epi32(l1_max, l1);
   }
   return Int8Grid{step, static_cast<float>(_mm512_reduce_max_epi32(l1_max)), _mm512_reduce_max_ps(norm_peak)};
@@ -407,7 +406,6 @@ void int8_argmin_estimate(const Int8Codebook& book, const float* x, int64_t x_ro
 }
 
 }  // namespace astra::core
-#pragma GCC diagnostic pop
 #pragma GCC pop_options
 
 #else

@@ -25,7 +25,7 @@ int32_t* column_of(int32_t* panels, int64_t quads, int64_t j) { return panels + 
 }  // namespace
 
 Int8Grid int8_pack_portable(const float* codebook, int64_t k, int64_t width, int32_t* panels, float* norms,
-                            float* offsets) {
+                            int32_t* offsets) {
   const int64_t quads = (width + 3) / 4;
   const int64_t padded = (k + P - 1) / P * P;
   float peak = 0.0f;
@@ -46,7 +46,7 @@ Int8Grid int8_pack_portable(const float* codebook, int64_t k, int64_t width, int
     }
   }
   std::fill(norms + k, norms + padded, kInf);
-  std::fill(offsets, offsets + padded, 0.0f);
+  std::fill(offsets, offsets + padded, 0);
   std::memset(panels, 0, sizeof(int32_t) * static_cast<size_t>(padded * quads));
   const float step = std::max(peak / kLevels, kInt8MinStep);
   const float inv_step = 1.0f / step;
@@ -67,7 +67,7 @@ Int8Grid int8_pack_portable(const float* codebook, int64_t k, int64_t width, int
       }
       column[q * P] = static_cast<int32_t>(word);
     }
-    offsets[j] = 128.0f * static_cast<float>(sum);
+    offsets[j] = 128 * sum;
     l1_max = std::max(l1_max, l1);
   }
   return Int8Grid{step, static_cast<float>(l1_max), norm_peak};

@@ -274,17 +274,25 @@ float squared_distance(const float* a, const float* b, int64_t n) {
   return sum;
 }
 
+// Rows ahead whose chosen codeword is requested before it is needed: a task's
+// rows at once on the int8-estimate path (64), a bounded window on the others.
+constexpr int64_t kFinishPrefetchRows = 64;
+
+inline void prefetch_codeword(const FinishArgs& a, int64_t i) {
+  const char* e = reinterpret_cast<const char*>(a.codebook + a.best[i] * a.width);
+  const int64_t row_bytes = a.width * static_cast<int64_t>(sizeof(float));
+  for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(e + b);
+  __builtin_prefetch(e + row_bytes - 1);  // rows need not start on a line
+}
+
 template <class S>
 void finish_rows(const FinishArgs& a) {
-  // The chosen codewords are scattered over the group's codebook, which the int8
-  // kernels never read: request them all before the first one is needed.
-  const int64_t row_bytes = a.width * static_cast<int64_t>(sizeof(float));
+  // The chosen codewords are scattered over the group's fp32 codebook, which the
+  // int8-estimate kernel never reads: each is a cache miss unless requested early.
+  const int64_t ahead = std::min(a.rows, kFinishPrefetchRows);
+  for (int64_t i = 0; i < ahead; ++i) prefetch_codeword(a, i);
   for (int64_t i = 0; i < a.rows; ++i) {
-    const char* e = reinterpret_cast<const char*>(a.codebook + a.best[i] * a.width);
-    for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(e + b);
-    __builtin_prefetch(e + row_bytes - 1);  // rows need not start on a line
-  }
-  for (int64_t i = 0; i < a.rows; ++i) {
+    if (i + ahead < a.rows) prefetch_codeword(a, i + ahead);
     const float* x = a.x + i * a.x_row_stride;
     const bool finite = std::isfinite(squared_distance<S>(x, nullptr, a.width));
     const int32_t code = finite ? a.best[i] : 0;

@@ -93,9 +93,11 @@ struct AttentionGemms {
 template <class T>
 class AttentionPlan {
  public:
-  // Tiling (targets: sizes are balanced, so a ragged sliver joins the other
-  // blocks). Query rows per kv head and task (query-major, all query heads of
-  // the kv head): tall GEMMs amortise the GEMM's packing of each key block.
+  // Tiling. Query rows per kv head and task, and keys per block of the fully
+  // visible keys, are targets: sizes are balanced so that a ragged sliver joins
+  // the other blocks (the causal diagonal's key blocks keep kBlockKeys). Query
+  // rows per task are query-major, all query heads of the kv head: tall GEMMs
+  // amortise the GEMM's packing of each key block.
   // Keys per block: the scores (rows x keys) stay in L2. Rows per chunk on the
   // causal diagonal: fewer wasted masked scores vs shorter GEMMs. Gathered
   // remote tile (keys x kv heads x d, for K and V each): L2-sized.

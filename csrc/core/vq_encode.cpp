@@ -8,6 +8,7 @@
 #include <new>
 #include <numeric>
 #include <stdexcept>
+#include <string>
 
 namespace astra::core {
 
@@ -93,6 +94,10 @@ EncodePlan::EncodePlan(const float* codebooks, VqShape shape, Simd simd, EncodeP
   const int64_t k = shape.codes;
   if (path_ == EncodePath::kInt8 && !simd_supported(Simd::kAvx512Vnni)) {
     throw std::invalid_argument("EncodePlan: the int8 path needs AVX-512 VNNI");
+  }
+  if (int8() && shape.width > kInt8MaxWidth) {
+    throw std::invalid_argument("EncodePlan: the int8 paths take groups of at most " +
+                                std::to_string(kInt8MaxWidth) + " features");
   }
   if (path_ == EncodePath::kFused) {
     const int64_t p = kernels_.panel_width;

@@ -112,7 +112,7 @@ class EncodePlan {
   int64_t num_panels_ = 0;                       // fused, int8*: panels per group
   std::unique_ptr<float[], AlignedFree> panels_;  // fused: (G, num_panels, Dg, P)
   std::unique_ptr<int32_t[], AlignedFree> int8_panels_;  // int8*: (G, num_panels, ceil(Dg / 4), P)
-  std::vector<float> int8_offsets_;              // int8*: (G, num_panels * P)
+  std::vector<int32_t> int8_offsets_;            // int8*: (G, num_panels * P)
   std::vector<Int8Grid> int8_grids_;             // int8*: (G,)
   std::vector<float> norms_;                     // fused, int8*: (G, num_panels * P); GEMM: (G, K)
   std::vector<int32_t> first_duplicate_;         // GEMM: (G, K) lowest index of an identical codeword
