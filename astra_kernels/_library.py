@@ -202,19 +202,53 @@ def _merge_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:4])
 
 
-def _merge_backward(ctx, grad_out, grad_lse):
-    # The reference's vector-Jacobian product, whatever backend ran forward.
-    from . import reference
-
+def _reference_vjp(fn, ctx, grad_out, grad_lse, options=()) -> list:
+    """Gradients of the saved tensors through the pure-torch ``fn`` (out, lse), whatever backend ran forward."""
     tensors = [t.detach().requires_grad_(ctx.needs_input_grad[i]) for i, t in enumerate(ctx.saved_tensors)]
     wanted = [t for t in tensors if t.requires_grad]
     grads = iter(())
     if wanted:
         with torch.enable_grad():
-            pairs = [(o, g) for o, g in zip(reference.merge_attention(*tensors), (grad_out, grad_lse)) if o.requires_grad]
-            outs, grad_outs = zip(*pairs)  # lse needs no gradient when only out_a/out_b require one
+            pairs = [(o, g) for o, g in zip(fn(*tensors, *options), (grad_out, grad_lse)) if o.requires_grad]
+            outs, grad_outs = zip(*pairs)  # lse needs no gradient when only the outputs' inputs require one
             grads = iter(torch.autograd.grad(outs, wanted, grad_outs, allow_unused=True))
-    return tuple(next(grads) if t.requires_grad else None for t in tensors) + (None,)
+    return [next(grads) if t.requires_grad else None for t in tensors]
+
+
+def _merge_backward(ctx, grad_out, grad_lse):
+    from . import reference
+
+    return (*_reference_vjp(reference.merge_attention, ctx, grad_out, grad_lse), None)
 
 
 merge_attention.register_autograd(_merge_backward, setup_context=_merge_setup)
+
+
+# --- attention continuing from a partial -----------------------------------
+
+@torch.library.custom_op("astra::attention_after", mutates_args=())
+def attention_after(q: Tensor, k: Tensor, v: Tensor, prior_out: Tensor, prior_lse: Tensor, causal: bool, scale: float,
+                    backend: str) -> tuple[Tensor, Tensor]:
+    """See astra_kernels.reference.attention_after; returns (out, lse), out stored token-major."""
+    out, lse = backends.get(backend).attention_after(q, k, v, prior_out, prior_lse, causal, scale)
+    return out.transpose(1, 2).contiguous().transpose(1, 2), lse  # one layout for every backend, as merge_attention
+
+
+@attention_after.register_fake
+def _(q, k, v, prior_out, prior_lse, causal, scale, backend):
+    b, h, t, d = q.shape
+    return q.new_empty((b, t, h, d)).transpose(1, 2), q.new_empty((b, h, t), dtype=torch.float32)
+
+
+def _after_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:5])
+    ctx.options = inputs[5:7]  # causal, scale
+
+
+def _after_backward(ctx, grad_out, grad_lse):
+    from . import reference
+
+    return (*_reference_vjp(reference.attention_after, ctx, grad_out, grad_lse, ctx.options), None, None, None)
+
+
+attention_after.register_autograd(_after_backward, setup_context=_after_setup)

@@ -35,4 +35,5 @@ vq_decode = _C.vq_decode
 pack_codes = _C.pack_codes
 unpack_codes = _C.unpack_codes
 mixed_precision_attention = _C.mixed_precision_attention  # fp64 and fp32 native, fp16/bf16 via fp32
+attention_after = _C.attention_after  # token-major output
 merge_attention = _C.merge_attention  # token-major output

@@ -220,6 +220,7 @@ def attention(
     *,
     causal: bool = False,
     scale: float | None = None,
+    prior: tuple[torch.Tensor, torch.Tensor] | None = None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-precision attention that also returns the LSE: q (B, H, Tq, d),
@@ -227,17 +228,49 @@ def attention(
 
     :func:`mixed_precision_attention` without a remote segment (same kernels,
     same causal alignment); the partial to merge with a remote one.
+
+    ``prior``: (out (B, H, Tq, d), lse (B, H, Tq) float32), a partial over other
+    keys; the result covers both key sets, as :func:`merge_attention` of the
+    two, stored token-major like it. The C++ CPU backend starts its online
+    softmax from the prior (one pass, no merge).
     """
     _checks.tensor("q", q)
     _checks.tensor("k", k)
     if k.dim() != 4:
         raise ValueError(f"k must have shape (B, Hkv, Tk, d), got {tuple(k.shape)}")
+    if prior is not None:
+        return _attention_after(q, k, v, prior, causal, scale, backend)
     b, hkv, _, d = k.shape
     no_codes = torch.zeros((b, 0, 1), dtype=torch.int32, device=q.device)
     unused_table = q.new_zeros((1, 1, hkv * d))  # never read: there are no remote tokens
     return mixed_precision_attention(
         q, k, v, no_codes, unused_table, unused_table, causal=causal, scale=scale, strategy="tokens", backend=backend
     )
+
+
+def _attention_after(q, k, v, prior, causal, scale, backend):
+    if not isinstance(prior, (tuple, list)) or len(prior) != 2:
+        raise TypeError("prior must be a tuple (out, lse)")
+    prior_out, prior_lse = prior
+    _checks.tensor("prior out", prior_out)
+    _checks.tensor("prior lse", prior_lse)
+    _checks.tensor("v", v)
+    if q.dim() != 4 or prior_out.shape != q.shape or prior_out.dtype != q.dtype:
+        raise ValueError(f"prior out must match q's shape {tuple(q.shape)} and dtype {q.dtype}, "
+                         f"got {tuple(prior_out.shape)} {prior_out.dtype}")
+    if prior_lse.shape != q.shape[:3] or prior_lse.dtype != torch.float32:
+        raise ValueError(f"prior lse must be float32 of shape {tuple(q.shape[:3])}, "
+                         f"got {tuple(prior_lse.shape)} {prior_lse.dtype}")
+    if v.shape != k.shape or k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3] or q.shape[1] % k.shape[1]:
+        raise ValueError(f"k and v must have shape (B={q.shape[0]}, Hkv, Tk, d={q.shape[3]}) with H % Hkv == 0, "
+                         f"got {tuple(k.shape)} and {tuple(v.shape)}")
+    _checks.same_device(q=q, k=k, v=v, prior_out=prior_out, prior_lse=prior_lse)
+    if scale is None:
+        scale = q.shape[3] ** -0.5
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    name = backends.resolve(backend, q.device, "attention_after")
+    return _library.attention_after(q, k, v, prior_out, prior_lse, bool(causal), float(scale), name)
 
 
 def project_codebooks(codebooks: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

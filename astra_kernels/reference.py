@@ -253,6 +253,18 @@ def mixed_precision_attention(
     return out.to(q.dtype), lse.float()
 
 
+def attention_after(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prior_out: torch.Tensor,
+                    prior_lse: torch.Tensor, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of q (B, H, Tq, d) over k, v (B, Hkv, Tk, d) merged with a partial (prior_out
+    (B, H, Tq, d), prior_lse (B, H, Tq) float32) over other keys: (out, lse) over both key sets."""
+    b, hkv, _, d = k.shape
+    no_codes = torch.zeros((b, 0, 1), dtype=torch.int32, device=q.device)
+    unused_table = q.new_zeros((1, 1, hkv * d))
+    out, lse = mixed_precision_attention(q, k, v, no_codes, unused_table, unused_table, None, None, causal, scale,
+                                         "tokens")
+    return merge_attention(prior_out, prior_lse, out, lse)
+
+
 def merge_attention(
     out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

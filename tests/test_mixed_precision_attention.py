@@ -261,3 +261,55 @@ def test_long_segments_with_ragged_sizes(tq, tl, causal):
     want = ak.mixed_precision_attention(**args, backend="reference", causal=causal)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", MERGE_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_after_a_prior_equals_merging_the_partials(backend, dtype, causal):
+    """ak.attention(..., prior=partial) covers both key sets in one pass: the merge of the two partials."""
+    gen = torch.Generator().manual_seed(8)
+    rnd = lambda *s: torch.randn(*s, generator=gen).to(dtype)  # noqa: E731
+    q, k, v = rnd(2, 4, 9, 16), rnd(2, 2, 11, 16), rnd(2, 2, 11, 16)
+    prior_out, prior_lse = ak.attention(q, rnd(2, 2, 5, 16), rnd(2, 2, 5, 16), backend=backend)
+    prior_out, prior_lse = prior_out.clone(), prior_lse.clone()
+    prior_out[0, 1, :3], prior_lse[0, 1, :3] = 0, float("-inf")  # rows whose prior saw no key
+    out, lse = ak.attention(q, k, v, causal=causal, prior=(prior_out, prior_lse), backend=backend)
+    want, want_lse = reference.merge_attention(prior_out, prior_lse, *ak.attention(q, k, v, causal=causal,
+                                                                                   backend="reference"))
+    tol = 2e-3 if dtype == torch.float16 else 1e-5
+    torch.testing.assert_close(out, want, rtol=tol, atol=tol)
+    torch.testing.assert_close(lse, want_lse, rtol=1e-5, atol=1e-5)
+    assert out.dtype == dtype and out.transpose(1, 2).is_contiguous()  # token-major, as merge_attention
+    # no local key at all: the prior alone
+    empty = ak.attention(q, k[:, :, :0], v[:, :, :0], prior=(prior_out, prior_lse), backend=backend)
+    torch.testing.assert_close(empty[0], prior_out, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", MERGE_BACKENDS)
+def test_attention_after_gradients_match_the_reference(backend):
+    gen = torch.Generator().manual_seed(9)
+    leaves = [torch.randn(1, 2, 3, 8, generator=gen), torch.randn(1, 1, 4, 8, generator=gen),
+              torch.randn(1, 1, 4, 8, generator=gen), torch.randn(1, 2, 3, 8, generator=gen),
+              torch.randn(1, 2, 3, generator=gen)]
+    grads = []
+    for use in (backend, "reference"):
+        xs = [t.clone().requires_grad_() for t in leaves]
+        out, lse = ak.attention(*xs[:3], prior=(xs[3], xs[4]), backend=use)
+        (out.square().sum() + lse.sum()).backward()
+        grads.append([x.grad for x in xs])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_after_rejects_mismatched_priors():
+    q, k = torch.randn(1, 2, 3, 4), torch.randn(1, 1, 5, 4)
+    out, lse = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3)
+    with pytest.raises(TypeError, match="prior must be a tuple"):
+        ak.attention(q, k, k, prior=out)
+    with pytest.raises(ValueError, match="prior out must match q"):
+        ak.attention(q, k, k, prior=(out[:, :, :2], lse))
+    with pytest.raises(ValueError, match="prior lse must be float32"):
+        ak.attention(q, k, k, prior=(out, lse.double()))
+    with pytest.raises(ValueError, match="k and v must have shape"):
+        ak.attention(q, k, k[:, :, :2], prior=(out, lse))

@@ -29,6 +29,10 @@ def test_opcheck(backend, device):
     ]
     if hasattr(ak.backends.get(backend), "vq_encode_int8"):
         cases.append((ops.vq_encode_int8.default, (x, cb, backend)))
+    if hasattr(ak.backends.get(backend), "attention_after"):
+        qkv = [torch.randn(2, 2, 5, 4, device=device) for _ in range(3)]
+        prior = (torch.randn(2, 2, 5, 4, device=device).requires_grad_(), torch.randn(2, 2, 5, device=device))
+        cases.append((ops.attention_after.default, (*qkv, *prior, True, 0.5, backend)))
     if hasattr(ak.backends.get(backend), "merge_attention"):
         parts = torch.randn(2, 3, 5, 4, device=device), torch.randn(2, 3, 5, device=device)
         cases.append((ops.merge_attention.default, (*parts, parts[0].flip(0).requires_grad_(), parts[1], backend)))

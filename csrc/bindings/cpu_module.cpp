@@ -25,7 +25,7 @@ pybind11::dict capabilities() {
 PYBIND11_MODULE(_C, m) {
   m.doc() =
       "ASTRA C++ CPU kernels (vq_encode, vq_encode_int8, vq_decode, pack_codes, unpack_codes, "
-      "mixed_precision_attention, merge_attention)";
+      "mixed_precision_attention, attention_after, merge_attention)";
   const auto no_gil = pybind11::call_guard<pybind11::gil_scoped_release>();
   m.def("vq_encode", &astra::cpu::vq_encode, pybind11::arg("x"), pybind11::arg("codebooks"), no_gil,
         "x (N, D), codebooks (G, K, Dg) -> (codes (N, G) int32, sqdist (N, G) float32)");
@@ -50,6 +50,11 @@ PYBIND11_MODULE(_C, m) {
         "q (B, H, Tq, d), k/v_local (B, Hkv, Tl, d), remote_codes (B, Tr, G) int32, "
         "tables (G, K, Hkv*d), biases (Hkv*d,) or None -> "
         "(out (B, H, Tq, d) in q.dtype, lse (B, H, Tq) float32)");
+  m.def("attention_after", &astra::cpu::attention_after, pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"),
+        pybind11::arg("prior_out"), pybind11::arg("prior_lse"), pybind11::arg("causal"), pybind11::arg("scale"),
+        no_gil,
+        "q (B, H, Tq, d), k/v (B, Hkv, Tk, d), prior (out (B, H, Tq, d), lse (B, H, Tq)) -> (out over both key "
+        "sets, stored token-major; lse)");
   m.def("merge_attention", &astra::cpu::merge_attention, pybind11::arg("out_a"), pybind11::arg("lse_a"),
         pybind11::arg("out_b"), pybind11::arg("lse_b"), no_gil,
         "out_a, out_b (B, H, T, d), lse_a, lse_b (B, H, T) float32 -> (out (B, H, T, d) stored token-major, "

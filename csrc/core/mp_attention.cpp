@@ -196,6 +196,7 @@ void AttentionPlan<T>::run_task(int64_t index, Workspace& ws, const AttentionGem
     std::fill(head.acc, head.acc + task.rows * d, T(0));
     std::fill(head.row_max, head.row_max + task.rows, -std::numeric_limits<T>::infinity());
     std::fill(head.row_sum, head.row_sum + task.rows, T(0));
+    if (in_.prior_out != nullptr) start_from_prior(task, head);
   }
 
   attend_remote(task, ws, gemms);
@@ -209,7 +210,9 @@ void AttentionPlan<T>::run_task(int64_t index, Workspace& ws, const AttentionGem
       const int64_t h = head.kv_head * group_size_ + r % group_size_;
       const int64_t t = task.t0 + r / group_size_;
       const int64_t row = (task.batch_row * shape_.heads + h) * shape_.queries + t;
-      T* out = outputs.out + row * d;
+      T* out = outputs.out + (outputs.token_major
+                                  ? ((task.batch_row * shape_.queries + t) * shape_.heads + h) * d
+                                  : row * d);
       const T* acc = head.acc + r * d;
       const T sum = head.row_sum[r];
       if (sum > 0) {
@@ -222,6 +225,25 @@ void AttentionPlan<T>::run_task(int64_t index, Workspace& ws, const AttentionGem
         outputs.lse[row] = -std::numeric_limits<float>::infinity();
       }
     }
+  }
+}
+
+// The prior partial's total weight exp(lse) becomes the running state 2^max * sum
+// with sum = 1 (max in log2 units) and the accumulator its normalized output.
+template <class T>
+void AttentionPlan<T>::start_from_prior(const Task& task, const HeadState& head) const {
+  const int64_t d = shape_.head_dim;
+  for (int64_t r = 0; r < task.rows; ++r) {
+    const int64_t h = head.kv_head * group_size_ + r % group_size_;
+    const int64_t t = task.t0 + r / group_size_;
+    const float lse = in_.prior_lse[task.batch_row * in_.prior_lse_strides.batch + h * in_.prior_lse_strides.head +
+                                    t * in_.prior_lse_strides.token];
+    if (lse == -std::numeric_limits<float>::infinity()) continue;  // it saw no key: nothing to carry
+    const T* src = in_.prior_out + task.batch_row * in_.prior_strides.batch + h * in_.prior_strides.head +
+                   t * in_.prior_strides.token;
+    std::copy(src, src + d, head.acc + r * d);
+    head.row_max[r] = static_cast<T>(static_cast<double>(lse) * kLog2E);
+    head.row_sum[r] = T(1);
   }
 }
 

@@ -69,12 +69,19 @@ struct AttentionInputs {
   bool causal;
   double scale;
   RemoteStrategy strategy;  // kCodewords needs G == 1
+  // Optional attention partial over other, earlier keys, (out (B, H, Tq, d), natural-log lse (B, H, Tq)):
+  // the online softmax starts from it, so the result covers those keys too (no separate merge).
+  const T* prior_out = nullptr;
+  HeadStrides prior_strides{};
+  const float* prior_lse = nullptr;
+  HeadStrides prior_lse_strides{};  // .token: the stride along Tq
 };
 
 template <class T>
 struct AttentionOutputs {
-  T* out;      // (B, H, Tq, d) contiguous
+  T* out;      // (B, H, Tq, d) contiguous, or (B, Tq, H, d) contiguous with token_major
   float* lse;  // (B, H, Tq) contiguous
+  bool token_major = false;
 };
 
 // GEMMs over caller-owned row-major memory (leading dimensions in elements).
@@ -132,6 +139,7 @@ class AttentionPlan {
   struct Task;
   struct HeadState;
   HeadState head_state(const Task& task, Workspace& ws, int64_t i) const;
+  void start_from_prior(const Task& task, const HeadState& head) const;
   void run_task(int64_t task, Workspace& ws, const AttentionGemms<T>& gemms,
                 const AttentionOutputs<T>& outputs) const;
   void attend_remote(const Task& task, Workspace& ws, const AttentionGemms<T>& gemms) const;

@@ -23,6 +23,14 @@ std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
     const std::optional<at::Tensor>& k_bias, const std::optional<at::Tensor>& v_bias, bool causal,
     double scale, const std::string& strategy);
 
+// Attention of q (B, H, Tq, d) over k, v (B, Hkv, Tk, d) continuing from a
+// partial over other, earlier keys: prior_out (B, H, Tq, d) in q.dtype,
+// prior_lse (B, H, Tq) fp32 -> (out over both key sets, stored token-major and
+// returned as its (B, H, Tq, d) view; lse (B, H, Tq) fp32). One pass, no merge.
+std::tuple<at::Tensor, at::Tensor> attention_after(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                   const at::Tensor& prior_out, const at::Tensor& prior_lse,
+                                                   bool causal, double scale);
+
 // out_a, out_b (B, H, T, d) of one dtype (fp64, fp32, fp16 or bf16; fp16/bf16
 // computed in fp32), unit stride along d; lse_a, lse_b (B, H, T) fp32, any
 // strides -> out (B, H, T, d) in out_a.dtype, stored token-major ((B, T, H, d)

@@ -64,8 +64,9 @@ void run_attention(const core::AttentionShape& shape, const at::Tensor& q,
                    const at::Tensor& k_local, const at::Tensor& v_local, const at::Tensor& codes,
                    const at::Tensor& k_table, const at::Tensor& v_table, const at::Tensor& k_bias,
                    const at::Tensor& v_bias, bool causal, double scale,
-                   core::RemoteStrategy strategy, at::Tensor& out, at::Tensor& lse) {
-  const core::AttentionInputs<T> inputs{q.data_ptr<T>(),
+                   core::RemoteStrategy strategy, at::Tensor& out, at::Tensor& lse,
+                   const at::Tensor& prior_out = at::Tensor(), const at::Tensor& prior_lse = at::Tensor()) {
+  core::AttentionInputs<T> inputs{q.data_ptr<T>(),
                                         head_strides(q),
                                         k_local.data_ptr<T>(),
                                         head_strides(k_local),
@@ -79,7 +80,14 @@ void run_attention(const core::AttentionShape& shape, const at::Tensor& q,
                                         causal,
                                         scale,
                                         strategy};
-  const core::AttentionOutputs<T> outputs{out.data_ptr<T>(), lse.data_ptr<float>()};
+  if (prior_out.defined()) {
+    inputs.prior_out = prior_out.data_ptr<T>();
+    inputs.prior_strides = head_strides(prior_out);
+    inputs.prior_lse = prior_lse.data_ptr<float>();
+    inputs.prior_lse_strides = head_strides(prior_lse);
+  }
+  // with a prior the output is stored token-major (B, Tq, H, d): the merged result feeds the output projection
+  const core::AttentionOutputs<T> outputs{out.data_ptr<T>(), lse.data_ptr<float>(), prior_out.defined()};
   core::AttentionPlan<T> plan(shape, inputs, row_kernels<T>(), at::get_num_threads());
   at::parallel_for(0, plan.prepare_tasks(), 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) plan.prepare(b);
@@ -145,6 +153,44 @@ std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
     run_attention<float>(shape, qc, kc, vc, codes, kt, vt, kb, vb, causal, scale, how, out, lse);
   }
   return {out.scalar_type() == dtype ? out : out.to(dtype), lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_after(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                   const at::Tensor& prior_out, const at::Tensor& prior_lse,
+                                                   bool causal, double scale) {
+  TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu() && prior_out.device().is_cpu() &&
+                  prior_lse.device().is_cpu(),
+              "astra CPU attention_after: tensors must be on the CPU");
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.sizes() == k.sizes() && prior_out.sizes() == q.sizes() &&
+                  prior_lse.dim() == 3 && prior_lse.sizes() == q.sizes().slice(0, 3) &&
+                  prior_lse.scalar_type() == at::kFloat && prior_out.scalar_type() == q.scalar_type(),
+              "astra CPU attention_after: expected q and prior_out (B, H, Tq, d) of one dtype, k/v (B, Hkv, Tk, d) "
+              "and prior_lse (B, H, Tq) float32, got ",
+              q.sizes(), ", ", k.sizes(), ", ", prior_out.sizes(), " and ", prior_lse.sizes());
+  const at::ScalarType dtype = q.scalar_type();
+  TORCH_CHECK(
+      dtype == at::kDouble || dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+      "astra CPU attention_after: unsupported dtype ", dtype);
+  const at::ScalarType compute = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const core::AttentionShape shape{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), 0, 1, 1, q.size(3)};
+  TORCH_CHECK(k.size(0) == shape.batch && k.size(3) == shape.head_dim && shape.heads % shape.kv_heads == 0,
+              "astra CPU attention_after: inconsistent shapes");
+  const at::Tensor qc = as_compute_rows(q, compute);
+  const at::Tensor kc = as_compute_rows(k, compute);
+  const at::Tensor vc = as_compute_rows(v, compute);
+  const at::Tensor pc = as_compute_rows(prior_out, compute);
+  const at::Tensor no_codes = at::empty({shape.batch, 0, 1}, q.options().dtype(at::kInt));
+  const at::Tensor unused_table = at::zeros({1, 1, shape.kv_heads * shape.head_dim}, q.options().dtype(compute));
+  at::Tensor out = at::empty({shape.batch, shape.queries, shape.heads, shape.head_dim}, q.options().dtype(compute));
+  at::Tensor lse = at::empty({shape.batch, shape.heads, shape.queries}, q.options().dtype(at::kFloat));
+  if (compute == at::kDouble) {
+    run_attention<double>(shape, qc, kc, vc, no_codes, unused_table, unused_table, at::Tensor(), at::Tensor(), causal,
+                          scale, core::RemoteStrategy::kTokens, out, lse, pc, prior_lse);
+  } else {
+    run_attention<float>(shape, qc, kc, vc, no_codes, unused_table, unused_table, at::Tensor(), at::Tensor(), causal,
+                         scale, core::RemoteStrategy::kTokens, out, lse, pc, prior_lse);
+  }
+  return {(out.scalar_type() == dtype ? out : out.to(dtype)).transpose(1, 2), lse};
 }
 
 }  // namespace astra::cpu

@@ -9,7 +9,8 @@ allowed formulation for its shape, unless one is forced.
 ``codewords`` and ``tokens`` are fused kernels that take the local keys too.
 ``gather``, ``gather_int8`` and ``dequantize`` build the remote keys/values
 as ordinary tokens: their attention is two partials, local (computed while the
-codes are on the wire) and remote, merged by their log-sum-exps.
+codes are on the wire) and remote, merged by their log-sum-exps (on the C++ CPU
+backend the remote pass starts its online softmax from the local partial).
 """
 from __future__ import annotations
 
@@ -157,7 +158,10 @@ class RemotePlan:
             rk, rv = self._materialized_kv(codes, how)
             if local is None:
                 local = ak.attention(q, k, v, causal=causal, backend=backend)
-            remote = ak.attention(q, rk, rv, backend=backend)  # every remote token precedes every query
+            # every remote token precedes every query: no mask on them
+            if (backend or backends.resolve(None, q.device, "attention_after")) == "cpu":
+                return ak.attention(q, rk, rv, prior=local, backend=backend)[0]  # one pass from the local partial
+            remote = ak.attention(q, rk, rv, backend=backend)
             return ak.merge_attention(*local, *remote)[0]
         k_table, v_table = self.tables()
         return ak.mixed_precision_attention(q, k, v, codes, k_table, v_table, causal=causal, strategy=how,
