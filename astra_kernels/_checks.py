@@ -111,6 +111,15 @@ def shape(value) -> tuple[int, ...]:
 ATTN_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+def attention_scale(scale, head_dim: int) -> float:
+    """The score scale: default head_dim ** -0.5, else a positive number."""
+    if scale is None:
+        return head_dim**-0.5
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    return float(scale)
+
+
 def attention_inputs(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias) -> dict:
     """Validate mixed_precision_attention inputs; returns the sizes by name."""
     for name, t in (("q", q), ("k_local", k_local), ("v_local", v_local), ("k_table", k_table), ("v_table", v_table)):

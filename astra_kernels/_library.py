@@ -184,12 +184,17 @@ mixed_precision_attention.register_autograd(_mpa_backward, setup_context=_mpa_se
 
 # --- merge of attention partials -------------------------------------------
 
+def _token_major(out: Tensor) -> Tensor:
+    """(B, H, T, d) stored as (B, T, H, d): one layout for every backend (the fakes'). The C++ kernels
+    write it; other backends' outputs are copied there."""
+    return out.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 @torch.library.custom_op("astra::merge_attention", mutates_args=())
 def merge_attention(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor, backend: str) -> tuple[Tensor, Tensor]:
     """See astra_kernels.reference.merge_attention; returns (out, lse), out stored token-major."""
     out, lse = backends.get(backend).merge_attention(out_a, lse_a, out_b, lse_b)
-    # one layout for every backend (the fake's): the C++ kernel writes it, the reference's is copied there
-    return out.transpose(1, 2).contiguous().transpose(1, 2), lse
+    return _token_major(out), lse
 
 
 @merge_attention.register_fake
@@ -231,7 +236,7 @@ def attention_after(q: Tensor, k: Tensor, v: Tensor, prior_out: Tensor, prior_ls
                     backend: str) -> tuple[Tensor, Tensor]:
     """See astra_kernels.reference.attention_after; returns (out, lse), out stored token-major."""
     out, lse = backends.get(backend).attention_after(q, k, v, prior_out, prior_lse, causal, scale)
-    return out.transpose(1, 2).contiguous().transpose(1, 2), lse  # one layout for every backend, as merge_attention
+    return _token_major(out), lse
 
 
 @attention_after.register_fake

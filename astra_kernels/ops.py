@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from . import _checks, _library, backends
+from . import _checks, _library, backends, reference
 
 
 def code_bits(codebook_size: int) -> int:
@@ -189,10 +189,7 @@ def mixed_precision_attention(
     from . import cost_model
 
     sizes = _checks.attention_inputs(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias)
-    if scale is None:
-        scale = sizes["head_dim"] ** -0.5
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    scale = _checks.attention_scale(scale, sizes["head_dim"])
     name = backends.resolve(backend, q.device, "mixed_precision_attention")
     if strategy is None:
         strategy = cost_model.attention_strategy(
@@ -231,8 +228,9 @@ def attention(
 
     ``prior``: (out (B, H, Tq, d), lse (B, H, Tq) float32), a partial over other
     keys; the result covers both key sets, as :func:`merge_attention` of the
-    two, stored token-major like it. The C++ CPU backend starts its online
-    softmax from the prior (one pass, no merge).
+    two, stored token-major like it. Backends with ``attention_after`` (the C++
+    CPU backend) start their online softmax from the prior, one pass; the others
+    attend, then merge.
     """
     _checks.tensor("q", q)
     _checks.tensor("k", k)
@@ -240,9 +238,7 @@ def attention(
         raise ValueError(f"k must have shape (B, Hkv, Tk, d), got {tuple(k.shape)}")
     if prior is not None:
         return _attention_after(q, k, v, prior, causal, scale, backend)
-    b, hkv, _, d = k.shape
-    no_codes = torch.zeros((b, 0, 1), dtype=torch.int32, device=q.device)
-    unused_table = q.new_zeros((1, 1, hkv * d))  # never read: there are no remote tokens
+    no_codes, unused_table = reference.no_remote_segment(q, k)
     return mixed_precision_attention(
         q, k, v, no_codes, unused_table, unused_table, causal=causal, scale=scale, strategy="tokens", backend=backend
     )
@@ -265,12 +261,11 @@ def _attention_after(q, k, v, prior, causal, scale, backend):
         raise ValueError(f"k and v must have shape (B={q.shape[0]}, Hkv, Tk, d={q.shape[3]}) with H % Hkv == 0, "
                          f"got {tuple(k.shape)} and {tuple(v.shape)}")
     _checks.same_device(q=q, k=k, v=v, prior_out=prior_out, prior_lse=prior_lse)
-    if scale is None:
-        scale = q.shape[3] ** -0.5
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-        raise ValueError(f"scale must be a positive number, got {scale!r}")
-    name = backends.resolve(backend, q.device, "attention_after")
-    return _library.attention_after(q, k, v, prior_out, prior_lse, bool(causal), float(scale), name)
+    scale = _checks.attention_scale(scale, q.shape[3])
+    name = backends.resolve(backend, q.device, "mixed_precision_attention")
+    if not hasattr(backends.get(name), "attention_after"):  # e.g. Triton: its attention, then the merge
+        return merge_attention(prior_out, prior_lse, *attention(q, k, v, causal=causal, scale=scale, backend=name))
+    return _library.attention_after(q, k, v, prior_out, prior_lse, bool(causal), scale, name)
 
 
 def project_codebooks(codebooks: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -281,7 +276,6 @@ def project_codebooks(codebooks: torch.Tensor, weight: torch.Tensor, bias: torch
     The bias is folded into group 0, so sum_g table[g, code_g] includes it once.
     Pure torch (one batched GEMM); the result is in the weight's dtype.
     """
-    from . import reference
 
     g, k, dg = _checks.codebooks(codebooks)
     _checks.tensor("weight", weight)

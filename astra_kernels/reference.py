@@ -253,15 +253,19 @@ def mixed_precision_attention(
     return out.to(q.dtype), lse.float()
 
 
+def no_remote_segment(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes (B, 0, 1) int32, table (1, 1, Hkv*d)): mixed_precision_attention's remote arguments when
+    only local keys k (B, Hkv, Tk, d) are attended; the table is never read."""
+    b, hkv, _, d = k.shape
+    return torch.zeros((b, 0, 1), dtype=torch.int32, device=q.device), q.new_zeros((1, 1, hkv * d))
+
+
 def attention_after(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prior_out: torch.Tensor,
                     prior_lse: torch.Tensor, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of q (B, H, Tq, d) over k, v (B, Hkv, Tk, d) merged with a partial (prior_out
     (B, H, Tq, d), prior_lse (B, H, Tq) float32) over other keys: (out, lse) over both key sets."""
-    b, hkv, _, d = k.shape
-    no_codes = torch.zeros((b, 0, 1), dtype=torch.int32, device=q.device)
-    unused_table = q.new_zeros((1, 1, hkv * d))
-    out, lse = mixed_precision_attention(q, k, v, no_codes, unused_table, unused_table, None, None, causal, scale,
-                                         "tokens")
+    codes, table = no_remote_segment(q, k)
+    out, lse = mixed_precision_attention(q, k, v, codes, table, table, None, None, causal, scale, "tokens")
     return merge_attention(prior_out, prior_lse, out, lse)
 
 

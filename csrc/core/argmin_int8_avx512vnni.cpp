@@ -55,46 +55,40 @@ __m512i to_grid(const float* v, int64_t n, __m512 inv_step) {
   return _mm512_cvtps_epi32(_mm512_mul_ps(x, inv_step));  // round to nearest
 }
 
-// One row of x: s_x, ||x~||_1, and x~ + 128 as bytes (4 per word); false if not finite.
-bool quantize_row(const float* x, int64_t width, int32_t* words, float* step, float* l1) {
-  float peak;
-  if (!finite_peak(x, width, &peak)) return false;
-  const int64_t quads = (width + 3) / 4;
-  std::memset(words, 0x80, sizeof(int32_t) * static_cast<size_t>(quads));  // x~ = 0 padding
-  *step = std::max(peak / kLevels, kInt8MinStep);
-  *l1 = 0.0f;
-  if (peak == 0.0f) return true;
-  const __m512 inv_step = _mm512_set1_ps(1.0f / *step);
+// x~ + 128 of one row on the grid of `step`, as bytes (4 per word, the last
+// word padded with x~ = 0); returns ||x~||_1.
+float store_row_bytes(const float* x, int64_t width, float step, int32_t* words) {
+  const __m512 inv_step = _mm512_set1_ps(1.0f / step);
   const __m512i bias = _mm512_set1_epi32(128);
   __m512i l1v = _mm512_setzero_si512();
   auto* bytes = reinterpret_cast<uint8_t*>(words);
+  if (width % 4 != 0) words[width / 4] = static_cast<int32_t>(0x80808080u);
   for (int64_t d = 0; d < width; d += 16) {
     const __m512i q = to_grid(x + d, width - d, inv_step);
     l1v = _mm512_add_epi32(l1v, _mm512_abs_epi32(q));
     _mm_mask_storeu_epi8(bytes + d, first_lanes(width - d), _mm512_cvtepi32_epi8(_mm512_add_epi32(q, bias)));
   }
-  *l1 = static_cast<float>(_mm512_reduce_add_epi32(l1v));
+  return static_cast<float>(_mm512_reduce_add_epi32(l1v));
+}
+
+// One row of x: s_x, ||x~||_1, and x~ + 128 as bytes (4 per word); false if not finite.
+bool quantize_row(const float* x, int64_t width, int32_t* words, float* step, float* l1) {
+  float peak;
+  if (!finite_peak(x, width, &peak)) return false;
+  *step = std::max(peak / kLevels, kInt8MinStep);
+  *l1 = store_row_bytes(x, width, *step, words);
   return true;
 }
 
-// quantize_row for the estimate kernel: no ||x~||_1 and no finiteness test (a
-// group with NaN or Inf gets code 0 from vq_encode's rule 2 whatever its
-// estimates); returns the step.
+// quantize_row for the estimate kernel: no finiteness test (a group with NaN or
+// Inf gets code 0 from vq_encode's rule 2 whatever its estimates); returns the step.
 float quantize_row_estimate(const float* x, int64_t width, int32_t* words) {
   __m512 vmax = _mm512_setzero_ps();
   for (int64_t d = 0; d < width; d += 16) {
     vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(first_lanes(width - d), x + d)));
   }
-  const float peak = _mm512_reduce_max_ps(vmax);
-  const float step = std::max(peak / kLevels, kInt8MinStep);
-  const __m512 inv_step = _mm512_set1_ps(1.0f / step);
-  const __m512i bias = _mm512_set1_epi32(128);
-  auto* bytes = reinterpret_cast<uint8_t*>(words);
-  if (width % 4 != 0) words[width / 4] = static_cast<int32_t>(0x80808080u);  // x~ = 0 padding
-  for (int64_t d = 0; d < width; d += 16) {
-    const __m512i q = to_grid(x + d, width - d, inv_step);
-    _mm_mask_storeu_epi8(bytes + d, first_lanes(width - d), _mm512_cvtepi32_epi8(_mm512_add_epi32(q, bias)));
-  }
+  const float step = std::max(_mm512_reduce_max_ps(vmax) / kLevels, kInt8MinStep);
+  store_row_bytes(x, width, step, words);
   return step;
 }
 

@@ -20,7 +20,11 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 // Round half to even in the default rounding mode, as the vector build's cvtps2dq.
 int32_t to_grid(float v, float inv_step) { return static_cast<int32_t>(std::nearbyint(v * inv_step)); }
 
-int32_t* column_of(int32_t* panels, int64_t quads, int64_t j) { return panels + (j / P) * quads * P + j % P; }
+// Codeword j's first word in the packed panels; its quad q is at [q * P].
+template <class W>
+W* column_of(W* panels, int64_t quads, int64_t j) {
+  return panels + (j / P) * quads * P + j % P;
+}
 
 }  // namespace
 
@@ -90,11 +94,11 @@ void int8_argmin_estimate_portable(const Int8Codebook& book, const float* x, int
     if (!finite) continue;
     const float step = std::max(peak / kLevels, kInt8MinStep);
     const float inv_step = 1.0f / step;
-    for (int64_t d = 0; d < width; ++d) xq[static_cast<size_t>(d)] = peak > 0.0f ? to_grid(xr[d], inv_step) : 0;
+    for (int64_t d = 0; d < width; ++d) xq[static_cast<size_t>(d)] = to_grid(xr[d], inv_step);
     const float alpha = -2.0f * step * book.grid.scale;
     float lowest = kInf;
     for (int64_t j = 0; j < book.codes; ++j) {
-      const int32_t* column = book.panels + (j / P) * quads * P + j % P;
+      const int32_t* column = column_of(book.panels, quads, j);
       int32_t dot = 0;
       for (int64_t q = 0; q < quads; ++q) {
         const auto word = static_cast<uint32_t>(column[q * P]);

@@ -35,7 +35,6 @@ class VqEncoder {
  private:
   const char* op_;
   at::Tensor codebooks_;  // (G, K, Dg) fp32 contiguous
-  core::EncodePath path_;
   std::unique_ptr<core::EncodePlan> plan_;
 };
 

@@ -158,11 +158,8 @@ class RemotePlan:
             rk, rv = self._materialized_kv(codes, how)
             if local is None:
                 local = ak.attention(q, k, v, causal=causal, backend=backend)
-            # every remote token precedes every query: no mask on them
-            if (backend or backends.resolve(None, q.device, "attention_after")) == "cpu":
-                return ak.attention(q, rk, rv, prior=local, backend=backend)[0]  # one pass from the local partial
-            remote = ak.attention(q, rk, rv, backend=backend)
-            return ak.merge_attention(*local, *remote)[0]
+            # every remote token precedes every query (no mask on them); merged with the local partial
+            return ak.attention(q, rk, rv, prior=local, backend=backend)[0]
         k_table, v_table = self.tables()
         return ak.mixed_precision_attention(q, k, v, codes, k_table, v_table, causal=causal, strategy=how,
                                             backend=backend)[0]
