@@ -70,7 +70,8 @@ def get_extensions():
 
 setup(
     packages=find_packages(include=["astra_kernels", "astra_kernels.*"]) + find_packages("python"),
-    package_dir={"astra": "python/astra"},
+    # the runtime (astra), the experiment harness (astra_lab) and the command line joining them (astra_cli)
+    package_dir={name: f"python/{name}" for name in ("astra", "astra_lab", "astra_cli")},
     ext_modules=get_extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

@@ -138,17 +138,17 @@ def mixed_precision_attention(
     v_bias: Tensor | None,
     causal: bool,
     scale: float,
-    strategy: str,
+    formulation: str,
     backend: str,
 ) -> tuple[Tensor, Tensor]:
     """See astra_kernels.reference.mixed_precision_attention; returns (out, lse)."""
     return backends.get(backend).mixed_precision_attention(
-        q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias, causal, scale, strategy
+        q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias, causal, scale, formulation
     )
 
 
 @mixed_precision_attention.register_fake
-def _(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias, causal, scale, strategy, backend):
+def _(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias, causal, scale, formulation, backend):
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
@@ -157,7 +157,7 @@ _ATTN_TENSORS = 8  # q, k_local, v_local, remote_codes, k_table, v_table, k_bias
 
 def _mpa_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:_ATTN_TENSORS])
-    ctx.options = inputs[_ATTN_TENSORS : _ATTN_TENSORS + 3]  # causal, scale, strategy
+    ctx.options = inputs[_ATTN_TENSORS : _ATTN_TENSORS + 3]  # causal, scale, formulation
 
 
 def _mpa_backward(ctx, grad_out, grad_lse):

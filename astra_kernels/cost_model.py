@@ -46,7 +46,7 @@ fp16 5.8 ms, int8 3.6 ms per block).
 The fused kernels gather the remote tile once per tile of ``QUERY_TILE_ROWS``
 query rows (all heads of a KV group together), so the gather is counted once
 per query tile. The kernels call
-:func:`attention_strategy`; the runtime calls :func:`remote_plan`, which also
+:func:`attention_formulation`; the runtime calls :func:`remote_plan`, which also
 weighs the table memory against ``table_budget_bytes``.
 """
 from __future__ import annotations
@@ -162,7 +162,7 @@ def skips_unused_codewords(backend: str) -> bool:
     return backend == "cpu"
 
 
-def attention_strategy(s: RemoteShape) -> str:
+def attention_formulation(s: RemoteShape) -> str:
     """Inside the attention op (tables given): ``codewords`` or ``tokens``."""
     c = costs(s)
     return "codewords" if "codewords" in c and c["codewords"] < c["tokens"] else "tokens"

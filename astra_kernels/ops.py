@@ -158,7 +158,7 @@ def mixed_precision_attention(
     v_bias: torch.Tensor | None = None,
     causal: bool = False,
     scale: float | None = None,
-    strategy: str | None = None,
+    formulation: str | None = None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention from local queries to full-precision local keys and to remote
@@ -177,8 +177,8 @@ def mixed_precision_attention(
             local keys (query i sees local key j iff j <= i + Tl - Tq); remote
             tokens precede the local chunk and are always visible.
         scale: score scale, default d ** -0.5.
-        strategy: "tokens", "codewords" (G = 1 only) or None to let
-            :func:`astra_kernels.cost_model.attention_strategy` choose.
+        formulation: "tokens", "codewords" (G = 1 only) or None to let
+            :func:`astra_kernels.cost_model.attention_formulation` choose.
 
     Returns:
         out (B, H, Tq, d) in q's dtype and lse (B, H, Tq) float32, the natural
@@ -191,8 +191,8 @@ def mixed_precision_attention(
     sizes = _checks.attention_inputs(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias)
     scale = _checks.attention_scale(scale, sizes["head_dim"])
     name = backends.resolve(backend, q.device, "mixed_precision_attention")
-    if strategy is None:
-        strategy = cost_model.attention_strategy(
+    if formulation is None:
+        formulation = cost_model.attention_formulation(
             cost_model.RemoteShape(
                 batch=sizes["batch"], heads=sizes["heads"], kv_heads=sizes["kv_heads"], head_dim=sizes["head_dim"],
                 queries=sizes["queries"], remote=sizes["remote"], groups=sizes["groups"],
@@ -200,13 +200,13 @@ def mixed_precision_attention(
                 skips_unused=cost_model.skips_unused_codewords(name),
             )
         )
-    elif strategy not in ("tokens", "codewords"):
-        raise ValueError(f"strategy must be 'tokens', 'codewords' or None, got {strategy!r}")
-    if strategy == "codewords" and sizes["groups"] != 1:
-        raise ValueError(f"the codewords strategy needs G = 1 (one codebook), got G={sizes['groups']}")
+    elif formulation not in ("tokens", "codewords"):
+        raise ValueError(f"formulation must be 'tokens', 'codewords' or None, got {formulation!r}")
+    if formulation == "codewords" and sizes["groups"] != 1:
+        raise ValueError(f"the codewords formulation needs G = 1 (one codebook), got G={sizes['groups']}")
     codes = remote_codes.to(torch.int32).contiguous()
     return _library.mixed_precision_attention(
-        q, k_local, v_local, codes, k_table, v_table, k_bias, v_bias, bool(causal), float(scale), strategy, name
+        q, k_local, v_local, codes, k_table, v_table, k_bias, v_bias, bool(causal), float(scale), formulation, name
     )
 
 
@@ -240,7 +240,7 @@ def attention(
         return _attention_after(q, k, v, prior, causal, scale, backend)
     no_codes, unused_table = reference.no_remote_segment(q, k)
     return mixed_precision_attention(
-        q, k, v, no_codes, unused_table, unused_table, causal=causal, scale=scale, strategy="tokens", backend=backend
+        q, k, v, no_codes, unused_table, unused_table, causal=causal, scale=scale, formulation="tokens", backend=backend
     )
 
 

@@ -205,7 +205,7 @@ def mixed_precision_attention(
     v_bias: torch.Tensor | None,
     causal: bool,
     scale: float,
-    strategy: str,
+    formulation: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of local queries over remote tokens (known by their codes) then local tokens.
 
@@ -215,7 +215,7 @@ def mixed_precision_attention(
     dtype and lse (B, H, Tq) float32, the natural-log sum of exp of the scaled
     scores over visible keys; a query with no visible key gets out 0, lse -inf.
 
-    strategy "tokens" materializes each remote token's K/V from the tables;
+    formulation "tokens" materializes each remote token's K/V from the tables;
     "codewords" (G = 1 only) attends over the K projected codewords with a
     log(count) bias instead, which is equal in exact arithmetic.
     """
@@ -223,7 +223,7 @@ def mixed_precision_attention(
     hkv, tl = k_local.shape[1], k_local.shape[2]
     g, k = k_table.shape[0], k_table.shape[1]
     acc = _compute_dtype(q, k_local, v_local, k_table, v_table)
-    if strategy == "codewords":
+    if formulation == "codewords":
         # (B, K) token counts per codeword; log 0 = -inf masks unused codewords.
         counts = torch.zeros(b, k, dtype=acc, device=q.device)
         counts.scatter_add_(1, remote_codes[..., 0].long(), torch.ones(remote_codes.shape[:2], dtype=acc, device=q.device))

@@ -29,10 +29,10 @@ from astra import AstraEngine, adapt, models  # noqa: E402
 from astra.calibrate import cached_calibration  # noqa: E402
 
 VARIANTS = [  # (label, engine options): one approximation at a time
-    ("int8 codes (--encode int8)", dict(encode="int8", remote="dequantize")),
-    ("fp16 tables (gather)", dict(encode="exact", remote="gather")),
-    ("8-bit tables (gather_int8)", dict(encode="exact", remote="gather_int8")),
-    ("int8 codes + 8-bit tables (as benchmarked)", dict(encode="int8", remote="gather_int8")),
+    ("int8 codes (--encode int8)", dict(encode="int8", formulation="dequantize")),
+    ("fp16 tables (gather)", dict(encode="exact", formulation="gather")),
+    ("8-bit tables (gather_int8)", dict(encode="exact", formulation="gather_int8")),
+    ("int8 codes + 8-bit tables (as benchmarked)", dict(encode="int8", formulation="gather_int8")),
 ]
 
 
@@ -41,18 +41,18 @@ def relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def measure(family: str, size: str, tokens: int, groups: int, devices: int, seed: int) -> list[dict]:
+def measure(family: str, size: str, tokens: int, groups: int, ranks: int, seed: int) -> list[dict]:
     model = models.build(family, size, tokens=tokens, seed=seed, positions=tokens)
     inputs = models.example_inputs(model, tokens, 1, seed=seed)
     books = cached_calibration(model, key=[family, size, None, None, tokens], tokens=tokens, batch=1,
                                codebook_size=1024, groups=groups, iters=10, seed=seed, progress=True)
     original = adapt(model).reference_forward(inputs)
-    exact = AstraEngine(model, books, encode="exact", remote="dequantize").forward(inputs, devices)
-    row = dict(model=f"{family}-{size}", tokens=tokens, groups=groups, devices=devices)
+    exact = AstraEngine(model, books, encode="exact", remote="dequantize").forward(inputs, ranks)
+    row = dict(model=f"{family}-{size}", tokens=tokens, groups=groups, ranks=ranks)
     rows = [dict(row, variant="exact (nearest codes, fp32 projection)", vs_exact=0.0,
                  vs_original=relative_l2(exact, original))]
     for label, options in VARIANTS:
-        got = AstraEngine(model, books, **options).forward(inputs, devices)
+        got = AstraEngine(model, books, **options).forward(inputs, ranks)
         rows.append(dict(row, variant=label, vs_exact=relative_l2(got, exact), vs_original=relative_l2(got, original)))
         print(f"{row['model']} G={groups}: {label}: {rows[-1]['vs_exact']:.4%} from exact, "
               f"{rows[-1]['vs_original']:.4%} from the original", flush=True)
@@ -60,12 +60,12 @@ def measure(family: str, size: str, tokens: int, groups: int, devices: int, seed
 
 
 @torch.no_grad()
-def fmnist_accuracy(path: str, devices: int) -> list[dict]:
+def fmnist_accuracy(path: str, ranks: int) -> list[dict]:
     """Test accuracy of a fine-tuned ASTRA ViT with exact and with int8-estimated codes."""
     import transformers
 
     from astra.codebooks import Codebooks
-    from astra.train import data
+    from astra_lab.train import data
 
     model = transformers.ViTForImageClassification.from_pretrained(path).eval()
     books = Codebooks.load(path)
@@ -73,9 +73,9 @@ def fmnist_accuracy(path: str, devices: int) -> list[dict]:
     preds = {}
     for encode in ("exact", "int8"):
         engine = AstraEngine(model, books, encode=encode)
-        preds[encode] = torch.cat([engine.forward(x[i: i + 500], devices).argmax(-1) for i in range(0, len(x), 500)])
+        preds[encode] = torch.cat([engine.forward(x[i: i + 500], ranks).argmax(-1) for i in range(0, len(x), 500)])
         print(f"fmnist {encode} codes: accuracy {(preds[encode] == y).float().mean().item():.2%}", flush=True)
-    row = dict(model="fmnist-vit (fine-tuned)", groups=books.groups, devices=devices)
+    row = dict(model="fmnist-vit (fine-tuned)", groups=books.groups, ranks=ranks)
     return [dict(row, variant=f"{e} codes", accuracy=(p == y).float().mean().item(),
                  agreement_with_exact=(p == preds["exact"]).float().mean().item()) for e, p in preds.items()]
 
@@ -85,7 +85,7 @@ def main() -> None:
     p.add_argument("--models", default="vit-base,gpt2-small", help="family-size list")
     p.add_argument("--tokens", type=int, default=1024)
     p.add_argument("--groups", type=int, default=32)
-    p.add_argument("--devices", type=int, default=2)
+    p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fmnist", default=None, metavar="DIR", help="also: Fashion-MNIST accuracy of this checkpoint")
     p.add_argument("--json", default=None)
@@ -93,12 +93,12 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         family, size = name.split("-")
-        rows += measure(family, size, args.tokens, args.groups, args.devices, args.seed)
+        rows += measure(family, size, args.tokens, args.groups, args.ranks, args.seed)
     print("\n| model | variant | relative L2 to exact | relative L2 to original |\n|---|---|---:|---:|")
     for r in rows:
         print(f"| {r['model']} | {r['variant']} | {r['vs_exact']:.3%} | {r['vs_original']:.3%} |")
     if args.fmnist:
-        accuracy = fmnist_accuracy(args.fmnist, args.devices)
+        accuracy = fmnist_accuracy(args.fmnist, args.ranks)
         print("\n| model | variant | accuracy | agreement with exact |\n|---|---|---:|---:|")
         for r in accuracy:
             print(f"| {r['model']} | {r['variant']} | {r['accuracy']:.2%} | {r['agreement_with_exact']:.2%} |")

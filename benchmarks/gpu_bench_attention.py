@@ -183,8 +183,8 @@ def check_ours(a: dict, causal: bool, scale: float) -> list:
     g = a["remote_codes"].shape[2]
     wide = {n: (t.double() if t.is_floating_point() else t) for n, t in a.items()}
     results = []
-    for strategy in ["tokens"] + (["codewords"] if g == 1 else []):
-        opts = (causal, scale, strategy)
+    for formulation in ["tokens"] + (["codewords"] if g == 1 else []):
+        opts = (causal, scale, formulation)
         out, lse = ours.mixed_precision_attention(*op_args(a), *opts)
         t_out, t_lse = reference.mixed_precision_attention(*op_args(wide), *opts)
         s_out, s_lse = reference.mixed_precision_attention(*op_args(a), *opts)
@@ -193,9 +193,9 @@ def check_ours(a: dict, causal: bool, scale: float) -> list:
         lse_err = (lse.double() - t_lse.double()).abs().max().item()
         lse_budget = 2 * (s_lse.double() - t_lse.double()).abs().max().item() + 1e-5
         ok = err <= budget and lse_err <= lse_budget
-        results.append({"strategy": strategy, "out_err": err, "out_budget": budget, "lse_err": lse_err,
+        results.append({"formulation": formulation, "out_err": err, "out_budget": budget, "lse_err": lse_err,
                         "lse_budget": lse_budget, "pass": ok})
-        print(f"  check triton_{strategy:9s} out err {err:.3e} (budget {budget:.3e})  "
+        print(f"  check triton_{formulation:9s} out err {err:.3e} (budget {budget:.3e})  "
               f"lse err {lse_err:.3e} (budget {lse_budget:.3e})  {'PASS' if ok else 'FAIL'}")
         del t_out, t_lse, s_out, s_lse
     torch.cuda.empty_cache()

@@ -5,7 +5,7 @@
 #      extension, bf16 included;
 #   3. benchmark vq_encode/vq_decode and mixed-precision attention against torch baselines
 #      (do_bench; TFLOP/s and GB/s against the card's roofline);
-#   4. a functional ASTRA run on the GPU (2 ranks), with the NCCL engine attempted.
+#   4. a functional ASTRA run on the GPU (2 ranks), with the NCCL transport attempted.
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR]   (default $OUT, else runs/gpu)
 # Carried wheels in .whl/ (e.g. faiss-cpu for calibration) are installed first.
 set -uo pipefail
@@ -46,12 +46,12 @@ run 300 bench_vq.log $PY benchmarks/gpu_bench_vq.py "$OUT_DIR/gpu_vq.json"
 run 300 bench_attention.log $PY benchmarks/gpu_bench_attention.py "$OUT_DIR/gpu_attention.json"
 
 stage "ASTRA on the GPU: 2 ranks (gloo), then NCCL"
-RUN_ARGS=(--model gpt2 --size small --layers 4 --tokens 1024 --devices 2 --groups 1 --codebook-size 1024
+RUN_ARGS=(--model gpt2 --size small --layers 4 --tokens 1024 --ranks 2 --groups 1 --codebook-size 1024
           --device cuda --repeat 3 --compare-single)
 if $PY -c "import faiss" 2>/dev/null; then
-  run 300 run_gloo.log $PY -m astra run "${RUN_ARGS[@]}" --engine gloo --json "$OUT_DIR/run_gloo.json"
+  run 300 run_gloo.log $PY -m astra run "${RUN_ARGS[@]}" --transport gloo --json "$OUT_DIR/run_gloo.json"
   # NCCL refuses two ranks on one GPU ("duplicate GPU"); recorded as what it is.
-  run 300 run_nccl.log $PY -m astra run "${RUN_ARGS[@]}" --engine nccl --json "$OUT_DIR/run_nccl.json"
+  run 300 run_nccl.log $PY -m astra run "${RUN_ARGS[@]}" --transport nccl --json "$OUT_DIR/run_nccl.json"
 else
   echo "faiss is not installed here (carry a faiss-cpu wheel in .whl/ for calibration): skipping astra run"
 fi

@@ -9,9 +9,9 @@ so pytest-benchmark's table shows the ratios (the number in parentheses is
 relative to the fastest op of the group):
 
     astra           ak.mixed_precision_attention(backend="cpu"), projected tables
-                    precomputed (not timed), strategy from the cost model
-    astra_codewords the same with strategy="codewords" (G = 1)
-    astra_tokens    the same with strategy="tokens"
+                    precomputed (not timed), formulation from the cost model
+    astra_codewords the same with formulation="codewords" (G = 1)
+    astra_tokens    the same with formulation="tokens"
     astra_2threads  astra with torch.set_num_threads(2) (multi-thread speed-up)
     straightforward x_hat = vq_decode(codes); k_r, v_r = x_hat @ W^T + b;
                     concatenate with the local K/V; SDPA with a boolean mask
@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 
 import astra_kernels as ak
-from astra_kernels import reference
 from astra.models.base import BlockWeights, Norm
 from astra.remote import RemotePlan
+from astra_kernels import reference
 
 HEADS = 12
 HEAD_DIM = 64
@@ -108,9 +108,9 @@ def _inputs(remote: int, groups: int):
 @functools.lru_cache(maxsize=None)
 def _expected(remote: int, groups: int) -> torch.Tensor:
     q, k_local, v_local, codes, k_table, v_table = _inputs(remote, groups)
-    strategy = "codewords" if groups == 1 else "tokens"
+    formulation = "codewords" if groups == 1 else "tokens"
     out, _ = reference.mixed_precision_attention(q, k_local, v_local, codes, k_table, v_table, None, None, True,
-                                                 HEAD_DIM**-0.5, strategy)
+                                                 HEAD_DIM**-0.5, formulation)
     return out
 
 
@@ -132,9 +132,9 @@ def _op_fn(op: str, remote: int, groups: int):
     if op.startswith("astra"):
         if op == "astra_2threads":
             torch.set_num_threads(2)
-        strategy = {"astra_codewords": "codewords", "astra_tokens": "tokens"}.get(op)
+        formulation = {"astra_codewords": "codewords", "astra_tokens": "tokens"}.get(op)
         return lambda: ak.mixed_precision_attention(q, k_local, v_local, codes, k_table, v_table, causal=True,
-                                                    strategy=strategy, backend="cpu")[0]
+                                                    formulation=formulation, backend="cpu")[0]
     if op == "straightforward":
         def straightforward():
             x_hat = ak.vq_decode(codes, codebooks)
@@ -150,8 +150,8 @@ def _op_fn(op: str, remote: int, groups: int):
             return F.scaled_dot_product_attention(q, torch.cat([k_r, k_local], 2), torch.cat([v_r, v_local], 2),
                                                   attn_mask=mask)
         return gather_sdpa
-    strategy = {"runtime_gather": "gather", "runtime_gather_int8": "gather_int8"}.get(op, "auto")
-    plan = RemotePlan(block, codebooks, strategy)
+    formulation = {"runtime_gather": "gather", "runtime_gather_int8": "gather_int8"}.get(op, "auto")
+    plan = RemotePlan(block, codebooks, formulation)
 
     def runtime_plan():
         return plan.attend(q, k_local, v_local, codes, causal=True, backend="cpu")

@@ -4,8 +4,8 @@ import torch
 from runtime_helpers import hf_gpt2, hf_vit, run_threads, tiny_classifier, tiny_lm
 
 import astra
-from astra import baselines
-from astra.baselines.collectives import ring_allreduce
+from astra_lab import baselines
+from astra_lab.baselines.collectives import ring_allreduce
 
 MODELS = {"tiny_lm": tiny_lm, "tiny_classifier": tiny_classifier, "gpt2": hf_gpt2, "vit": hf_vit}
 

@@ -12,13 +12,13 @@ import time
 import pytest
 import torch
 
+import astra_cli as cli
 import astra_kernels as ak
-from astra import cli
-from astra.bench import report
-from astra.bench.config import METHODS, BenchConfig
-from astra.links import NetnsError, NetnsLink, SimLinkTransport, require_netns
-from astra.links import netns as netns_mod
 from astra.transport import LoopbackHub
+from astra_lab.bench import report
+from astra_lab.bench.config import METHODS, BenchConfig
+from astra_lab.links import NetnsError, NetnsLink, SimLinkTransport, require_netns
+from astra_lab.links import netns as netns_mod
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
 
@@ -180,7 +180,7 @@ def test_sim_seconds_and_set_rate(tmp_path):
     assert s.seconds(1000) == pytest.approx(1000 * 8 / 80e6, rel=1e-12)
     (w,) = sim_links(1, rate_mbps=8.0, topology="shared", medium_factor=2.0, medium_path=str(tmp_path / "m"))
     assert w.seconds(1000) == pytest.approx(2 * 1000 * 8 / 8e6, rel=1e-12)
-    assert s.engine == "loopback+sim"
+    assert s.name == "loopback+sim"
 
 
 def test_sim_allgather_and_set_rate_change_the_wait():
@@ -256,7 +256,7 @@ def test_sim_rejects_bad_parameters(kwargs, match):
         ("links", ["sim", "carrier-pigeon"], r"unknown link\(s\) carrier-pigeon"),
         ("bandwidths", [10.0, 0.0], "bandwidths must be positive"),
         ("bandwidths", [-1.0], "bandwidths must be positive"),
-        ("devices", [2, 0], "devices must be >= 1"),
+        ("ranks", [2, 0], "ranks must be >= 1"),
         ("topology", "ring", "topology must be star or shared, got 'ring'"),
         ("repeat", 0, "repeat must be >= 1, got 0"),
         ("table_budget_mib", -1.0, "table budget must be >= 0 MiB"),
@@ -287,11 +287,11 @@ def test_cli_bench_unknown_method_exits_2(tmp_path):
     [
         (["--link", "carrier-pigeon"], r"unknown link\(s\) carrier-pigeon"),
         (["--bandwidth", "0"], "bandwidths must be positive"),
-        (["--devices", "0"], "devices must be >= 1"),
+        (["--ranks", "0"], "ranks must be >= 1"),
         (["--repeat", "0"], "repeat must be >= 1"),
         (["--table-budget-mib", "-2"], "table budget must be >= 0 MiB"),
         (["--model", "bert"], "unknown model 'bert'"),
-        (["--devices", "1"], "nothing to compare"),
+        (["--ranks", "1"], "nothing to compare"),
         (["--methods", "single"], "nothing to compare"),
     ],
 )
@@ -400,22 +400,22 @@ def test_netns_names_addresses_and_burst():
 # --------------------------------------------------------------------------- report
 
 
-def _row(method, bw, latency, *, groups=None, devices=2, wait=0.0, sent=(0, 0), strategy=None, **extra):
+def _row(method, bw, latency, *, groups=None, ranks=2, wait=0.0, sent=(0, 0), formulation=None, **extra):
     row = {
-        "model": "gpt2-small", "method": method, "devices": devices, "setting_devices": 2, "groups": groups,
+        "model": "gpt2-small", "method": method, "ranks": ranks, "setting_ranks": 2, "groups": groups,
         "bandwidth_mbps": bw, "link": "sim", "topology": "star", "latency_s": latency, "comm_wait_s": wait,
         "compute_s": latency - wait, "bytes_on_wire": sum(sent), "bytes_sent_per_rank": list(sent), **extra,
     }
-    if strategy:
-        row["remote_strategy"] = strategy
+    if formulation:
+        row["remote_formulation"] = formulation
     return row
 
 
 def _synthetic_rows():
     rows = []
     for bw, single, astra, sp in [(10.0, 1.234, 0.611, 2.875), (100.0, 1.201, 0.598, 0.777)]:
-        rows.append(_row("single", bw, single, devices=1))
-        rows.append(_row("astra", bw, astra, groups=16, wait=0.011, sent=(4096, 0), strategy=["codewords", "tokens"]))
+        rows.append(_row("single", bw, single, ranks=1))
+        rows.append(_row("astra", bw, astra, groups=16, wait=0.011, sent=(4096, 0), formulation=["codewords", "tokens"]))
         rows.append(_row("sp_fp32", bw, sp, wait=sp - 0.5, sent=(98304, 0)))
     for r in rows:
         single = next(s for s in rows if s["method"] == "single" and s["bandwidth_mbps"] == r["bandwidth_mbps"])
@@ -425,7 +425,7 @@ def _synthetic_rows():
 
 def test_markdown_has_every_method_and_its_numbers():
     rows = _synthetic_rows()
-    projected = {"model": "gpt2-small", "method": "tp", "groups": None, "devices": 4, "bandwidth_mbps": 10.0,
+    projected = {"model": "gpt2-small", "method": "tp", "groups": None, "ranks": 4, "bandwidth_mbps": 10.0,
                  "link": "sim", "topology": "star", "latency_s": 9.876, "speedup_vs_single": 0.1, "projected": True}
     text = report.markdown(rows + [projected])
     assert "### gpt2-small, N = 2, link sim (star)" in text
@@ -449,7 +449,7 @@ def test_markdown_has_every_method_and_its_numbers():
 
 
 def test_markdown_netns_shows_the_achieved_rate():
-    rows = [dict(_row("single", 10.0, 1.0, devices=1), link="netns", speedup_vs_single=1.0),
+    rows = [dict(_row("single", 10.0, 1.0, ranks=1), link="netns", speedup_vs_single=1.0),
             dict(_row("sp_fp32", 10.0, 2.0, sent=(1000, 0)), link="netns", speedup_vs_single=0.5, achieved_mbps=9.87)]
     text = report.markdown(rows)
     assert "achieved L2 (Mbps)" in text
@@ -485,7 +485,7 @@ MODEL = {  # method: (groups, compute2, bytes of the busiest rank, eta, c)
 def _model_rows(bws=BWS, s_runs=S_RUNS):
     rows = []
     for bw, s in zip(bws, s_runs):
-        rows.append(_row("single", bw, s, devices=1))
+        rows.append(_row("single", bw, s, ranks=1))
         for method, (groups, compute2, nbytes, eta, c) in MODEL.items():
             wait = nbytes * 8 / (eta * bw * 1e6) + c
             row = _row(method, bw, compute2 + wait, groups=groups, wait=wait, sent=(nbytes, nbytes // 3))
@@ -510,14 +510,14 @@ def test_project_follows_its_documented_model():
     seen = set()
     for p in projected:
         assert p["projected"] is True and p["link"] == "sim" and p["topology"] == "star"
-        want = _expected_latency(p["method"], p["devices"], p["bandwidth_mbps"])
+        want = _expected_latency(p["method"], p["ranks"], p["bandwidth_mbps"])
         assert p["latency_s"] == pytest.approx(want, rel=1e-6), p
         assert p["speedup_vs_single"] == pytest.approx(2.0 / want, rel=1e-6)
         assert p["groups"] == MODEL[p["method"]][0]
-        seen.add((p["method"], p["devices"], p["bandwidth_mbps"]))
+        seen.add((p["method"], p["ranks"], p["bandwidth_mbps"]))
     assert seen == {(m, n, bw) for m in MODEL for n in (4, 8) for bw in BWS}
     # a concrete number, to be sure of the formula: sp_fp32 at N = 4, 10 Mbps
-    sp4 = next(p for p in projected if p["method"] == "sp_fp32" and p["devices"] == 4 and p["bandwidth_mbps"] == 10.0)
+    sp4 = next(p for p in projected if p["method"] == "sp_fp32" and p["ranks"] == 4 and p["bandwidth_mbps"] == 10.0)
     b = 2 * 1.3 - 2.0
     assert sp4["latency_s"] == pytest.approx(2.0 / 4 + b * 3 / 4 + 98304 * 1.5 * 8 / (0.8 * 10e6) + 0.02, rel=1e-9)
 
@@ -525,7 +525,7 @@ def test_project_follows_its_documented_model():
 def test_project_to_two_devices_reproduces_the_measurements():
     """Fitted on N = 2, projected to N = 2: the measured latencies come back."""
     rows = _model_rows()
-    projected = report.project(rows, devices=(2,))
+    projected = report.project(rows, ranks=(2,))
     for p in projected:
         measured = next(r for r in rows if r["method"] == p["method"] and r["bandwidth_mbps"] == p["bandwidth_mbps"])
         assert p["latency_s"] == pytest.approx(measured["latency_s"], rel=1e-6)
@@ -533,7 +533,7 @@ def test_project_to_two_devices_reproduces_the_measurements():
 
 def test_project_with_one_bandwidth_reproduces_the_measurement():
     rows = _model_rows(bws=[10.0], s_runs=[2.0])
-    for p in report.project(rows, devices=(2,)):
+    for p in report.project(rows, ranks=(2,)):
         measured = next(r for r in rows if r["method"] == p["method"])
         assert p["latency_s"] == pytest.approx(measured["latency_s"], rel=1e-6)
 
@@ -564,7 +564,7 @@ def test_astra_bench_on_sim_links_end_to_end(tmp_path):
     tokens, layers, groups, k = 64, 1, 1, 16
     out = tmp_path / "b.json"
     cmd = [sys.executable, "-m", "astra", "bench", "--model", "gpt2", "--layers", str(layers), "--tokens", str(tokens),
-           "--devices", "2", "--bandwidth", "10,1000", "--link", "sim", "--methods", "astra,single,sp_fp32",
+           "--ranks", "2", "--bandwidth", "10,1000", "--link", "sim", "--methods", "astra,single,sp_fp32",
            "--groups", str(groups), "--codebook-size", str(k), "--repeat", "1", "--json", str(out)]
     env = dict(ENV, ASTRA_CACHE=str(tmp_path / "cache"), TMPDIR=str(tmp_path))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
@@ -573,12 +573,12 @@ def test_astra_bench_on_sim_links_end_to_end(tmp_path):
     rows = json.loads(out.read_text())
     measured = [r for r in rows if not r.get("projected")]
     projected = [r for r in rows if r.get("projected")]
-    keys = {"model", "method", "devices", "groups", "bandwidth_mbps", "link", "latency_s", "bytes_on_wire",
+    keys = {"model", "method", "ranks", "groups", "bandwidth_mbps", "link", "latency_s", "bytes_on_wire",
             "speedup_vs_single"}
     for r in measured:
         assert keys <= set(r), sorted(keys - set(r))
         assert r["model"] == "gpt2-small" and r["link"] == "sim" and r["layers"] == layers
-        assert r["devices"] == (1 if r["method"] == "single" else 2)
+        assert r["ranks"] == (1 if r["method"] == "single" else 2)
         assert r["latency_s"] > 0
     assert {(r["method"], r["bandwidth_mbps"]) for r in measured} == {
         (m, bw) for m in ("single", "astra", "sp_fp32") for bw in (10.0, 1000.0)}
@@ -598,9 +598,9 @@ def test_astra_bench_on_sim_links_end_to_end(tmp_path):
         assert sp["bytes_on_wire"] == sp_bytes and sp["bytes_sent_per_rank"] == [sp_bytes, 0]
         assert single["bytes_on_wire"] == 0
         assert a["bytes_on_wire"] < sp["bytes_on_wire"] / 50
-        strategies = a["remote_strategy"]
-        assert isinstance(strategies, list) and strategies
-        assert set(strategies) <= {"tokens", "codewords", "dequantize"}
+        formulations = a["remote_formulation"]
+        assert isinstance(formulations, list) and formulations
+        assert set(formulations) <= {"tokens", "codewords", "dequantize"}
         for r in (a, sp, single):
             assert r["speedup_vs_single"] == pytest.approx(single["latency_s"] / r["latency_s"], rel=1e-9)
     # the slow link really costs the modelled wire time
@@ -608,11 +608,11 @@ def test_astra_bench_on_sim_links_end_to_end(tmp_path):
     assert sp10["latency_s"] >= sp10["bytes_on_wire"] * 8 / 10e6
     assert sp10["comm_wait_s"] > by[("sp_fp32", 1000.0)]["comm_wait_s"]
 
-    assert {(r["method"], r["devices"]) for r in projected} == {(m, n) for m in ("astra", "sp_fp32") for n in (4, 8)}
+    assert {(r["method"], r["ranks"]) for r in projected} == {(m, n) for m in ("astra", "sp_fp32") for n in (4, 8)}
     md = (tmp_path / "b.md").read_text()
     a10 = by[("astra", 10.0)]
     assert a10["encoding"] == ("int8" if ak.int8_estimate_native("cpu") else "exact")
-    for label in ("single", "sp_fp32", f"astra G={groups} ({'/'.join(a10['remote_strategy'])}, {a10['encoding']} encode)"):
+    for label in ("single", "sp_fp32", f"astra G={groups} ({'/'.join(a10['remote_formulation'])}, {a10['encoding']} encode)"):
         assert label in md
     assert "PROJECTION" in md
     png = (tmp_path / "b.png").read_bytes()
@@ -761,7 +761,7 @@ def test_bench_points_interleave_the_methods_and_repeat_within_the_budget():
     import threading
     from types import SimpleNamespace
 
-    from astra.bench import rank as bench_rank
+    from astra_lab.bench import rank as bench_rank
 
     log = []
     methods = [("single", None, _Timed("single", 0.01, log)), ("astra", 1, _Timed("astra", 0.01, log)),

@@ -46,7 +46,7 @@ def test_codewords_only_for_one_group():
     for g in (2, 16, 32):
         s = shape(groups=g, remote=1 << 16)
         assert "codewords" not in cm.costs(s)
-        assert cm.attention_strategy(s) == "tokens"
+        assert cm.attention_formulation(s) == "tokens"
         assert cm.remote_plan(s, table_budget_bytes=1 << 40) != "codewords"
 
 
@@ -118,11 +118,11 @@ def test_the_engine_reports_what_its_blocks_pick_and_honours_the_budget():
     model = tiny_lm()
     x = torch.randint(0, 50, (1, 40), generator=torch.Generator().manual_seed(0))
     books = astra.calibrate(model, [x], 16, 4, progress=False)
-    assert astra.AstraEngine(model, books, table_budget_bytes=0).remote_strategies(x, 2) == ["dequantize"]
+    assert astra.AstraEngine(model, books, table_budget_bytes=0).remote_formulations(x, 2) == ["dequantize"]
     roomy = astra.AstraEngine(model, books, table_budget_bytes=1 << 30)
     plan = roomy.plans[0]
     layout = roomy.layout(x, 2)
     s = plan.shape(1, layout.size(1), layout.tokens - layout.size(1))
     c = cm.costs(s)
-    assert roomy.remote_strategies(x, 2) == [min(c, key=c.get)]
+    assert roomy.remote_formulations(x, 2) == [min(c, key=c.get)]
     assert math.isfinite(c["tokens"]) and c["tokens"] > 0

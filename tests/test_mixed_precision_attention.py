@@ -78,8 +78,8 @@ def test_against_reference(backend_device, case, causal):
     if device == "cuda":
         dtypes += [torch.float16, torch.bfloat16]
     for dtype in dtypes:
-        for strategy in ["tokens"] + (["codewords"] if g == 1 else []):
-            assert_matches_reference(args, backend, dtype, causal=causal, strategy=strategy)
+        for formulation in ["tokens"] + (["codewords"] if g == 1 else []):
+            assert_matches_reference(args, backend, dtype, causal=causal, formulation=formulation)
 
 
 def test_long_remote_segment_picks_and_matches_codewords(backend_device):
@@ -88,7 +88,7 @@ def test_long_remote_segment_picks_and_matches_codewords(backend_device):
         pytest.skip("kept small under the Triton interpreter")
     args = make_inputs(b=1, h=2, hkv=1, tq=8, tl=8, tr=2000, d=16, k=64, device=device)
     assert_matches_reference(args, backend, torch.float32, causal=True)  # cost model: codewords
-    assert_matches_reference(args, backend, torch.float32, causal=True, strategy="tokens")
+    assert_matches_reference(args, backend, torch.float32, causal=True, formulation="tokens")
 
 
 def test_remote_permutation_invariance(backend_device):
@@ -109,13 +109,13 @@ def test_duplicate_token_equals_count_two_in_codeword_segment(backend_device):
     codes = args["remote_codes"]
     codes[:, 3] = codes[:, 1]  # token 3 duplicates token 1: that codeword's count is 2
     codes[:, 5] = codes[:, 1]  # ... then 3
-    tokens = ak.mixed_precision_attention(**args, backend=backend, strategy="tokens")
-    words = ak.mixed_precision_attention(**args, backend=backend, strategy="codewords")
+    tokens = ak.mixed_precision_attention(**args, backend=backend, formulation="tokens")
+    words = ak.mixed_precision_attention(**args, backend=backend, formulation="codewords")
     for a, b in zip(tokens, words):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     # and dropping the duplicates changes the result (the counts matter)
     args["remote_codes"] = codes[:, [0, 1, 2, 4]]
-    single = ak.mixed_precision_attention(**args, backend=backend, strategy="codewords")
+    single = ak.mixed_precision_attention(**args, backend=backend, formulation="codewords")
     assert not torch.allclose(single[0], words[0], atol=1e-4)
 
 
@@ -192,10 +192,10 @@ def test_bad_input(change, exc, match):
 
 def test_bad_options():
     args = make_inputs(g=2)
-    with pytest.raises(ValueError, match="codewords strategy needs G = 1"):
-        ak.mixed_precision_attention(**args, strategy="codewords")
-    with pytest.raises(ValueError, match="strategy must be"):
-        ak.mixed_precision_attention(**args, strategy="fast")
+    with pytest.raises(ValueError, match="codewords formulation needs G = 1"):
+        ak.mixed_precision_attention(**args, formulation="codewords")
+    with pytest.raises(ValueError, match="formulation must be"):
+        ak.mixed_precision_attention(**args, formulation="fast")
     with pytest.raises(ValueError, match="scale must be a positive number"):
         ak.mixed_precision_attention(**args, scale=-1.0)
 

@@ -30,15 +30,15 @@ def _oracle(blk, codebook, codes, q, k, v, causal):
     return full[0]
 
 
-@pytest.mark.parametrize("strategy", ["tokens", "gather", "gather_int8", "dequantize"])
+@pytest.mark.parametrize("formulation", ["tokens", "gather", "gather_int8", "dequantize"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("remote", [1, 7, 40])
-def test_every_formulation_matches_the_oracle(strategy, causal, remote):
+def test_every_formulation_matches_the_oracle(formulation, causal, remote):
     blk, codebook, codes, (q, k, v) = _setup(remote=remote)
-    plan = RemotePlan(blk, codebook, strategy)
+    plan = RemotePlan(blk, codebook, formulation)
     want = _oracle(blk, codebook, codes, q, k, v, causal)
     got = B.attend(plan, q, k, v, codes, causal, None, B.local_partial(plan, q, k, v, remote, causal, None))
-    tol = {"gather": 1e-3, "gather_int8": 2e-2}.get(strategy, 1e-5)  # fp16 / 8-bit table rows
+    tol = {"gather": 1e-3, "gather_int8": 2e-2}.get(formulation, 1e-5)  # fp16 / 8-bit table rows
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 
@@ -71,17 +71,17 @@ def test_int8_gather_sums_the_rounded_rows_within_their_bound(groups, kv_heads, 
         assert not torch.equal(flat(got), flat(want))  # rounded for real
 
 
-@pytest.mark.parametrize("strategy", cost_model.MATERIALIZED)
-def test_materialized_remote_kv_of_no_remote_tokens_is_empty(strategy):
+@pytest.mark.parametrize("formulation", cost_model.MATERIALIZED)
+def test_materialized_remote_kv_of_no_remote_tokens_is_empty(formulation):
     blk, codebook, _, _ = _setup()
-    rk, rv = RemotePlan(blk, codebook, strategy).remote_kv(torch.zeros((2, 0, 4), dtype=torch.int32))
+    rk, rv = RemotePlan(blk, codebook, formulation).remote_kv(torch.zeros((2, 0, 4), dtype=torch.int32))
     assert rk.shape == rv.shape == (2, blk.kv_heads, 0, blk.head_dim)
 
 
 def test_int8_gather_refuses_a_device_without_the_quantized_op(monkeypatch):
     blk, codebook, _, _ = _setup()
     monkeypatch.setattr(astra.remote, "int8_gather_available", lambda device: False)
-    with pytest.raises(ValueError, match="gather_int8 strategy needs torch's quantized CPU ops"):
+    with pytest.raises(ValueError, match="gather_int8 formulation needs torch's quantized CPU ops"):
         RemotePlan(blk, codebook, "gather_int8")
     assert "gather_int8" not in cost_model.costs(RemotePlan(blk, codebook).shape(1, 4, 4))
 
@@ -113,10 +113,10 @@ def test_a_projection_beyond_fp16_range_keeps_an_fp32_table():
 
 def test_the_local_partial_exists_only_for_materializing_formulations():
     blk, codebook, codes, (q, k, v) = _setup(groups=1)
-    for strategy in ("tokens", "codewords"):
-        assert B.local_partial(RemotePlan(blk, codebook, strategy), q, k, v, 7, True, None) is None
-    for strategy in cost_model.MATERIALIZED:
-        plan = RemotePlan(blk, codebook, strategy)
+    for formulation in ("tokens", "codewords"):
+        assert B.local_partial(RemotePlan(blk, codebook, formulation), q, k, v, 7, True, None) is None
+    for formulation in cost_model.MATERIALIZED:
+        plan = RemotePlan(blk, codebook, formulation)
         out, lse = B.local_partial(plan, q, k, v, 7, True, None)
         want = ak.attention(q, k, v, causal=True)
         assert torch.equal(out, want[0]) and torch.equal(lse, want[1])

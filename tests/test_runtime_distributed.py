@@ -25,7 +25,7 @@ def astra_run(tmp_path, *args, launcher=(), timeout=600):
 
 
 def _check_bytes(report, causal):
-    n, per_rank = report["devices"], report["tokens_per_rank"]
+    n, per_rank = report["ranks"], report["tokens_per_rank"]
     bits = ak.code_bits(report["codebook_size"])
     for r in range(n):
         payload = ak.packed_size(report["batch"] * per_rank[r] * report["groups"], bits)
@@ -40,16 +40,16 @@ VIT = ["--model", "vit", "--size", "small", "--layers", "2", "--tokens", "16", "
 
 
 def test_gpt2_two_ranks_gloo(tmp_path):
-    report, stdout = astra_run(tmp_path, *GPT2, "--devices", "2", "--compare-single", "--generate", "3")
+    report, stdout = astra_run(tmp_path, *GPT2, "--ranks", "2", "--compare-single", "--generate", "3")
     assert report["max_abs_diff_vs_simulation"] == 0.0
-    assert report["engine"] == "gloo" and report["devices"] == 2 and report["latency_s"] > 0
+    assert report["transport"] == "gloo" and report["ranks"] == 2 and report["latency_s"] > 0
     assert report["single_device_latency_s"] > 0 and report["time_to_first_token_s"] > 0
     _check_bytes(report, causal=True)
     assert "max |diff| = 0" in stdout and "speedup" in stdout
 
 
 def test_vit_four_ranks_gloo_distributed_class_tokens(tmp_path):
-    report, _ = astra_run(tmp_path, *VIT, "--devices", "4")
+    report, _ = astra_run(tmp_path, *VIT, "--ranks", "4")
     assert report["max_abs_diff_vs_simulation"] == 0.0
     assert report["tokens_per_rank"] == [4, 4, 4, 4]
     _check_bytes(report, causal=False)
@@ -57,15 +57,15 @@ def test_vit_four_ranks_gloo_distributed_class_tokens(tmp_path):
 
 def test_torchrun_launch(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    report, _ = astra_run(tmp_path, *VIT, "--devices", "2", launcher=torchrun)
-    assert report["max_abs_diff_vs_simulation"] == 0.0 and report["devices"] == 2
+    report, _ = astra_run(tmp_path, *VIT, "--ranks", "2", launcher=torchrun)
+    assert report["max_abs_diff_vs_simulation"] == 0.0 and report["ranks"] == 2
 
 
 @pytest.mark.skipif(not HAS_MPI, reason="mpirun (openmpi-bin) is not installed")
 def test_gpt2_two_ranks_mpi(tmp_path):
     pytest.importorskip("mpi4py")
-    report, _ = astra_run(tmp_path, *GPT2, "--devices", "2", "--engine", "mpi")
-    assert report["engine"] == "mpi" and report["max_abs_diff_vs_simulation"] == 0.0
+    report, _ = astra_run(tmp_path, *GPT2, "--ranks", "2", "--transport", "mpi")
+    assert report["transport"] == "mpi" and report["max_abs_diff_vs_simulation"] == 0.0
     _check_bytes(report, causal=True)
 
 
@@ -81,7 +81,7 @@ def rank(out_dir):
     model = hf_gpt2(layers=2)
     x = torch.randint(0, 97, (2, 21), generator=torch.Generator().manual_seed(1))
     books = astra.calibrate(model, [x], 16, 4, progress=False)
-    with astra.parallelize(model, books, engine="gloo", timeout_s=30.0) as par:
+    with astra.parallelize(model, books, transport="gloo", timeout_s=30.0) as par:
         torch.save(par(x), f"{{out_dir}}/rank{{par.rank}}.pt")
 
 if __name__ == "__main__":
@@ -174,10 +174,10 @@ def test_failed_peer_ends_the_others_with_a_named_error(tmp_path, mode, model):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--tokens", "3", "--devices", "4"], "cannot split 3 tokens over 4 ranks"),
+        (["--tokens", "3", "--ranks", "4"], "cannot split 3 tokens over 4 ranks"),
         (["--groups", "5"], "--groups 5 must divide the model width D=768"),
         (["--model", "vit", "--tokens", "1000"], "square number of patch tokens"),
-        (["--engine", "nccl"], "--engine nccl needs --device cuda"),
+        (["--transport", "nccl"], "--transport nccl needs --device cuda"),
     ],
 )
 def test_bad_run_configs_fail_before_starting_ranks(tmp_path, args, message):

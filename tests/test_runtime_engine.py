@@ -1,7 +1,14 @@
 """The ASTRA engine in one process: block math, simulation, the per-rank path over loopback."""
 import pytest
 import torch
-from runtime_helpers import exact_codebooks, hf_gpt2, hf_vit, run_threads, tiny_classifier, tiny_lm
+from runtime_helpers import (
+    exact_codebooks,
+    hf_gpt2,
+    hf_vit,
+    run_threads,
+    tiny_classifier,
+    tiny_lm,
+)
 
 import astra
 import astra_kernels as ak
@@ -58,7 +65,7 @@ def test_ranks_over_loopback_equal_the_simulation_exactly(name, world, remote, e
     model = MODELS[name]()
     x = _inputs(model)
     books = astra.calibrate(model, [x], 16, 2, progress=False)
-    engine = astra.AstraEngine(model, books, remote=remote, encode=encode)
+    engine = astra.AstraEngine(model, books, formulation=remote, encode=encode)
     outs, transports = run_threads(engine, x, world)
     for got, want in zip(outs, engine.simulate(x, world)):
         assert torch.equal(got, want)
@@ -76,16 +83,16 @@ def test_ranks_over_loopback_equal_the_simulation_exactly(name, world, remote, e
                                     for s in layout.sources(r)} for rec in blocks)
 
 
-@pytest.mark.parametrize("strategy", ["tokens", "codewords", "gather", "gather_int8", "dequantize"])
-def test_remote_strategies_agree(strategy):
+@pytest.mark.parametrize("formulation", ["tokens", "codewords", "gather", "gather_int8", "dequantize"])
+def test_remote_formulations_agree(formulation):
     model = tiny_lm()
     x = _inputs(model)
     books = astra.calibrate(model, [x], 16, 1, progress=False)
-    reference = astra.AstraEngine(model, books, remote="tokens", backend="reference").forward(x, 3)
-    got = astra.AstraEngine(model, books, remote=strategy).forward(x, 3)
+    reference = astra.AstraEngine(model, books, formulation="tokens", backend="reference").forward(x, 3)
+    got = astra.AstraEngine(model, books, formulation=formulation).forward(x, 3)
     # gather sums fp16 table rows (fp32 accumulation): about 2^-11 relative error per remote key/value;
     # gather_int8 rows move by up to half of 1/255 of their range
-    tol = {"gather": 5e-4, "gather_int8": 1e-2}.get(strategy, 1e-4)
+    tol = {"gather": 5e-4, "gather_int8": 1e-2}.get(formulation, 1e-4)
     torch.testing.assert_close(got, reference, rtol=tol, atol=tol)
 
 
@@ -146,10 +153,10 @@ def test_bad_configurations_are_rejected():
         astra.calibrate(model, [x], 4096, 1, progress=False)
     with pytest.raises(ValueError, match="cannot split 24 tokens over 25 ranks"):
         astra.AstraEngine(model, books).forward(x, 25)
-    with pytest.raises(ValueError, match="remote strategy must be one of"):
-        astra.AstraEngine(model, books, remote="magic")
-    with pytest.raises(ValueError, match="codewords strategy needs G = 1"):
-        astra.AstraEngine(model, books, remote="codewords")
+    with pytest.raises(ValueError, match="remote formulation must be one of"):
+        astra.AstraEngine(model, books, formulation="magic")
+    with pytest.raises(ValueError, match="codewords formulation needs G = 1"):
+        astra.AstraEngine(model, books, formulation="codewords")
     with pytest.raises(ValueError, match="encode must be one of auto, exact, int8"):
         astra.AstraEngine(model, books, encode="fp8")
     with pytest.raises(TypeError, match="cannot parallelize Linear"):

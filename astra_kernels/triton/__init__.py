@@ -9,7 +9,7 @@ before this package is imported). Implements the contract of
     pack_codes(codes (M,) int32, bits) -> (cdiv(M*bits, 8),) uint8
     unpack_codes(packed uint8, bits, count) -> (count,) int32
     mixed_precision_attention(q (B, H, Tq, d), k_local, v_local (B, Hkv, Tl, d), remote_codes (B, Tr, G) int32,
-        k_table, v_table (G, K, Hkv*d), k_bias, v_bias, causal, scale, strategy)
+        k_table, v_table (G, K, Hkv*d), k_bias, v_bias, causal, scale, formulation)
         -> out (B, H, Tq, d) in q.dtype, lse (B, H, Tq) fp32   (fp16/bf16/fp32; not fp64)
 """
 try:
@@ -21,7 +21,7 @@ except ImportError as exc:
     ) from exc
 
 from .mp_attention import mixed_precision_attention
-from .pack import pack_codes, unpack_codes
+from .pack_codes import pack_codes, unpack_codes
 from .vq_decode import vq_decode
 from .vq_encode import vq_encode
 

@@ -268,7 +268,7 @@ def mixed_precision_attention(
     v_bias: torch.Tensor | None,
     causal: bool,
     scale: float,
-    strategy: str,
+    formulation: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q (B, H, Tq, d), k/v_local (B, Hkv, Tl, d), remote_codes (B, Tr, G) int32, tables (G, K, Hkv*d)
     -> out (B, H, Tq, d) in q.dtype, lse (B, H, Tq) fp32. fp16/bf16/fp32 only."""
@@ -279,7 +279,7 @@ def mixed_precision_attention(
     hkv, tl_len = k_local.shape[1], k_local.shape[2]
     tr, g = remote_codes.shape[1], remote_codes.shape[2]
     k = k_table.shape[1]
-    remote = _NO_REMOTE if tr == 0 else (_CODEWORDS if strategy == "codewords" else _TOKENS)
+    remote = _NO_REMOTE if tr == 0 else (_CODEWORDS if formulation == "codewords" else _TOKENS)
     upcast = q.dtype == torch.float32 or (q.dtype == torch.bfloat16 and interpreted(_mp_attention_fwd_kernel))
     sum_rows = remote != _NO_REMOTE and ((remote == _TOKENS and g > 1) or k_bias is not None or v_bias is not None)
     group = h // hkv

@@ -46,7 +46,7 @@ PYBIND11_MODULE(_C, m) {
         pybind11::arg("k_local"), pybind11::arg("v_local"), pybind11::arg("remote_codes"),
         pybind11::arg("k_table"), pybind11::arg("v_table"), pybind11::arg("k_bias"),
         pybind11::arg("v_bias"), pybind11::arg("causal"), pybind11::arg("scale"),
-        pybind11::arg("strategy"), no_gil,
+        pybind11::arg("formulation"), no_gil,
         "q (B, H, Tq, d), k/v_local (B, Hkv, Tl, d), remote_codes (B, Tr, G) int32, "
         "tables (G, K, Hkv*d), biases (Hkv*d,) or None -> "
         "(out (B, H, Tq, d) in q.dtype, lse (B, H, Tq) float32)");

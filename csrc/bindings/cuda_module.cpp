@@ -176,12 +176,12 @@ void check_same_float_input(const at::Tensor& q, const at::Tensor& t, const char
 
 // q (B, H, Tq, d) and k_local, v_local (B, Hkv, Tl, d), any strides; remote_codes (B, Tr, G)
 // int32 contiguous, values in [0, K) (not checked here: ops.py validates them); k_table,
-// v_table (G, K, Hkv*d); k_bias, v_bias (Hkv*d,) or None; strategy "tokens" or "codewords"
+// v_table (G, K, Hkv*d); k_bias, v_bias (Hkv*d,) or None; formulation "tokens" or "codewords"
 // (G = 1) -> out (B, H, Tq, d) in q's dtype, lse (B, H, Tq) float32.
 std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
     const at::Tensor& q, const at::Tensor& k_local, const at::Tensor& v_local, const at::Tensor& remote_codes,
     const at::Tensor& k_table, const at::Tensor& v_table, const std::optional<at::Tensor>& k_bias,
-    const std::optional<at::Tensor>& v_bias, bool causal, double scale, const std::string& strategy) {
+    const std::optional<at::Tensor>& v_bias, bool causal, double scale, const std::string& formulation) {
   check_cuda_tensor(q, "q");
   TORCH_CHECK(q.scalar_type() != at::kDouble,
               "the CUDA mixed_precision_attention runs float32, float16 or bfloat16 inputs, got float64; "
@@ -226,9 +226,9 @@ std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
     TORCH_CHECK(bias->value().dim() == 1 && bias->value().size(0) == hkv * d, name, " must have shape (", hkv * d,
                 ",), got ", bias->value().sizes());
   }
-  TORCH_CHECK(strategy == "tokens" || strategy == "codewords", "strategy must be 'tokens' or 'codewords', got '",
-              strategy, "'");
-  TORCH_CHECK(strategy == "tokens" || g == 1, "the codewords strategy needs G = 1 (one codebook), got G=", g);
+  TORCH_CHECK(formulation == "tokens" || formulation == "codewords", "formulation must be 'tokens' or 'codewords', got '",
+              formulation, "'");
+  TORCH_CHECK(formulation == "tokens" || g == 1, "the codewords formulation needs G = 1 (one codebook), got G=", g);
   TORCH_CHECK(std::isfinite(scale), "scale must be finite, got ", scale);
   TORCH_CHECK(tq * (h / hkv) <= kMaxAttentionLength && tl <= kMaxAttentionLength && tr <= kMaxAttentionLength &&
                   k <= kMaxAttentionLength,
@@ -269,7 +269,7 @@ std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
   problem.v_bias = vb.defined() ? vb.data_ptr() : nullptr;
   problem.causal = causal ? 1 : 0;
   problem.scale = static_cast<float>(scale);
-  problem.strategy = strategy == "codewords" ? ASTRA_ATTENTION_CODEWORDS : ASTRA_ATTENTION_TOKENS;
+  problem.formulation = formulation == "codewords" ? ASTRA_ATTENTION_CODEWORDS : ASTRA_ATTENTION_TOKENS;
   problem.out = out.data_ptr();
   problem.lse = lse.data_ptr<float>();
   const auto workspace_bytes = static_cast<int64_t>(astra_mp_attention_workspace_bytes(&problem));
@@ -297,5 +297,5 @@ PYBIND11_MODULE(_C_cuda, m) {
         "(G, K, Hkv*d), k_bias/v_bias (Hkv*d,) or None -> (out (B, H, Tq, d) in q's dtype, lse (B, H, Tq) float32)",
         py::arg("q"), py::arg("k_local"), py::arg("v_local"), py::arg("remote_codes"), py::arg("k_table"),
         py::arg("v_table"), py::arg("k_bias"), py::arg("v_bias"), py::arg("causal"), py::arg("scale"),
-        py::arg("strategy"));
+        py::arg("formulation"));
 }

@@ -83,8 +83,8 @@ AttentionPlan<T>::AttentionPlan(const AttentionShape& shape, const AttentionInpu
       shape.head_dim < 1 || shape.groups < 1 || shape.codes < 1) {
     throw std::invalid_argument("AttentionPlan: invalid shape");
   }
-  if (inputs.strategy == RemoteStrategy::kCodewords && shape.groups != 1) {
-    throw std::invalid_argument("AttentionPlan: the codewords strategy needs G = 1");
+  if (inputs.formulation == RemoteFormulation::kCodewords && shape.groups != 1) {
+    throw std::invalid_argument("AttentionPlan: the codewords formulation needs G = 1");
   }
   if (!(inputs.scale > 0)) throw std::invalid_argument("AttentionPlan: scale must be positive");
   group_size_ = shape.heads / shape.kv_heads;
@@ -94,7 +94,7 @@ AttentionPlan<T>::AttentionPlan(const AttentionShape& shape, const AttentionInpu
   const int64_t table_bytes =
       shape.groups * shape.codes * shape.kv_heads * d * static_cast<int64_t>(sizeof(T));
   heads_per_task_ = 1;
-  if (inputs.strategy == RemoteStrategy::kTokens && shape.remote > 0 &&
+  if (inputs.formulation == RemoteFormulation::kTokens && shape.remote > 0 &&
       table_bytes > kSharedGatherTableBytes) {
     const int64_t other_units = std::max<int64_t>(1, shape.batch * query_blocks_);
     heads_per_task_ = std::clamp<int64_t>(
@@ -107,14 +107,14 @@ AttentionPlan<T>::AttentionPlan(const AttentionShape& shape, const AttentionInpu
   padded_codes_ = round_up(shape.codes, kColumnPadding);
   // Workspace sizes: small problems get small buffers.
   task_rows_ = std::min(task_queries_, shape.queries) * group_size_;
-  const int64_t remote_entries = inputs.strategy == RemoteStrategy::kCodewords
+  const int64_t remote_entries = inputs.formulation == RemoteFormulation::kCodewords
                                      ? std::min(shape.codes, shape.remote)
                                      : shape.remote;
   tile_entries_ = std::min(remote_block_, remote_entries);
   // balanced_block(n, kBlockKeys) < 1.5 * kBlockKeys for every n <= Tl
   score_ld_ = round_up(std::max<int64_t>({1, std::min(shape.local, kBlockKeys * 3 / 2), tile_entries_}),
                        kColumnPadding);
-  if (inputs.strategy == RemoteStrategy::kCodewords) {
+  if (inputs.formulation == RemoteFormulation::kCodewords) {
     entries_.resize(static_cast<size_t>(shape.batch * shape.codes));
     entry_bias_.resize(static_cast<size_t>(shape.batch * padded_codes_));
     num_entries_.resize(static_cast<size_t>(shape.batch));
@@ -123,7 +123,7 @@ AttentionPlan<T>::AttentionPlan(const AttentionShape& shape, const AttentionInpu
 
 template <class T>
 int64_t AttentionPlan<T>::prepare_tasks() const {
-  return in_.strategy == RemoteStrategy::kCodewords ? shape_.batch : 0;
+  return in_.formulation == RemoteFormulation::kCodewords ? shape_.batch : 0;
 }
 
 template <class T>
@@ -251,7 +251,7 @@ template <class T>
 void AttentionPlan<T>::attend_remote(const Task& task, Workspace& ws,
                                      const AttentionGemms<T>& gemms) const {
   const int64_t d = shape_.head_dim;
-  const bool codewords = in_.strategy == RemoteStrategy::kCodewords;
+  const bool codewords = in_.formulation == RemoteFormulation::kCodewords;
   const int64_t entries =
       codewords ? num_entries_[static_cast<size_t>(task.batch_row)] : shape_.remote;
   const int32_t* codes = codewords ? entries_.data() + task.batch_row * shape_.codes

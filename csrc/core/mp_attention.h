@@ -32,7 +32,7 @@
 
 namespace astra::core {
 
-enum class RemoteStrategy { kTokens, kCodewords };
+enum class RemoteFormulation { kTokens, kCodewords };
 
 struct AttentionShape {
   int64_t batch;     // B
@@ -68,7 +68,7 @@ struct AttentionInputs {
   const T* v_bias;
   bool causal;
   double scale;
-  RemoteStrategy strategy;  // kCodewords needs G == 1
+  RemoteFormulation formulation;  // kCodewords needs G == 1
   // Optional attention partial over other, earlier keys, (out (B, H, Tq, d), natural-log lse (B, H, Tq)):
   // the online softmax starts from it, so the result covers those keys too (no separate merge).
   const T* prior_out = nullptr;
@@ -163,7 +163,7 @@ class AttentionPlan {
   int64_t task_rows_;       // workspace rows per kv head
   int64_t score_ld_;        // workspace columns of the scores: the widest key block
   int64_t padded_codes_;    // K rounded up to the row kernels' padding
-  // Codewords strategy, per batch row b: the distinct codes in increasing
+  // Codewords formulation, per batch row b: the distinct codes in increasing
   // order (entries_[b * K + e], e < num_entries_[b]) and log2 of their counts.
   std::vector<int32_t> entries_;
   std::vector<T> entry_bias_;  // (B, padded_codes_)

@@ -15,13 +15,13 @@ namespace astra::cpu {
 // q (B, H, Tq, d); k_local, v_local (B, Hkv, Tl, d), any strides; remote_codes
 // (B, Tr, G) int32; k_table, v_table (G, K, Hkv*d); biases (Hkv*d,) or None;
 // all floating inputs share q's dtype (fp64, fp32, fp16 or bf16; fp16/bf16 are
-// computed in fp32). strategy "tokens" or "codewords" (G = 1).
+// computed in fp32). formulation "tokens" or "codewords" (G = 1).
 // -> out (B, H, Tq, d) in q.dtype, lse (B, H, Tq) fp32.
 std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
     const at::Tensor& q, const at::Tensor& k_local, const at::Tensor& v_local,
     const at::Tensor& remote_codes, const at::Tensor& k_table, const at::Tensor& v_table,
     const std::optional<at::Tensor>& k_bias, const std::optional<at::Tensor>& v_bias, bool causal,
-    double scale, const std::string& strategy);
+    double scale, const std::string& formulation);
 
 // Attention of q (B, H, Tq, d) over k, v (B, Hkv, Tk, d) continuing from a
 // partial over other, earlier keys: prior_out (B, H, Tq, d) in q.dtype,

@@ -64,7 +64,7 @@ void run_attention(const core::AttentionShape& shape, const at::Tensor& q,
                    const at::Tensor& k_local, const at::Tensor& v_local, const at::Tensor& codes,
                    const at::Tensor& k_table, const at::Tensor& v_table, const at::Tensor& k_bias,
                    const at::Tensor& v_bias, bool causal, double scale,
-                   core::RemoteStrategy strategy, at::Tensor& out, at::Tensor& lse,
+                   core::RemoteFormulation formulation, at::Tensor& out, at::Tensor& lse,
                    const at::Tensor& prior_out = at::Tensor(), const at::Tensor& prior_lse = at::Tensor()) {
   core::AttentionInputs<T> inputs{q.data_ptr<T>(),
                                         head_strides(q),
@@ -79,7 +79,7 @@ void run_attention(const core::AttentionShape& shape, const at::Tensor& q,
                                         v_bias.defined() ? v_bias.data_ptr<T>() : nullptr,
                                         causal,
                                         scale,
-                                        strategy};
+                                        formulation};
   if (prior_out.defined()) {
     inputs.prior_out = prior_out.data_ptr<T>();
     inputs.prior_strides = head_strides(prior_out);
@@ -103,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
     const at::Tensor& q, const at::Tensor& k_local, const at::Tensor& v_local,
     const at::Tensor& remote_codes, const at::Tensor& k_table, const at::Tensor& v_table,
     const std::optional<at::Tensor>& k_bias, const std::optional<at::Tensor>& v_bias, bool causal,
-    double scale, const std::string& strategy) {
+    double scale, const std::string& formulation) {
   TORCH_CHECK(q.device().is_cpu() && k_local.device().is_cpu() && v_local.device().is_cpu() &&
                   remote_codes.device().is_cpu() && k_table.device().is_cpu() &&
                   v_table.device().is_cpu(),
@@ -115,9 +115,9 @@ std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
       "remote_codes (B, Tr, G) and tables (G, K, Hkv*d), got ",
       q.sizes(), ", ", k_local.sizes(), ", ", remote_codes.sizes(), " and ", k_table.sizes());
   TORCH_CHECK(
-      strategy == "tokens" || strategy == "codewords",
-      "astra CPU mixed_precision_attention: strategy must be 'tokens' or 'codewords', got '",
-      strategy, "'");
+      formulation == "tokens" || formulation == "codewords",
+      "astra CPU mixed_precision_attention: formulation must be 'tokens' or 'codewords', got '",
+      formulation, "'");
   const at::ScalarType dtype = q.scalar_type();
   TORCH_CHECK(
       dtype == at::kDouble || dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
@@ -145,8 +145,8 @@ std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
                              q.options().dtype(compute));
   at::Tensor lse =
       at::empty({shape.batch, shape.heads, shape.queries}, q.options().dtype(at::kFloat));
-  const core::RemoteStrategy how =
-      strategy == "codewords" ? core::RemoteStrategy::kCodewords : core::RemoteStrategy::kTokens;
+  const core::RemoteFormulation how =
+      formulation == "codewords" ? core::RemoteFormulation::kCodewords : core::RemoteFormulation::kTokens;
   if (compute == at::kDouble) {
     run_attention<double>(shape, qc, kc, vc, codes, kt, vt, kb, vb, causal, scale, how, out, lse);
   } else {
@@ -185,10 +185,10 @@ std::tuple<at::Tensor, at::Tensor> attention_after(const at::Tensor& q, const at
   at::Tensor lse = at::empty({shape.batch, shape.heads, shape.queries}, q.options().dtype(at::kFloat));
   if (compute == at::kDouble) {
     run_attention<double>(shape, qc, kc, vc, no_codes, unused_table, unused_table, at::Tensor(), at::Tensor(), causal,
-                          scale, core::RemoteStrategy::kTokens, out, lse, pc, prior_lse);
+                          scale, core::RemoteFormulation::kTokens, out, lse, pc, prior_lse);
   } else {
     run_attention<float>(shape, qc, kc, vc, no_codes, unused_table, unused_table, at::Tensor(), at::Tensor(), causal,
-                         scale, core::RemoteStrategy::kTokens, out, lse, pc, prior_lse);
+                         scale, core::RemoteFormulation::kTokens, out, lse, pc, prior_lse);
   }
   return {(out.scalar_type() == dtype ? out : out.to(dtype)).transpose(1, 2), lse};
 }

@@ -55,10 +55,10 @@ cudaError_t astra_unpack_codes(const uint8_t* packed, int64_t count, int bits, i
 // local one and is always visible; `causal` masks only the local segment, queries
 // aligned to the end of the local keys (query i sees local key j iff
 // j <= i + Tl - Tq); a query with no visible key gets out 0 and lse -inf.
-typedef enum astra_attention_strategy {
+typedef enum astra_attention_formulation {
   ASTRA_ATTENTION_TOKENS = 0,     // each remote token's K/V = sum of its G table rows (+ bias)
   ASTRA_ATTENTION_CODEWORDS = 1,  // the K codewords, score bias log(token count); G = 1 only
-} astra_attention_strategy;
+} astra_attention_formulation;
 
 typedef struct astra_mp_attention_problem {
   astra_dtype dtype;      // of q, k_local, v_local, the tables, the biases and out
@@ -84,13 +84,13 @@ typedef struct astra_mp_attention_problem {
   const void* v_bias;     // (Hkv*d,) contiguous, or NULL
   int causal;
   float scale;            // score = (q . k) * scale (+ log(count) for codewords)
-  astra_attention_strategy strategy;
+  astra_attention_formulation formulation;
   void* out;              // (B, H, Tq, d) contiguous, out
   float* lse;             // (B, H, Tq) contiguous, out: natural-log sum of exp of the scores
 } astra_mp_attention_problem;
 
 // Bytes of device scratch memory astra_mp_attention needs (256-byte aligned; 0 when
-// none: the codewords strategy needs a (B, K) histogram when Tr > 0).
+// none: the codewords formulation needs a (B, K) histogram when Tr > 0).
 size_t astra_mp_attention_workspace_bytes(const astra_mp_attention_problem* problem);
 
 // Ranges: as listed in the struct, with Tq*H/Hkv, Tl, Tr, K <= 2^30.

@@ -697,7 +697,7 @@ __global__ void __launch_bounds__(kCountThreads)
 constexpr size_t kWorkspaceAlign = 256;
 
 bool needs_counts(const astra_mp_attention_problem& pr) {
-  return pr.strategy == ASTRA_ATTENTION_CODEWORDS && pr.remote_tokens > 0;
+  return pr.formulation == ASTRA_ATTENTION_CODEWORDS && pr.remote_tokens > 0;
 }
 
 template <typename Kernel>
@@ -758,9 +758,9 @@ cudaError_t mp_attention_typed(const AttnParams& p, cudaStream_t stream) {
 bool valid_problem(const astra_mp_attention_problem& pr) {
   const bool dtype_ok = pr.dtype == ASTRA_DTYPE_FLOAT32 || pr.dtype == ASTRA_DTYPE_FLOAT16 ||
                         pr.dtype == ASTRA_DTYPE_BFLOAT16;
-  const bool strategy_ok = pr.strategy == ASTRA_ATTENTION_TOKENS ||
-                           (pr.strategy == ASTRA_ATTENTION_CODEWORDS && pr.groups == 1);
-  if (!dtype_ok || !strategy_ok) return false;
+  const bool formulation_ok = pr.formulation == ASTRA_ATTENTION_TOKENS ||
+                           (pr.formulation == ASTRA_ATTENTION_CODEWORDS && pr.groups == 1);
+  if (!dtype_ok || !formulation_ok) return false;
   if (pr.batch < 0 || pr.heads < 1 || pr.kv_heads < 1 || pr.heads % pr.kv_heads != 0) return false;
   if (pr.head_dim < 1 || pr.head_dim > kMaxHeadDim || pr.groups < 1 || pr.codebook_size < 1) return false;
   if (pr.queries < 0 || pr.local_keys < 0 || pr.remote_tokens < 0 || !(pr.scale == pr.scale)) return false;
@@ -813,7 +813,7 @@ extern "C" cudaError_t astra_mp_attention(const astra_mp_attention_problem* prob
   p.causal = pr.causal != 0;
   p.scale = pr.scale;
   p.remote_kind = pr.remote_tokens == 0 ? kNoRemote
-                                        : (pr.strategy == ASTRA_ATTENTION_CODEWORDS ? kRemoteCodewords : kRemoteTokens);
+                                        : (pr.formulation == ASTRA_ATTENTION_CODEWORDS ? kRemoteCodewords : kRemoteTokens);
 
   if (needs_counts(pr)) {
     int32_t* counts = static_cast<int32_t*>(workspace);

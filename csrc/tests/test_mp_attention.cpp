@@ -17,7 +17,7 @@
 namespace {
 
 using astra::core::AttentionPlan;
-using astra::core::RemoteStrategy;
+using astra::core::RemoteFormulation;
 using astra::core::Simd;
 
 template <class T>
@@ -48,7 +48,7 @@ struct Case {
   int64_t b, h, hkv, tq, tl, tr, g, k, d;
   bool causal;
   bool bias;
-  RemoteStrategy strategy;
+  RemoteFormulation formulation;
   bool token_major_local;  // k/v_local as a (B, Tl, Hkv, d) buffer viewed as (B, Hkv, Tl, d)
   uint32_t seed;
 
@@ -56,7 +56,7 @@ struct Case {
     std::ostringstream s;
     s << "B" << b << " H" << h << " Hkv" << hkv << " Tq" << tq << " Tl" << tl << " Tr" << tr << " G"
       << g << " K" << k << " d" << d << (causal ? " causal" : "") << (bias ? " bias" : "")
-      << (strategy == RemoteStrategy::kCodewords ? " codewords" : " tokens")
+      << (formulation == RemoteFormulation::kCodewords ? " codewords" : " tokens")
       << (token_major_local ? " strided" : "");
     return s.str();
   }
@@ -95,9 +95,9 @@ Problem make_problem(const Case& c) {
     fill(p.v_bias, c.hkv * c.d, 1.0);
   }
   p.codes.resize(static_cast<size_t>(c.b * c.tr * c.g));
-  // Few distinct codes for the codewords strategy: counts above 1 matter.
+  // Few distinct codes for the codewords formulation: counts above 1 matter.
   const int64_t used =
-      c.strategy == RemoteStrategy::kCodewords ? std::max<int64_t>(1, c.k / 2) : c.k;
+      c.formulation == RemoteFormulation::kCodewords ? std::max<int64_t>(1, c.k / 2) : c.k;
   for (int32_t& code : p.codes) code = static_cast<int32_t>(rng() % used);
   p.q_strides = {c.h * c.tq * c.d, c.tq * c.d, c.d};
   p.local_strides = c.token_major_local
@@ -124,7 +124,7 @@ Result brute_force(const Problem& p) {
     auto table_row = [&](const std::vector<double>& table, int64_t g, int64_t code) {
       return table.data() + (g * c.k + code) * width;
     };
-    if (c.strategy == RemoteStrategy::kCodewords) {
+    if (c.formulation == RemoteFormulation::kCodewords) {
       std::vector<int64_t> counts(static_cast<size_t>(c.k), 0);
       for (int64_t t = 0; t < c.tr; ++t)
         ++counts[static_cast<size_t>(p.codes[static_cast<size_t>(b * c.tr + t)])];
@@ -230,7 +230,7 @@ Result run_core(const Problem& p, const astra::core::AttentionKernels<T>& kernel
                                                c.bias ? vb.data() : nullptr,
                                                c.causal,
                                                p.scale,
-                                               c.strategy};
+                                               c.formulation};
   const astra::core::AttentionShape shape{c.b, c.h, c.hkv, c.tq, c.tl, c.tr, c.g, c.k, c.d};
   AttentionPlan<T> plan(shape, inputs, kernels, threads);
   for (int64_t b = 0; b < plan.prepare_tasks(); ++b) plan.prepare(b);
@@ -290,8 +290,8 @@ void check_case(const Case& c, int64_t threads = 1) {
   }
 }
 
-constexpr RemoteStrategy kTok = RemoteStrategy::kTokens;
-constexpr RemoteStrategy kCw = RemoteStrategy::kCodewords;
+constexpr RemoteFormulation kTok = RemoteFormulation::kTokens;
+constexpr RemoteFormulation kCw = RemoteFormulation::kCodewords;
 
 ASTRA_TEST(small_shapes_causal_and_full) {
   uint32_t seed = 0;

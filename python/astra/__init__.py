@@ -8,8 +8,8 @@ tokens are attended through codebook lookups (Mixed-Precision Attention).
     >>> books = astra.calibrate(model, batches, codebook_size=1024, groups=1)
     >>> engine = astra.AstraEngine(model, books)
     >>> logits = engine.forward(inputs, world_size=4)        # single-process simulation
-    >>> # on each of N processes (torchrun / mpirun / astra run --devices N):
-    >>> with astra.parallelize(model, books, engine="gloo") as par:
+    >>> # on each of N processes (torchrun / mpirun / astra run --ranks N):
+    >>> with astra.parallelize(model, books, transport="gloo") as par:
     ...     local_logits = par(inputs)
 """
 from .calibrate import calibrate

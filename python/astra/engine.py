@@ -64,7 +64,7 @@ class AstraEngine:
     Args:
         model: GPT2LMHeadModel, ViTForImageClassification or TinyTransformer (unmodified).
         codebooks: one (G, K, D/G) codebook per block.
-        remote: how remote tokens are attended ("auto": the cost model, or
+        formulation: how remote tokens are attended ("auto": the cost model, or
             "tokens", "codewords", "gather", "gather_int8", "dequantize"; see
             :mod:`astra_kernels.cost_model`).
         backend: astra_kernels backend for every op (None: fastest available).
@@ -75,7 +75,7 @@ class AstraEngine:
             see :func:`astra_kernels.int8_estimate_native`, else exact).
     """
 
-    def __init__(self, model: torch.nn.Module, codebooks: Codebooks, *, remote: str = "auto",
+    def __init__(self, model: torch.nn.Module, codebooks: Codebooks, *, formulation: str = "auto",
                  backend: str | None = None, table_budget_bytes: int = cost_model.TABLE_BUDGET_BYTES,
                  encode: str = "auto"):
         if encode not in ENCODINGS:
@@ -85,7 +85,7 @@ class AstraEngine:
         codebooks.check(len(blocks), self.adapter.dim)
         ref = blocks[0].w_qkv
         self.codebooks = codebooks.to(dtype=ref.dtype, device=ref.device)
-        self.plans = [RemotePlan(b, cb, remote, table_budget_bytes) for b, cb in zip(blocks, self.codebooks.tensors)]
+        self.plans = [RemotePlan(b, cb, formulation, table_budget_bytes) for b, cb in zip(blocks, self.codebooks.tensors)]
         self.backend = backend
         if encode == "auto":
             native = backend in (None, "cpu") and ak.int8_estimate_native(ref.device)
@@ -100,7 +100,7 @@ class AstraEngine:
     def layout(self, inputs: torch.Tensor, world_size: int) -> Layout:
         return Layout(self.adapter.num_tokens(inputs), world_size, self.causal)
 
-    def remote_strategies(self, inputs: torch.Tensor, world_size: int) -> list[str]:
+    def remote_formulations(self, inputs: torch.Tensor, world_size: int) -> list[str]:
         """The remote-attention formulations the blocks pick for the last rank's shape (the most remote tokens)."""
         layout = self.layout(inputs, world_size)
         mine = layout.size(world_size - 1)

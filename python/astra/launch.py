@@ -7,11 +7,11 @@ Conventions read from the environment (first match wins):
     Slurm (srun)    SLURM_PROCID, SLURM_NTASKS, SLURM_NTASKS_PER_NODE
 Multi-node: ``torchrun --nnodes=M --nproc-per-node=P --node-rank=k
 --master-addr=HOST --master-port=29500 -m astra run ...`` on every node, or
-``mpirun -H h1,h2 -n N python -m astra run --engine mpi ...``; set
+``mpirun -H h1,h2 -n N python -m astra run --transport mpi ...``; set
 GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME to the interface that links the nodes.
 
-``astra run --devices N`` without a launcher starts N local processes itself
-(or re-executes itself under mpirun for ``--engine mpi``).
+``astra run --ranks N`` without a launcher starts N local processes itself
+(or re-executes itself under mpirun for ``--transport mpi``).
 """
 from __future__ import annotations
 
@@ -95,13 +95,13 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
-def make_transport(engine: str, timeout_s: float) -> Transport:
+def make_transport(name: str, timeout_s: float) -> Transport:
     """The transport of this rank: "gloo" / "nccl" (torch.distributed) or "mpi" (mpi4py)."""
-    if engine == "mpi":
+    if name == "mpi":
         from .transport.mpi import MPITransport
 
         return MPITransport(timeout_s=timeout_s)
-    if engine in ("gloo", "nccl"):
+    if name in ("gloo", "nccl"):
         from .transport.torch_dist import TorchDistTransport
 
         place = rank_env()
@@ -111,9 +111,9 @@ def make_transport(engine: str, timeout_s: float) -> Transport:
             os.environ.setdefault("WORLD_SIZE", str(place.world_size))
         for var in ("MASTER_ADDR", "MASTER_PORT"):
             if var not in os.environ:
-                raise RuntimeError(f"{engine}: {var} is not set; launch with torchrun or `astra run --devices N`")
-        return TorchDistTransport(engine, timeout_s=timeout_s)
-    raise ValueError(f"unknown engine {engine!r}; choose gloo, nccl or mpi")
+                raise RuntimeError(f"{name}: {var} is not set; launch with torchrun or `astra run --ranks N`")
+        return TorchDistTransport(name, timeout_s=timeout_s)
+    raise ValueError(f"unknown transport {name!r}; choose gloo, nccl or mpi")
 
 
 def free_port() -> int:
@@ -147,7 +147,7 @@ def mpirun_command(world_size: int, argv: list[str]) -> list[str]:
     """The mpirun command line that re-runs ``python -m astra <argv>`` on ``world_size`` local ranks."""
     mpirun = shutil.which("mpirun")
     if mpirun is None:
-        raise RuntimeError("--engine mpi needs mpirun (Debian: apt-get install openmpi-bin libopenmpi-dev)")
+        raise RuntimeError("--transport mpi needs mpirun (Debian: apt-get install openmpi-bin libopenmpi-dev)")
     cmd = [mpirun, "-n", str(world_size), "--oversubscribe", "--mca", "mpi_yield_when_idle", "1"]
     if os.geteuid() == 0:
         cmd.append("--allow-run-as-root")

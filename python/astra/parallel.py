@@ -5,7 +5,7 @@ spawn them); each calls ``parallelize`` with the same model weights and
 codebooks, then calls the result on the *whole* batch. Every rank embeds only
 its own chunk of the sequence and exchanges VQ codes with the others.
 
-    par = astra.parallelize(model, books, engine="gloo")
+    par = astra.parallelize(model, books, transport="gloo")
     with par:
         logits = par(input_ids)          # this rank's positions (B, T_r, V), or class logits (B, C)
 """
@@ -55,20 +55,21 @@ class ParallelModel:
         self.close()
 
 
-def parallelize(model: torch.nn.Module, codebooks: Codebooks, *, engine: str = "gloo", timeout_s: float = 60.0,
-                remote: str = "auto", backend: str | None = None,
-                table_budget_bytes: int = cost_model.TABLE_BUDGET_BYTES, encode: str = "auto",
-                transport: Transport | None = None) -> ParallelModel:
+def parallelize(model: torch.nn.Module, codebooks: Codebooks, *, transport: str | Transport = "gloo",
+                timeout_s: float = 60.0, formulation: str = "auto", backend: str | None = None,
+                table_budget_bytes: int = cost_model.TABLE_BUDGET_BYTES, encode: str = "auto") -> ParallelModel:
     """Wrap an unmodified model for this rank of an N-process job.
 
     Args:
         model: GPT2LMHeadModel, ViTForImageClassification or TinyTransformer.
         codebooks: one (G, K, D/G) codebook per block (``astra.calibrate`` or ``Codebooks.load``).
-        engine: "gloo", "nccl" or "mpi"; the launcher's environment names rank and world size.
+        transport: "gloo", "nccl" or "mpi" (the launcher's environment names rank and world size),
+            or an already created :class:`astra.transport.Transport` (then ``timeout_s`` is unused).
         timeout_s: a silent peer becomes a :class:`astra.PeerError` after this long.
-        remote, backend, table_budget_bytes, encode: as :class:`astra.AstraEngine`.
-        transport: an already created transport (then ``engine``/``timeout_s`` are unused).
+        formulation, backend, table_budget_bytes, encode: as :class:`astra.AstraEngine`.
     """
-    astra_engine = AstraEngine(model, codebooks, remote=remote, backend=backend,
+    astra_engine = AstraEngine(model, codebooks, formulation=formulation, backend=backend,
                                table_budget_bytes=table_budget_bytes, encode=encode)
-    return ParallelModel(astra_engine, transport if transport is not None else make_transport(engine, timeout_s))
+    if isinstance(transport, str):
+        transport = make_transport(transport, timeout_s)
+    return ParallelModel(astra_engine, transport)

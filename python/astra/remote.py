@@ -22,7 +22,7 @@ from astra_kernels import backends, cost_model, reference
 
 from .models.base import BlockWeights
 
-STRATEGIES = ("auto", "tokens", "codewords", "gather", "gather_int8", "dequantize")
+FORMULATIONS = ("auto", "tokens", "codewords", "gather", "gather_int8", "dequantize")
 
 
 def int8_gather_available(device: torch.device) -> bool:
@@ -31,17 +31,17 @@ def int8_gather_available(device: torch.device) -> bool:
 
 
 class RemotePlan:
-    def __init__(self, block: BlockWeights, codebook: torch.Tensor, strategy: str = "auto",
+    def __init__(self, block: BlockWeights, codebook: torch.Tensor, formulation: str = "auto",
                  table_budget_bytes: int = cost_model.TABLE_BUDGET_BYTES):
-        if strategy not in STRATEGIES:
-            raise ValueError(f"remote strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+        if formulation not in FORMULATIONS:
+            raise ValueError(f"remote formulation must be one of {', '.join(FORMULATIONS)}, got {formulation!r}")
         g = codebook.shape[0]
-        if strategy == "codewords" and g != 1:
-            raise ValueError(f"the codewords strategy needs G = 1, got G={g}")
-        if strategy == "gather_int8" and not int8_gather_available(codebook.device):
-            raise ValueError(f"the gather_int8 strategy needs torch's quantized CPU ops; this torch has none "
+        if formulation == "codewords" and g != 1:
+            raise ValueError(f"the codewords formulation needs G = 1, got G={g}")
+        if formulation == "gather_int8" and not int8_gather_available(codebook.device):
+            raise ValueError(f"the gather_int8 formulation needs torch's quantized CPU ops; this torch has none "
                              f"for {codebook.device.type} tensors (use gather)")
-        self.block, self.codebook, self.strategy = block, codebook, strategy
+        self.block, self.codebook, self.formulation = block, codebook, formulation
         self.table_budget_bytes = table_budget_bytes
         self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
         self._gather_table: torch.Tensor | None = None
@@ -59,8 +59,8 @@ class RemotePlan:
         )
 
     def choose(self, batch: int, queries: int, remote: int, backend: str | None = None) -> str:
-        if self.strategy != "auto":
-            return self.strategy
+        if self.formulation != "auto":
+            return self.formulation
         key = (batch, queries, remote, backend)
         if key not in self._choices:  # asked twice per block (local partial, then attend)
             self._choices[key] = cost_model.remote_plan(self.shape(batch, queries, remote, backend),
@@ -161,5 +161,5 @@ class RemotePlan:
             # every remote token precedes every query (no mask on them); merged with the local partial
             return ak.attention(q, rk, rv, prior=local, backend=backend)[0]
         k_table, v_table = self.tables()
-        return ak.mixed_precision_attention(q, k, v, codes, k_table, v_table, causal=causal, strategy=how,
+        return ak.mixed_precision_attention(q, k, v, codes, k_table, v_table, causal=causal, formulation=how,
                                             backend=backend)[0]

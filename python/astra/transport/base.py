@@ -92,7 +92,7 @@ class Transport(ABC):
     """Point-to-point exchange of uint8 payloads between the ranks of one job."""
 
     #: short name for reports ("gloo", "nccl", "mpi", "loopback")
-    engine: str = ""
+    name: str = ""
 
     def __init__(self, rank: int, world_size: int, timeout_s: float):
         if not 0 <= rank < world_size:
@@ -160,11 +160,11 @@ class Transport(ABC):
 
     @abstractmethod
     def _post_receives(self, recv_sizes: dict[int, int], tag: str):
-        """Start receiving ``recv_sizes[src]`` bytes from each source; returns the engine's receive state."""
+        """Start receiving ``recv_sizes[src]`` bytes from each source; returns the receive state (the library's requests)."""
 
     @abstractmethod
     def _post(self, payload, send_to, receives, record: ExchangeRecord, timeout_s: float) -> Handle:
         """Start the sends; ``receives`` is what :meth:`_post_receives` returned (None: nothing to receive)."""
 
     def close(self) -> None:
-        """Release the engine's resources (idempotent)."""
+        """Release the transport's resources (idempotent)."""

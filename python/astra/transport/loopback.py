@@ -52,7 +52,7 @@ class _LoopbackHandle(Handle):
 
 
 class LoopbackTransport(Transport):
-    engine = "loopback"
+    name = "loopback"
 
     def __init__(self, hub: LoopbackHub, rank: int, timeout_s: float = 30.0):
         super().__init__(rank, hub.world_size, timeout_s)

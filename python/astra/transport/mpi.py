@@ -44,13 +44,13 @@ class _MPIHandle(Handle):
 class MPITransport(Transport):
     """MPI transport on ``MPI.COMM_WORLD`` (launch with mpirun)."""
 
-    engine = "mpi"
+    name = "mpi"
 
     def __init__(self, *, timeout_s: float = 60.0):
         try:
             from mpi4py import MPI
         except ImportError as exc:
-            raise RuntimeError("the MPI engine needs mpi4py (pip install mpi4py) and an MPI library") from exc
+            raise RuntimeError("the MPI transport needs mpi4py (pip install mpi4py) and an MPI library") from exc
         self._comm = MPI.COMM_WORLD
         super().__init__(self._comm.Get_rank(), self._comm.Get_size(), timeout_s)
 

@@ -69,7 +69,7 @@ class TorchDistTransport(Transport):
                 timeout=datetime.timedelta(seconds=timeout_s),
             )
         super().__init__(dist.get_rank(), dist.get_world_size(), timeout_s)
-        self.engine = backend
+        self.name = backend
         self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
 
     def _post_receives(self, recv_sizes: dict[int, int], tag: str):

@@ -2,7 +2,7 @@
 the NAVQ fine-tuning loop, and evaluation through the simulation.
 
 Fine-tuning trains the model's weights and the EMA codebooks together, on the
-simulation of N devices: loss = task loss + beta * commitment, with NAVQ noise
+simulation of N ranks: loss = task loss + beta * commitment, with NAVQ noise
 lambda on the remote embeddings (training only).
 """
 from __future__ import annotations
@@ -13,9 +13,10 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from ..calibrate import calibrate
-from ..codebooks import Codebooks
-from ..models.base import ModelAdapter
+from astra.calibrate import calibrate
+from astra.codebooks import Codebooks
+from astra.models.base import ModelAdapter
+
 from .quantizer import BlockQuantizer
 from .simulate import SimOut, simulate
 
@@ -59,7 +60,7 @@ def cosine_lr(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 0) -> 
 
 
 def finetune(model: torch.nn.Module, adapter: ModelAdapter, quantizers: list[BlockQuantizer] | None,
-             batches: Iterator[Batch], steps: int, lr: float, devices: int, variant: Variant,
+             batches: Iterator[Batch], steps: int, lr: float, ranks: int, variant: Variant,
              task_loss: Callable[[SimOut, Batch], torch.Tensor], desc: str, progress: bool = True) -> None:
     """NAVQ fine-tuning of the model and its codebooks for ``steps`` batches.
 
@@ -79,7 +80,7 @@ def finetune(model: torch.nn.Module, adapter: ModelAdapter, quantizers: list[Blo
         bar = tqdm(bar, desc=desc, unit="step", leave=False)
     for _ in bar:
         batch = next(batches)
-        out = simulate(adapter, quantizers or None, batch.inputs, devices, noise=variant.noise, class_token=variant.class_token,
+        out = simulate(adapter, quantizers or None, batch.inputs, ranks, noise=variant.noise, class_token=variant.class_token,
                        valid=batch.valid)
         loss = task_loss(out, batch) + variant.beta * out.commit
         opt.zero_grad(set_to_none=True)

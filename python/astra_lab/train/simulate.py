@@ -1,4 +1,4 @@
-"""Differentiable single-process simulation of ASTRA on N devices, for training.
+"""Differentiable single-process simulation of ASTRA on N ranks, for training.
 
 Every block attends once, over the full-precision keys of all tokens and the
 quantized keys of the tokens that are sent, with a mask that lets a query see
@@ -10,7 +10,7 @@ quantized keys of the tokens that are sent, with a mask that lets a query see
 This is the same function as :meth:`astra.AstraEngine.simulate` (local full
 precision, remote through codes) written as one masked attention, so autograd
 runs through it; NAVQ noise and the straight-through estimator live in
-:class:`~astra.train.quantizer.BlockQuantizer`.
+:class:`~astra_lab.train.quantizer.BlockQuantizer`.
 
 Class tokens: "distributed" keeps a copy per rank that is never sent, and
 averages the copies' final states (Distributed Class Tokens); "single" keeps
@@ -23,9 +23,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .. import block as B
-from ..models.base import ModelAdapter
-from ..partition import Layout
+from astra import block as B
+from astra.models.base import ModelAdapter
+from astra.partition import Layout
+
 from .quantizer import BlockQuantizer
 
 CLASS_TOKEN_MODES = ("distributed", "single")
@@ -43,7 +44,7 @@ def _token_ranks(layout: Layout) -> torch.Tensor:
 
 def simulate(adapter: ModelAdapter, quantizers: list[BlockQuantizer] | None, inputs: torch.Tensor, world_size: int, *,
              noise: float = 0.0, class_token: str = "distributed", valid: torch.Tensor | None = None) -> SimOut:
-    """ASTRA's outputs for ``inputs`` split over ``world_size`` simulated devices.
+    """ASTRA's outputs for ``inputs`` split over ``world_size`` simulated ranks.
 
     quantizers: one per block, or None for the unquantized model (the
     "original" baseline with the same arithmetic). valid: (B, T) bool, False at

@@ -16,12 +16,11 @@ import torch
 import torch.nn.functional as F
 
 import astra_kernels as ak
-
-from .. import block as B
-from ..engine import PhaseTimer
-from ..models import adapt
-from ..partition import Layout
-from ..transport import Transport
+from astra import block as B
+from astra.engine import PhaseTimer
+from astra.models import adapt
+from astra.partition import Layout
+from astra.transport import Transport
 
 
 class SequenceParallel:

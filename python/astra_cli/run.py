@@ -17,14 +17,19 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from astra import models
+from astra.calibrate import cached_calibration
+from astra.codebooks import Codebooks
+from astra.engine import AstraEngine, PhaseTimer
+from astra.launch import (
+    keep_freed_memory,
+    local_rank,
+    make_transport,
+    pin_cores,
+    rank_env,
+)
+from astra.transport import PeerError
 from astra_kernels import cost_model
-
-from . import models
-from .calibrate import cached_calibration
-from .codebooks import Codebooks
-from .engine import AstraEngine, PhaseTimer
-from .launch import keep_freed_memory, local_rank, make_transport, pin_cores, rank_env
-from .transport import PeerError
 
 EXIT_PEER_FAILED = 3
 
@@ -36,10 +41,10 @@ class RunConfig:
     layers: int | None = None
     tokens: int = 1024
     batch: int = 1
-    devices: int = 2
+    ranks: int = 2
     groups: int = 1
     codebook_size: int = 1024
-    engine: str = "gloo"
+    transport: str = "gloo"
     device: str = "cpu"
     threads: int = 1
     repeat: int = 3
@@ -48,7 +53,7 @@ class RunConfig:
     generate: int = 0
     checkpoint: str | None = None
     codebooks: str | None = None
-    remote: str = "auto"
+    formulation: str = "auto"
     encode: str = "auto"
     table_budget_mib: float = cost_model.TABLE_BUDGET_BYTES / 2**20
     backend: str | None = None
@@ -83,7 +88,7 @@ def measure(cfg: RunConfig, transport) -> dict | None:
                          seed=cfg.seed, positions=cfg.tokens + cfg.generate).to(cfg.device)
     inputs = models.example_inputs(model, cfg.tokens, cfg.batch, seed=cfg.seed).to(cfg.device)
     books = load_codebooks(model, cfg, verbose)
-    engine = AstraEngine(model, books, remote=cfg.remote, backend=cfg.backend,
+    engine = AstraEngine(model, books, formulation=cfg.formulation, backend=cfg.backend,
                          table_budget_bytes=int(cfg.table_budget_mib * 2**20), encode=cfg.encode)
     layout = engine.layout(inputs, world)
 
@@ -109,7 +114,7 @@ def measure(cfg: RunConfig, transport) -> dict | None:
         "max_abs_diff_vs_simulation": (outputs.float() - simulated.float()).abs().max().item(),
     }
     if cfg.generate:
-        from .generate import generate
+        from astra.generate import generate
 
         transport.barrier()
         gen = generate(engine, inputs, transport, cfg.generate)
@@ -130,7 +135,7 @@ def measure(cfg: RunConfig, transport) -> dict | None:
         "model_dim": engine.adapter.dim,
         "blocks": len(engine.adapter.blocks),
         "bits_per_code": books.bits,
-        "remote_strategy": engine.remote_strategies(inputs, world),
+        "remote_formulation": engine.remote_formulations(inputs, world),
         "encoding": engine.encode,
         "latency_s": statistics.median(per_run),
         "latency_runs_s": per_run,
@@ -170,23 +175,23 @@ def summary(report: dict) -> str:
     kb = lambda b: f"{b:,.0f} B"  # noqa: E731
     lines = [
         f"ASTRA run: {report['model']}-{report['size']} ({report['blocks']} blocks, D={report['model_dim']}), "
-        f"{report['tokens']} tokens x batch {report['batch']}, {report['devices']} ranks "
-        f"({report['engine']}, {report['threads']} thread(s) each), G={report['groups']}, K={report['codebook_size']} "
+        f"{report['tokens']} tokens x batch {report['batch']}, {report['ranks']} ranks "
+        f"({report['transport']}, {report['threads']} thread(s) each), G={report['groups']}, K={report['codebook_size']} "
         f"({report['bits_per_code']}-bit codes, {report['encoding']} encode), "
-        f"remote attention: {'/'.join(report['remote_strategy'])}",
+        f"remote attention: {'/'.join(report['remote_formulation'])}",
         f"  latency (median of {report['repeat']}): {report['latency_s']:.4f} s",
     ]
     if "single_device_latency_s" in report:
         lines[-1] += f"   single device: {report['single_device_latency_s']:.4f} s   speedup {report['speedup_vs_single']:.2f}x"
     lines.append("  rank  tokens  sent/block   recv/block   wait")
-    for r in range(report["devices"]):
+    for r in range(report["ranks"]):
         lines.append(
             f"  {r:>4}  {report['tokens_per_rank'][r]:>6}  {kb(report['bytes_sent_per_rank_per_block'][r]):>11}  "
             f"{kb(report['bytes_received_per_rank_per_block'][r]):>11}  {report['wait_s_per_rank'][r]:.4f} s"
         )
     lines.append(f"  outputs vs single-process simulation: max |diff| = {report['max_abs_diff_vs_simulation']:.3g}")
     if "time_to_first_token_s" in report:
-        lines.append(f"  generation on rank {report['devices'] - 1}: time to first token {report['time_to_first_token_s']:.4f} s, "
+        lines.append(f"  generation on rank {report['ranks'] - 1}: time to first token {report['time_to_first_token_s']:.4f} s, "
                      f"decode {report['decode_tokens_per_s']:.1f} tokens/s")
     return "\n".join(lines)
 
@@ -195,7 +200,7 @@ def rank_main(cfg: RunConfig) -> None:
     """Entry point of one rank (spawned, torchrun or mpirun)."""
     torch.set_num_threads(cfg.threads)
     keep_freed_memory()
-    transport = make_transport(cfg.engine, cfg.timeout)
+    transport = make_transport(cfg.transport, cfg.timeout)
     pin_cores(local_rank(), cfg.threads)  # after the transport: its I/O threads stay free to run anywhere
     try:
         report = measure(cfg, transport)
@@ -212,12 +217,12 @@ def rank_main(cfg: RunConfig) -> None:
 
 def check_config(cfg: RunConfig) -> None:
     """Reject impossible jobs before any process starts."""
-    if cfg.devices < 1:
-        raise ValueError(f"--devices must be >= 1, got {cfg.devices}")
-    if cfg.tokens < cfg.devices:
-        raise ValueError(f"cannot split {cfg.tokens} tokens over {cfg.devices} ranks: every rank needs at least one token")
-    if cfg.engine == "nccl" and cfg.device != "cuda":
-        raise ValueError("--engine nccl needs --device cuda")
+    if cfg.ranks < 1:
+        raise ValueError(f"--ranks must be >= 1, got {cfg.ranks}")
+    if cfg.tokens < cfg.ranks:
+        raise ValueError(f"cannot split {cfg.tokens} tokens over {cfg.ranks} ranks: every rank needs at least one token")
+    if cfg.transport == "nccl" and cfg.device != "cuda":
+        raise ValueError("--transport nccl needs --device cuda")
     if cfg.repeat < 1:
         raise ValueError(f"--repeat must be >= 1, got {cfg.repeat}")
     if cfg.threads < 1:
@@ -232,5 +237,5 @@ def check_config(cfg: RunConfig) -> None:
     elif cfg.groups < 1 or dim % cfg.groups:
         raise ValueError(f"--groups {cfg.groups} must divide the model width D={dim}")
     place = rank_env()
-    if place is not None and place.world_size != cfg.devices:
-        raise ValueError(f"launched with {place.world_size} ranks but --devices {cfg.devices}")
+    if place is not None and place.world_size != cfg.ranks:
+        raise ValueError(f"launched with {place.world_size} ranks but --ranks {cfg.ranks}")

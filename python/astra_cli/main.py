@@ -7,10 +7,10 @@ import os
 import subprocess
 import sys
 
-from .engine import ENCODINGS
-from .remote import STRATEGIES
-from .run import RunConfig
+from astra.engine import ENCODINGS
+from astra.remote import FORMULATIONS
 
+from .run import RunConfig
 
 TABLE_BUDGET_HELP = ("MiB per layer for the projected K/V codebook tables (fp32 for the fused kernels, fp16 for "
                      "gather, 8-bit rows for gather_int8 on CPU; ViT-Base at G=32: 192/96/48.5 MiB); without room, "
@@ -26,10 +26,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int, default=d.layers, help="keep only the first L blocks")
     p.add_argument("--tokens", type=int, default=d.tokens, help="sequence length (ViT: patches, a square)")
     p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--devices", type=int, default=d.devices, help="number of ranks N")
+    p.add_argument("--ranks", type=int, default=d.ranks, help="number of ranks N")
     p.add_argument("--groups", type=int, default=d.groups, help="VQ groups G")
     p.add_argument("--codebook-size", type=int, default=d.codebook_size, help="codewords K")
-    p.add_argument("--engine", choices=["gloo", "nccl", "mpi"], default=d.engine)
+    p.add_argument("--transport", choices=["gloo", "nccl", "mpi"], default=d.transport,
+                   help="how ranks exchange bytes: gloo or nccl (torch.distributed), or mpi (mpi4py)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=d.device)
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads per rank (default 1: N ranks use N cores)")
     p.add_argument("--repeat", type=int, default=d.repeat, help="timed runs (the median is reported)")
@@ -39,7 +40,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="GPT-2: then decode STEPS tokens on the last rank (time to first token, tokens/s)")
     p.add_argument("--checkpoint", default=d.checkpoint, help="local Hugging Face checkpoint directory")
     p.add_argument("--codebooks", default=d.codebooks, help="codebook file (default: k-means calibration, cached)")
-    p.add_argument("--remote", choices=STRATEGIES, default=d.remote,
+    p.add_argument("--formulation", choices=FORMULATIONS, default=d.formulation,
                    help="how remote tokens are attended (auto: cost model)")
     p.add_argument("--table-budget-mib", type=float, default=d.table_budget_mib, help=TABLE_BUDGET_HELP)
     p.add_argument("--encode", choices=ENCODINGS, default=d.encode, help=ENCODE_HELP)
@@ -51,7 +52,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
-    from .launch import mpirun_command, rank_env, spawn_local
+    from astra.launch import mpirun_command, rank_env, spawn_local
+
     from .run import check_config, rank_main
 
     fields = {f.name for f in dataclasses.fields(RunConfig)}
@@ -64,9 +66,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if rank_env() is not None:  # torchrun / mpirun / srun started this process as one rank
         rank_main(cfg)
         return 0
-    if cfg.engine == "mpi":
-        return subprocess.call(mpirun_command(cfg.devices, argv))
-    codes = spawn_local(cfg.devices, rank_main, (cfg,))
+    if cfg.transport == "mpi":
+        return subprocess.call(mpirun_command(cfg.ranks, argv))
+    codes = spawn_local(cfg.ranks, rank_main, (cfg,))
     failed = [(r, c) for r, c in enumerate(codes) if c != 0]
     for r, c in failed:
         print(f"astra run: rank {r} exited with code {c}", file=sys.stderr)
@@ -86,14 +88,14 @@ DEFAULT_SIZE = {"vit": "base", "gpt2": "small"}
 
 
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
-    from .bench.config import BenchConfig
+    from astra_lab.bench.config import BenchConfig
 
     d = BenchConfig()
     p.add_argument("--model", type=_csv(str), default=d.models, help="vit,gpt2")
     p.add_argument("--size", type=_csv(str), default=None, help="default: base for vit, small for gpt2")
     p.add_argument("--tokens", type=int, default=d.tokens)
     p.add_argument("--layers", type=int, default=d.layers, help="keep only the first L blocks (default: all)")
-    p.add_argument("--devices", type=_csv(int), default=d.devices)
+    p.add_argument("--ranks", type=_csv(int), default=d.ranks)
     p.add_argument("--bandwidth", type=_csv(float), default=d.bandwidths, help="Mbps list")
     p.add_argument("--link", type=_csv(str), default=d.links, help="sim,netns,real")
     p.add_argument("--methods", type=_csv(str), default=d.methods, help=",".join(d.methods))
@@ -114,9 +116,9 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import driver
-    from .bench.config import BenchConfig
-    from .links import NetnsError
+    from astra_lab.bench import driver
+    from astra_lab.bench.config import BenchConfig
+    from astra_lab.links import NetnsError
 
     sizes = args.size
     cfgs = []
@@ -126,7 +128,7 @@ def _bench(args: argparse.Namespace) -> int:
             return 2
         cfgs.append(BenchConfig(
             models=[model], sizes=sizes or [DEFAULT_SIZE[model]], tokens=args.tokens, layers=args.layers,
-            devices=args.devices, bandwidths=args.bandwidth, links=args.link, methods=args.methods, groups=args.groups,
+            ranks=args.ranks, bandwidths=args.bandwidth, links=args.link, methods=args.methods, groups=args.groups,
             codebook_size=args.codebook_size, table_budget_mib=args.table_budget_mib, encode=args.encode,
             topology=args.topology, latency_ms=args.latency_ms, repeat=args.repeat,
             point_budget_s=args.point_budget, threads=args.threads, seed=args.seed, net_name=args.net_name,
@@ -145,7 +147,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _net(args: argparse.Namespace) -> int:
-    from .links import NetnsError, NetnsLink
+    from astra_lab.links import NetnsError, NetnsLink
 
     try:
         link = NetnsLink(args.name, args.ranks, shared=args.shared)
@@ -173,14 +175,14 @@ def _net(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
     import dataclasses as dc
 
-    from .train import fmnist, kjv, minilm, results
-    from .train.data import DataMissing
+    from astra_lab.train import fmnist, kjv, minilm, results
+    from astra_lab.train.data import DataMissing
 
     module = {"fmnist": fmnist, "kjv": kjv, "minilm": minilm}[args.task]
     cfg_cls = {"fmnist": fmnist.FmnistConfig, "kjv": kjv.KjvConfig, "minilm": minilm.MinilmConfig}[args.task]
     cfg = module.QUICK if args.quick else cfg_cls()
-    if args.devices is not None:
-        cfg = dc.replace(cfg, devices=args.devices)
+    if args.ranks is not None:
+        cfg = dc.replace(cfg, ranks=args.ranks)
     command = "python -m astra " + " ".join(argv)
     try:
         rows = module.run(cfg, command, progress=not args.no_progress)
@@ -188,7 +190,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"astra train: {exc}", file=sys.stderr)
         return 2
     for r in rows:
-        print(f"  {r['task']:<7} {r['variant']:<22} G={str(r['groups']):<4} N={r['devices']}  {r['metric']} = {r['value']:.4f}")
+        print(f"  {r['task']:<7} {r['variant']:<22} G={str(r['groups']):<4} N={r['ranks']}  {r['metric']} = {r['value']:.4f}")
     if args.record:
         results.record(rows, args.record_json, args.record_md)
         print(f"recorded in {args.record_json} and {args.record_md}")
@@ -196,7 +198,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _demo() -> int:
-    from .links import NetnsError, require_netns
+    from astra_lab.links import NetnsError, require_netns
 
     try:
         require_netns()
@@ -204,7 +206,7 @@ def _demo() -> int:
     except NetnsError as exc:
         print(f"astra demo: {exc}; using simulated links", flush=True)
         link = "sim"
-    argv = ["bench", "--model", "vit,gpt2", "--tokens", "1024", "--layers", "4", "--devices", "2",
+    argv = ["bench", "--model", "vit,gpt2", "--tokens", "1024", "--layers", "4", "--ranks", "2",
             "--bandwidth", "10,100", "--link", link, "--methods", "astra,single,sp_fp32,tp", "--groups", "1,32",
             "--repeat", "2", "--point-budget", "20", "--json", "runs/demo/bench.json"]
     print("astra demo: a short benchmark (4 of the 12 blocks; the full sweep is `python -m astra bench`):\n"
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     train = sub.add_parser("train", help="accuracy experiments: train, NAVQ-fine-tune and evaluate (records results)")
     train.add_argument("task", choices=["fmnist", "kjv", "minilm"])
     train.add_argument("--quick", action="store_true", help="a tiny version (seconds), for tests")
-    train.add_argument("--devices", type=int, default=None, help="simulated devices N (default: the task's)")
+    train.add_argument("--ranks", type=int, default=None, help="simulated ranks N (default: the task's)")
     train.add_argument("--record", action="store_true", help="merge the rows into the accuracy record")
     train.add_argument("--record-json", default="benchmarks/results/accuracy.json")
     train.add_argument("--record-md", default="benchmarks/ACCURACY.md")
@@ -244,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         return _bench(args)
     if args.command == "bench-rank":
-        from .bench.rank import main as rank_main
+        from astra_lab.bench.rank import main as rank_main
 
         rank_main(args.spec)
         return 0

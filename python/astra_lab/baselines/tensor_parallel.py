@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 
 import astra_kernels as ak
+from astra import block as B
+from astra.engine import PhaseTimer
+from astra.models import adapt
+from astra.models.base import BlockWeights
+from astra.transport import Transport
 
-from .. import block as B
-from ..engine import PhaseTimer
-from ..models import adapt
-from ..models.base import BlockWeights
-from ..transport import Transport
 from .collectives import ring_allreduce
 
 

@@ -1,4 +1,4 @@
-"""Benchmark rows -> Markdown table, latency-vs-bandwidth plot, fitted projection to more devices."""
+"""Benchmark rows -> Markdown table, latency-vs-bandwidth plot, fitted projection to more ranks."""
 from __future__ import annotations
 
 import math
@@ -14,18 +14,18 @@ def method_label(method: str, groups: int | None) -> str:
 
 def _label(row: dict) -> str:
     label = method_label(row["method"], row.get("groups"))
-    notes = ["/".join(row["remote_strategy"])] if row.get("remote_strategy") else []
+    notes = ["/".join(row["remote_formulation"])] if row.get("remote_formulation") else []
     notes += [f"{row['encoding']} encode"] if row.get("encoding") else []
     return label + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _setting(row: dict) -> tuple:
-    """(model, devices of the sweep, link, topology): single-device rows belong to the sweep that measured them."""
-    return row["model"], row.get("setting_devices", row["devices"]), row["link"], row.get("topology", "star")
+    """(model, ranks of the sweep, link, topology): single-device rows belong to the sweep that measured them."""
+    return row["model"], row.get("setting_ranks", row["ranks"]), row["link"], row.get("topology", "star")
 
 
 def markdown(rows: list[dict]) -> str:
-    """One table per (model, devices, link); rows sorted by bandwidth then method."""
+    """One table per (model, ranks, link); rows sorted by bandwidth then method."""
     out = []
     groups = defaultdict(list)
     for r in rows:
@@ -55,7 +55,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: str) -> str:
-    """Log-log latency vs bandwidth, one panel per (model, devices, link), one line per method."""
+    """Log-log latency vs bandwidth, one panel per (model, ranks, link), one line per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,7 +82,7 @@ def plot(rows: list[dict], path: str) -> str:
         ax.set_yscale("log")
         ax.set_xlabel("link bandwidth (Mbps)")
         ax.set_ylabel("latency per inference (s)")
-        ax.set_title(f"{model}, {n} devices, {link} link ({topo})")
+        ax.set_title(f"{model}, {n} ranks, {link} link ({topo})")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(settings):]:
@@ -94,12 +94,12 @@ def plot(rows: list[dict], path: str) -> str:
 
 
 def _ring_steps_factor(method: str, n: int) -> float:
-    """How the per-exchange latency term grows from 2 to n devices: ring collectives take N-1 steps."""
+    """How the per-exchange latency term grows from 2 to n ranks: ring collectives take N-1 steps."""
     return (n - 1) if method == "tp" else 1.0
 
 
-def project(rows: list[dict], devices=(4, 8)) -> list[dict]:
-    """Fit compute and communication costs on the N = 2 measurements and project to more devices.
+def project(rows: list[dict], ranks=(4, 8)) -> list[dict]:
+    """Fit compute and communication costs on the N = 2 measurements and project to more ranks.
 
     compute(N) = s / N + b (N - 1) / N, with s the single-device latency and b
     from compute(2) (work that does not shrink with N, e.g. projecting remote
@@ -114,7 +114,7 @@ def project(rows: list[dict], devices=(4, 8)) -> list[dict]:
     single = {key: float(np.median(v)) for key, v in singles.items()}
     fits = defaultdict(list)
     for r in rows:
-        if r["method"] != "single" and r["devices"] == 2 and r["bandwidth_mbps"] and not r.get("projected"):
+        if r["method"] != "single" and r["ranks"] == 2 and r["bandwidth_mbps"] and not r.get("projected"):
             fits[(r["model"], r["link"], r.get("topology", "star"), r["method"], r.get("groups"))].append(r)
     out = []
     for (model, link, topo, method, groups), items in fits.items():
@@ -129,13 +129,13 @@ def project(rows: list[dict], devices=(4, 8)) -> list[dict]:
         slope, intercept = (np.polyfit(x, y, 1) if len(items) > 1 and np.ptp(x) > 0 else (1.0, float((y - x).mean())))
         slope, intercept = max(float(slope), 0.0), max(float(intercept), 0.0)
         bytes2 = float(np.median([max(r["bytes_sent_per_rank"]) for r in items]))
-        for n in devices:
+        for n in ranks:
             compute = s / n + b * (n - 1) / n
             for r in items:
                 bw = r["bandwidth_mbps"]
                 comm = slope * bytes2 * 2 * (n - 1) / n * 8 / (bw * 1e6) + intercept * _ring_steps_factor(method, n)
                 out.append({
-                    "model": model, "method": method, "groups": groups, "devices": n, "bandwidth_mbps": bw,
+                    "model": model, "method": method, "groups": groups, "ranks": n, "bandwidth_mbps": bw,
                     "link": link, "topology": topo, "latency_s": compute + comm, "speedup_vs_single": s / (compute + comm),
                     "projected": True,
                 })
@@ -146,9 +146,9 @@ def projection_text(projected: list[dict]) -> str:
     if not projected:
         return ""
     lines = ["PROJECTION (fitted on N = 2 measurements, not measured): latency in s (speedup vs single)"]
-    keys = sorted({(r["model"], r["link"], r["devices"]) for r in projected}, key=str)
+    keys = sorted({(r["model"], r["link"], r["ranks"]) for r in projected}, key=str)
     for model, link, n in keys:
-        items = [r for r in projected if (r["model"], r["link"], r["devices"]) == (model, link, n)]
+        items = [r for r in projected if (r["model"], r["link"], r["ranks"]) == (model, link, n)]
         bws = sorted({r["bandwidth_mbps"] for r in items})
         lines.append(f"  {model}, N = {n}, {link}: " + "  ".join(f"{b:g} Mbps" for b in bws))
         for label in sorted({_label(r) for r in items}):

@@ -1,4 +1,4 @@
-#include "core/code_packing.h"
+#include "core/pack_codes.h"
 
 #include <cstring>
 #include <stdexcept>

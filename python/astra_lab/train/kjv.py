@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .. import adapt
+from astra import adapt
+
 from . import data
 from .loop import Batch, Variant, cosine_lr, finetune, init_quantizers
 from .simulate import simulate
@@ -31,7 +32,7 @@ class KjvConfig:
     steps: int = 2500
     batch: int = 16
     lr: float = 3e-3
-    devices: int = 4
+    ranks: int = 4
     codebook_size: int = 1024
     groups: list[int] = field(default_factory=lambda: [1, 32])
     ft_steps: int = 500
@@ -100,14 +101,14 @@ def train_original(cfg: KjvConfig, train, progress: bool):
 
 
 @torch.no_grad()
-def perplexity(adapter, quantizers, test, cfg: KjvConfig, devices: int) -> float:
+def perplexity(adapter, quantizers, test, cfg: KjvConfig, ranks: int) -> float:
     """exp(mean next-byte cross-entropy) over non-overlapping test windows."""
     n = min(cfg.test_windows, (test.numel() - 1) // cfg.context)
     windows = torch.stack([test[i * cfg.context: (i + 1) * cfg.context + 1] for i in range(n)])
     total = 0.0
     for i in range(0, n, 16):
         w = windows[i: i + 16]
-        logits = simulate(adapter, quantizers, w[:, :-1], devices).outputs
+        logits = simulate(adapter, quantizers, w[:, :-1], ranks).outputs
         total += _lm_loss(logits, w[:, 1:]).item() * w.shape[0]
     return math.exp(total / n)
 
@@ -117,13 +118,13 @@ def run(cfg: KjvConfig, command: str, progress: bool = True) -> list[dict]:
     train, test = data.kjv_bytes()
     original = train_original(cfg, train, progress)
     row = dict(task="kjv", command=command, metric="perplexity")
-    rows = [dict(row, devices=1, groups=None, variant="original", value=perplexity(adapt(original), None, test, cfg, 1))]
+    rows = [dict(row, ranks=1, groups=None, variant="original", value=perplexity(adapt(original), None, test, cfg, 1))]
     # Control: the same extra training without quantization (an under-trained LM improves with any training).
     control = copy.deepcopy(original)
     finetune(control, adapt(control), None, _windows(train, cfg, torch.Generator().manual_seed(cfg.seed)), cfg.ft_steps,
              cfg.ft_lr, 1, Variant("original_continued", 0), lambda out, b: _lm_loss(out.outputs, b.targets),
              desc="kjv: continue training the original", progress=progress)
-    rows.append(dict(row, devices=1, groups=None, variant="original_continued",
+    rows.append(dict(row, ranks=1, groups=None, variant="original_continued",
                      value=perplexity(adapt(control), None, test, cfg, 1)))
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     calib = [data.random_windows(train, cfg.context, 8, gen)[:, :-1] for _ in range(max(1, cfg.calib_windows // 8))]
@@ -134,11 +135,11 @@ def run(cfg: KjvConfig, command: str, progress: bool = True) -> list[dict]:
         adapter = adapt(model)
         quantizers = init_quantizers(model, calib, cfg.codebook_size, v.groups, cfg.seed)
         if v.name == "astra":
-            rows.append(dict(row, devices=cfg.devices, groups=v.groups, variant="astra_zero_shot",
-                             value=perplexity(adapter, quantizers, test, cfg, cfg.devices)))
+            rows.append(dict(row, ranks=cfg.ranks, groups=v.groups, variant="astra_zero_shot",
+                             value=perplexity(adapter, quantizers, test, cfg, cfg.ranks)))
         finetune(model, adapter, quantizers, _windows(train, cfg, torch.Generator().manual_seed(cfg.seed + v.groups)),
-                 cfg.ft_steps, cfg.ft_lr, cfg.devices, v, lambda out, b: _lm_loss(out.outputs, b.targets),
+                 cfg.ft_steps, cfg.ft_lr, cfg.ranks, v, lambda out, b: _lm_loss(out.outputs, b.targets),
                  desc=f"kjv: NAVQ fine-tune {v.name} G={v.groups}", progress=progress)
-        rows.append(dict(row, devices=cfg.devices, groups=v.groups, variant=v.name,
-                         value=perplexity(adapter, quantizers, test, cfg, cfg.devices)))
+        rows.append(dict(row, ranks=cfg.ranks, groups=v.groups, variant=v.name,
+                         value=perplexity(adapter, quantizers, test, cfg, cfg.ranks)))
     return rows

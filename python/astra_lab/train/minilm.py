@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .. import adapt
+from astra import adapt
+
 from . import data
 from .loop import Batch, Variant, finetune, init_quantizers
 from .simulate import simulate
@@ -25,7 +26,7 @@ from .simulate import simulate
 
 @dataclass
 class MinilmConfig:
-    devices: int = 4
+    ranks: int = 4
     codebook_size: int = 1024
     groups: list[int] = field(default_factory=lambda: [1, 16])
     max_tokens: int = 64
@@ -67,8 +68,8 @@ def _buckets(tokenizer, sentences: list[str], size: int, max_tokens: int) -> lis
 
 
 @torch.no_grad()
-def embeddings(adapter, quantizers, batches: list[Batch], devices: int) -> torch.Tensor:
-    return torch.cat([_pool(simulate(adapter, quantizers, b.inputs, devices, valid=b.valid).outputs, b.valid)
+def embeddings(adapter, quantizers, batches: list[Batch], ranks: int) -> torch.Tensor:
+    return torch.cat([_pool(simulate(adapter, quantizers, b.inputs, ranks, valid=b.valid).outputs, b.valid)
                       for b in batches])
 
 
@@ -82,8 +83,8 @@ def run(cfg: MinilmConfig, command: str, progress: bool = True) -> list[dict]:
     t_adapter = adapt(teacher)
     reference = embeddings(t_adapter, None, test_batches, 1)
     row = dict(task="minilm", command=command, metric="cosine_similarity")
-    rows = [dict(row, devices=1, groups=None, variant="original",
-                 value=F.cosine_similarity(embeddings(t_adapter, None, test_batches, cfg.devices), reference).mean().item())]
+    rows = [dict(row, ranks=1, groups=None, variant="original",
+                 value=F.cosine_similarity(embeddings(t_adapter, None, test_batches, cfg.ranks), reference).mean().item())]
     # calibration: one unpadded sentence per batch (block inputs of real tokens only)
     calib = [_encode(tokenizer, [s], cfg.max_tokens).inputs for s in train[: cfg.calib_sentences]]
     gen = random.Random(cfg.seed + 1)
@@ -102,11 +103,11 @@ def run(cfg: MinilmConfig, command: str, progress: bool = True) -> list[dict]:
         student = copy.deepcopy(teacher)
         adapter = adapt(student)
         quantizers = init_quantizers(student, calib, cfg.codebook_size, g, cfg.seed)
-        cos = F.cosine_similarity(embeddings(adapter, quantizers, test_batches, cfg.devices), reference).mean().item()
-        rows.append(dict(row, devices=cfg.devices, groups=g, variant="astra_zero_shot", value=cos))
-        finetune(student, adapter, quantizers, batches(), cfg.ft_steps, cfg.ft_lr, cfg.devices,
+        cos = F.cosine_similarity(embeddings(adapter, quantizers, test_batches, cfg.ranks), reference).mean().item()
+        rows.append(dict(row, ranks=cfg.ranks, groups=g, variant="astra_zero_shot", value=cos))
+        finetune(student, adapter, quantizers, batches(), cfg.ft_steps, cfg.ft_lr, cfg.ranks,
                  Variant("astra", g, cfg.noise, cfg.beta), distill, desc=f"minilm: NAVQ distillation G={g}",
                  progress=progress)
-        cos = F.cosine_similarity(embeddings(adapter, quantizers, test_batches, cfg.devices), reference).mean().item()
-        rows.append(dict(row, devices=cfg.devices, groups=g, variant="astra", value=cos))
+        cos = F.cosine_similarity(embeddings(adapter, quantizers, test_batches, cfg.ranks), reference).mean().item()
+        rows.append(dict(row, ranks=cfg.ranks, groups=g, variant="astra", value=cos))
     return rows

@@ -3,7 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include "core/code_packing.h"
+#include "core/pack_codes.h"
 #include "cpu/vq_ops.h"
 
 namespace astra::cpu {

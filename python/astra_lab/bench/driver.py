@@ -1,13 +1,13 @@
 """``astra bench``: latency of ASTRA and the baselines vs link bandwidth.
 
 For every model the driver calibrates ASTRA's codebooks (cached), then for
-every (devices, link) starts the ranks (inside network namespaces for
+every (ranks, link) starts the ranks (inside network namespaces for
 ``netns``), which sweep bandwidths x methods and report rows. The
 single-device baseline (the unmodified model on one pinned core) is measured
 by rank 0 inside the same sweep, at every bandwidth, so each speed-up is a
 ratio of two measurements taken minutes apart at most, under the same machine
 state. It writes JSON, a Markdown table and a PNG plot, and prints a fitted
-projection to more devices than this machine can run.
+projection to more ranks than this machine can run.
 """
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ import tempfile
 
 import torch
 
-from .. import models
-from ..calibrate import cached_calibration
-from ..launch import free_port
+from astra import models
+from astra.calibrate import cached_calibration
+from astra.launch import free_port
+
 from ..links import NetnsLink, require_netns
 from . import report
 from .config import BenchConfig, RankSpec
@@ -51,8 +52,8 @@ def run(cfg: BenchConfig) -> list[dict]:
         require_netns()
     torch.set_num_threads(cfg.threads)
     distributed = [m for m in cfg.methods if m != "single"]
-    if not distributed or not any(n > 1 for n in cfg.devices):
-        raise ValueError("nothing to compare: give at least one distributed method and --devices >= 2")
+    if not distributed or not any(n > 1 for n in cfg.ranks):
+        raise ValueError("nothing to compare: give at least one distributed method and --ranks >= 2")
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="astra-bench-") as work:  # specs, codebook copies, rows
         for family in cfg.models:
@@ -70,7 +71,7 @@ def run(cfg: BenchConfig) -> list[dict]:
                 del model
                 for link_mode in cfg.links:
                     bws = [None] if link_mode == "real" else sorted(cfg.bandwidths, reverse=True)
-                    for n in cfg.devices:
+                    for n in cfg.ranks:
                         if n > 1:
                             rows += _run_setting(cfg, family, size, n, link_mode, bws, distributed, books, work)
     _speedups(rows)
@@ -81,10 +82,10 @@ def run(cfg: BenchConfig) -> list[dict]:
 
 def _speedups(rows: list[dict]) -> None:
     """speedup_vs_single of every row: against the single-device run of the same sweep and bandwidth."""
-    single = {(r["model"], r["link"], r["setting_devices"], r["bandwidth_mbps"]): r["latency_s"]
+    single = {(r["model"], r["link"], r["setting_ranks"], r["bandwidth_mbps"]): r["latency_s"]
               for r in rows if r["method"] == "single"}
     for r in rows:
-        r["speedup_vs_single"] = single[(r["model"], r["link"], r["setting_devices"], r["bandwidth_mbps"])] / r["latency_s"]
+        r["speedup_vs_single"] = single[(r["model"], r["link"], r["setting_ranks"], r["bandwidth_mbps"])] / r["latency_s"]
 
 
 def _run_setting(cfg, family, size, n, link_mode, bws, methods, books, work) -> list[dict]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..transport import Transport
+from astra.transport import Transport
 
 
 def ring_allreduce(x: torch.Tensor, transport: Transport, tag: str) -> torch.Tensor:

@@ -5,7 +5,7 @@
 #include <stdexcept>
 #include <vector>
 
-#include "core/code_packing.h"
+#include "core/pack_codes.h"
 #include "tests/test_harness.h"
 
 namespace {

@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from ..transport.base import ExchangeRecord, Handle, Transport
+from astra.transport.base import ExchangeRecord, Handle, Transport
 
 TOPOLOGIES = ("star", "shared")
 
@@ -94,7 +94,7 @@ class SimLinkTransport(Transport):
             raise ValueError("the shared topology needs medium_path, a file every rank of this machine can open")
         if medium_factor <= 0:
             raise ValueError(f"medium_factor must be positive, got {medium_factor}")
-        self.inner, self.engine = inner, f"{inner.engine}+sim"
+        self.inner, self.name = inner, f"{inner.name}+sim"
         self.set_rate(rate_mbps)
         self.latency_s, self.topology = latency_ms * 1e-3, topology
         self.medium_factor = medium_factor

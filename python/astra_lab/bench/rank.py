@@ -15,12 +15,14 @@ from typing import Callable
 
 import torch
 
-from .. import baselines, models
-from ..codebooks import Codebooks
-from ..engine import AstraEngine, PhaseTimer
-from ..launch import keep_freed_memory, local_rank, make_transport, pin_cores
+from astra import models
+from astra.codebooks import Codebooks
+from astra.engine import AstraEngine, PhaseTimer
+from astra.launch import keep_freed_memory, local_rank, make_transport, pin_cores
+from astra.transport import Transport
+
+from .. import baselines
 from ..links import NetnsLink, SimLinkTransport
-from ..transport import Transport
 from .config import RankSpec
 from .report import method_label
 
@@ -195,10 +197,10 @@ def main(spec_path: str) -> None:
             for (name, groups, method), row in zip(methods, measured):
                 rows.append({
                     "model": f"{spec.model}-{spec.size}", "method": name,
-                    "devices": 1 if name == "single" else transport.world_size, "setting_devices": transport.world_size,
+                    "ranks": 1 if name == "single" else transport.world_size, "setting_ranks": transport.world_size,
                     "groups": groups, "bandwidth_mbps": bw, "link": spec.link, "topology": spec.topology,
                     "tokens": spec.tokens, "layers": len(models.adapt(model).blocks), **row, **probe,
-                    **({"remote_strategy": method.remote_strategies(inputs, transport.world_size),
+                    **({"remote_formulation": method.remote_formulations(inputs, transport.world_size),
                         "encoding": method.encode} if name == "astra" else {}),
                 })
     if rank0:

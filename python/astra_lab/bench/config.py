@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from astra.engine import ENCODINGS
 from astra_kernels.cost_model import TABLE_BUDGET_BYTES
-
-from ..engine import ENCODINGS
 
 METHODS = ("astra", "single", "sp_fp32", "sp_fp16", "kv_sp", "tp")
 BANDWIDTHS_MBPS = (10, 20, 50, 100, 500, 1000)
@@ -18,7 +17,7 @@ class BenchConfig:
     sizes: list[str] = field(default_factory=lambda: ["base"])
     tokens: int = 1024
     layers: int | None = None
-    devices: list[int] = field(default_factory=lambda: [2])
+    ranks: list[int] = field(default_factory=lambda: [2])
     bandwidths: list[float] = field(default_factory=lambda: list(BANDWIDTHS_MBPS))
     links: list[str] = field(default_factory=lambda: ["sim"])
     methods: list[str] = field(default_factory=lambda: list(METHODS))
@@ -26,7 +25,7 @@ class BenchConfig:
     codebook_size: int = 1024
     table_budget_mib: float = TABLE_BUDGET_BYTES / 2**20  # per layer, K and V tables together
     encode: str = "auto"  # astra.engine.ENCODINGS
-    engine: str = "gloo"
+    transport: str = "gloo"
     topology: str = "star"  # sim and netns: star (full duplex) or shared (one medium)
     latency_ms: float = 0.0  # sim only: per-message latency
     repeat: int = 3
@@ -48,8 +47,8 @@ class BenchConfig:
             raise ValueError(f"unknown link(s) {', '.join(bad_links)}; choose sim, netns or real")
         if any(b <= 0 for b in self.bandwidths):
             raise ValueError(f"bandwidths must be positive Mbps, got {self.bandwidths}")
-        if any(n < 1 for n in self.devices):
-            raise ValueError(f"devices must be >= 1, got {self.devices}")
+        if any(n < 1 for n in self.ranks):
+            raise ValueError(f"ranks must be >= 1, got {self.ranks}")
         if self.topology not in ("star", "shared"):
             raise ValueError(f"topology must be star or shared, got {self.topology!r}")
         if self.table_budget_mib < 0:

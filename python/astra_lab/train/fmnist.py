@@ -1,4 +1,4 @@
-"""Fashion-MNIST: a small ViT trained from scratch, then ASTRA-fine-tuned for N devices.
+"""Fashion-MNIST: a small ViT trained from scratch, then ASTRA-fine-tuned for N ranks.
 
 1. train the original ViT (patch 4: 49 patch tokens + a class token) and
    measure its test accuracy;
@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .. import AstraEngine, adapt
+from astra import AstraEngine, adapt
+
 from . import data
 from .loop import Batch, Variant, codebooks_of, cosine_lr, finetune, init_quantizers
 from .simulate import simulate
@@ -40,7 +41,7 @@ class FmnistConfig:
     epochs: int = 8
     batch: int = 128
     lr: float = 2e-3
-    devices: int = 4
+    ranks: int = 4
     codebook_size: int = 1024
     groups: list[int] = field(default_factory=lambda: [1, 16])
     ft_steps: int = 900
@@ -121,11 +122,11 @@ def train_original(cfg: FmnistConfig, x, y, progress: bool):
 
 
 @torch.no_grad()
-def accuracy(adapter, quantizers, x, y, devices: int, class_token: str = "distributed") -> float:
+def accuracy(adapter, quantizers, x, y, ranks: int, class_token: str = "distributed") -> float:
     """Test accuracy through the simulation (quantizers None: the unquantized model)."""
     correct = 0
     for i in range(0, x.shape[0], 500):
-        logits = simulate(adapter, quantizers, x[i: i + 500], devices, class_token=class_token).outputs
+        logits = simulate(adapter, quantizers, x[i: i + 500], ranks, class_token=class_token).outputs
         correct += (logits.argmax(-1) == y[i: i + 500]).sum().item()
     return correct / x.shape[0]
 
@@ -142,13 +143,13 @@ def run(cfg: FmnistConfig, command: str, progress: bool = True) -> list[dict]:
     row = dict(task="fmnist", command=command, metric="accuracy")
     with torch.no_grad():
         base = (original(pixel_values=x_test).logits.argmax(-1) == y_test).float().mean().item()
-    rows = [dict(row, devices=1, groups=None, variant="original", value=base)]
+    rows = [dict(row, ranks=1, groups=None, variant="original", value=base)]
     # Control: the same extra training without quantization (fine-tuning alone may add accuracy).
     control = copy.deepcopy(original)
     finetune(control, adapt(control), None, _batches(x_train, y_train, cfg.batch, torch.Generator().manual_seed(cfg.seed)),
              cfg.ft_steps, cfg.ft_lr, 1, Variant("original_continued", 0), lambda out, b: F.cross_entropy(out.outputs, b.targets),
              desc="fmnist: continue training the original", progress=progress)
-    rows.append(dict(row, devices=1, groups=None, variant="original_continued",
+    rows.append(dict(row, ranks=1, groups=None, variant="original_continued",
                      value=accuracy(adapt(control), None, x_test, y_test, 1)))
 
     variants = [Variant("astra", g, cfg.noise, cfg.beta) for g in cfg.groups]
@@ -161,14 +162,14 @@ def run(cfg: FmnistConfig, command: str, progress: bool = True) -> list[dict]:
         adapter = adapt(model)
         quantizers = init_quantizers(model, calib, cfg.codebook_size, v.groups, cfg.seed)
         if v.name == "astra":
-            acc = accuracy(adapter, quantizers, x_test, y_test, cfg.devices)
-            rows.append(dict(row, devices=cfg.devices, groups=v.groups, variant="astra_zero_shot", value=acc))
+            acc = accuracy(adapter, quantizers, x_test, y_test, cfg.ranks)
+            rows.append(dict(row, ranks=cfg.ranks, groups=v.groups, variant="astra_zero_shot", value=acc))
         gen = torch.Generator().manual_seed(cfg.seed + v.groups)
         finetune(model, adapter, quantizers, _batches(x_train, y_train, cfg.batch, gen), cfg.ft_steps, cfg.ft_lr,
-                 cfg.devices, v, lambda out, b: F.cross_entropy(out.outputs, b.targets),
+                 cfg.ranks, v, lambda out, b: F.cross_entropy(out.outputs, b.targets),
                  desc=f"fmnist: NAVQ fine-tune {v.name} G={v.groups}", progress=progress)
-        acc = accuracy(adapter, quantizers, x_test, y_test, cfg.devices, v.class_token)
-        rows.append(dict(row, devices=cfg.devices, groups=v.groups, variant=v.name, value=acc))
+        acc = accuracy(adapter, quantizers, x_test, y_test, cfg.ranks, v.class_token)
+        rows.append(dict(row, ranks=cfg.ranks, groups=v.groups, variant=v.name, value=acc))
         if v.name == "astra" and v.groups == a:
             path = os.path.join(cfg.out, f"astra-G{v.groups}")
             model.save_pretrained(path)
@@ -181,8 +182,8 @@ def _rank_predict(path: str, limit: int | None, out_dir: str) -> None:
     """One rank of the distributed check: classify the test set, rank 0 saves predictions."""
     import transformers
 
-    from ..codebooks import Codebooks
-    from ..launch import make_transport
+    from astra.codebooks import Codebooks
+    from astra.launch import make_transport
 
     torch.set_num_threads(1)
     transport = make_transport("gloo", timeout_s=120.0)
@@ -200,8 +201,8 @@ def distributed_check(path: str, x_test, y_test, cfg: FmnistConfig, command: str
     """Classify the test set with the real runtime (cfg.check_ranks gloo ranks); compare with the simulation."""
     import transformers
 
-    from ..codebooks import Codebooks
-    from ..launch import spawn_local
+    from astra.codebooks import Codebooks
+    from astra.launch import spawn_local
 
     codes = spawn_local(cfg.check_ranks, _rank_predict, (path, cfg.test_limit, path))
     if any(codes):
@@ -212,7 +213,7 @@ def distributed_check(path: str, x_test, y_test, cfg: FmnistConfig, command: str
     with torch.no_grad():
         sim = torch.cat([engine.forward(x_test[i: i + 500], cfg.check_ranks).argmax(-1) for i in range(0, x_test.shape[0], 500)])
     agree = (sim == dist).float().mean().item()
-    row = dict(task="fmnist", command=command, devices=cfg.check_ranks, groups=cfg.ablation_groups)
+    row = dict(task="fmnist", command=command, ranks=cfg.check_ranks, groups=cfg.ablation_groups)
     return [
         dict(row, variant="astra_distributed", metric="accuracy", value=(dist == y_test).float().mean().item()),
         dict(row, variant="astra_simulated", metric="accuracy", value=(sim == y_test).float().mean().item()),
