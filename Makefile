@@ -27,7 +27,7 @@ pytest:
 
 # Single-thread CPU microbenchmarks (pytest-benchmark), ratios against baselines of the same run.
 bench: setup
-	$(PY) -m pytest -q benchmarks --benchmark-enable --benchmark-only -p no:cacheprovider
+	$(PY) -m pytest -q benchmarks/micro --benchmark-enable --benchmark-only -p no:cacheprovider
 
 clean:
 	rm -rf build $(NATIVE_BUILD) astra_kernels/*.so *.egg-info

@@ -1,6 +1,6 @@
 """Single-thread CPU microbenchmarks of mixed-precision attention (C++ backend) against baselines of the same run.
 
-    python -m pytest benchmarks/test_bench_attention_cpu.py --benchmark-enable --benchmark-only
+    python -m pytest benchmarks/micro/test_bench_attention_cpu.py --benchmark-enable --benchmark-only
 
 Paper shape: B = 1, H = Hkv = 12, d = 64, D = 768, Tq = Tl = 256 local tokens
 (causal), Tr remote tokens quantized with G groups of K = 1024 codewords,

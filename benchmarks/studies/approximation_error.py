@@ -1,7 +1,7 @@
 """How much ASTRA's approximate fast paths move a model's outputs, next to the error of the
 vector quantization itself.
 
-    python benchmarks/approximation_error.py --json benchmarks/results/approximation_error.json \
+    python benchmarks/studies/approximation_error.py --json benchmarks/results/approximation_error.json \
         --fmnist runs/accuracy/fmnist/astra-G16
 
 For each model (random weights, the k-means codebooks that ``astra run`` calibrates and caches)
@@ -23,7 +23,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
 
 from astra import AstraEngine, adapt, models  # noqa: E402
 from astra.calibrate import cached_calibration  # noqa: E402
@@ -47,7 +47,7 @@ def measure(family: str, size: str, tokens: int, groups: int, ranks: int, seed: 
     books = cached_calibration(model, key=[family, size, None, None, tokens], tokens=tokens, batch=1,
                                codebook_size=1024, groups=groups, iters=10, seed=seed, progress=True)
     original = adapt(model).reference_forward(inputs)
-    exact = AstraEngine(model, books, encode="exact", remote="dequantize").forward(inputs, ranks)
+    exact = AstraEngine(model, books, encode="exact", formulation="dequantize").forward(inputs, ranks)
     row = dict(model=f"{family}-{size}", tokens=tokens, groups=groups, ranks=ranks)
     rows = [dict(row, variant="exact (nearest codes, fp32 projection)", vs_exact=0.0,
                  vs_original=relative_l2(exact, original))]

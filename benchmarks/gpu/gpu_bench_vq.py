@@ -1,6 +1,6 @@
 """GPU benchmark of the VQ kernels: our Triton (and CUDA, if built) backends against torch.
 
-    python benchmarks/gpu_bench_vq.py results.json [--n 65536 --d 768 --k 1024 --groups 1 32 --dtypes bf16 fp32]
+    python benchmarks/gpu/gpu_bench_vq.py results.json [--n 65536 --d 768 --k 1024 --groups 1 32 --dtypes bf16 fp32]
 
 For each (G, dtype) it times, with ``triton.testing.do_bench`` (median of
 repeated runs, L2 flushed between runs):
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root: runs from a checkout
 from gpu_common import add_speedups, describe_device, require_gpu, time_ms  # noqa: E402 (this script's folder)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

@@ -6,10 +6,10 @@
 #   3. benchmark vq_encode/vq_decode and mixed-precision attention against torch baselines
 #      (do_bench; TFLOP/s and GB/s against the card's roofline);
 #   4. a functional ASTRA run on the GPU (2 ranks), with the NCCL transport attempted.
-# Usage: bash benchmarks/gpu_check.sh [OUT_DIR]   (default $OUT, else runs/gpu)
+# Usage: bash benchmarks/gpu/gpu_check.sh [OUT_DIR]   (default $OUT, else runs/gpu)
 # Carried wheels in .whl/ (e.g. faiss-cpu for calibration) are installed first.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."  # the repository root
 OUT_DIR=${1:-${OUT:-runs/gpu}}
 mkdir -p "$OUT_DIR"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -42,8 +42,8 @@ run 600 tests.log $PY -m pytest -q -p no:cacheprovider tests/test_vq_encode.py t
   tests/test_pack_codes.py tests/test_bad_input.py tests/test_registration.py tests/test_mixed_precision_attention.py
 
 stage "benchmarks"
-run 300 bench_vq.log $PY benchmarks/gpu_bench_vq.py "$OUT_DIR/gpu_vq.json"
-run 300 bench_attention.log $PY benchmarks/gpu_bench_attention.py "$OUT_DIR/gpu_attention.json"
+run 300 bench_vq.log $PY benchmarks/gpu/gpu_bench_vq.py "$OUT_DIR/gpu_vq.json"
+run 300 bench_attention.log $PY benchmarks/gpu/gpu_bench_attention.py "$OUT_DIR/gpu_attention.json"
 
 stage "ASTRA on the GPU: 2 ranks (gloo), then NCCL"
 RUN_ARGS=(--model gpt2 --size small --layers 4 --tokens 1024 --ranks 2 --groups 1 --codebook-size 1024

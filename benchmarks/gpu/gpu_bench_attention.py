@@ -1,6 +1,6 @@
 """GPU benchmark of mixed_precision_attention: our Triton kernel against torch SDPA on materialized K/V.
 
-    python benchmarks/gpu_bench_attention.py results.json [--kv-heads 32 8 --groups 1 16 --masks causal full]
+    python benchmarks/gpu/gpu_bench_attention.py results.json [--kv-heads 32 8 --groups 1 16 --masks causal full]
 
 Default shape (one prefill chunk of a layer): bf16, B=1, H=32, d=128,
 Tq = Tl = 4096 local queries/keys, Tr = 12288 remote tokens, K = 1024
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root: runs from a checkout
 from gpu_common import add_speedups, describe_device, require_gpu, time_ms  # noqa: E402 (this script's folder)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

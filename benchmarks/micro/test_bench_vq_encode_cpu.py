@@ -1,6 +1,6 @@
 """Single-thread CPU microbenchmarks of vq_encode (C++ backend) against baselines of the same run.
 
-    python -m pytest benchmarks/test_bench_vq_encode_cpu.py --benchmark-enable --benchmark-only
+    python -m pytest benchmarks/micro/test_bench_vq_encode_cpu.py --benchmark-enable --benchmark-only
 
 Shapes: T tokens x D = 768 features, K = 1024 codewords per group, G groups of
 Dg = D / G, float32, fixed seed. Each (op, shape) is its own benchmark, grouped
