@@ -69,7 +69,7 @@ def test_gather_tables_are_half_precision_only_for_fp32_models(dtype, stored):
 @pytest.mark.parametrize(
     "kw,budget,want",
     [
-        # issue-3 paper shape: codewords at G = 1 (tables 6 MiB fit the default budget)
+        # the paper shape (Tq = 256, Tr = 768): codewords at G = 1 (tables 6 MiB fit the default budget)
         (dict(groups=1, skips_unused=True), cm.TABLE_BUDGET_BYTES, "codewords"),
         # long context, G = 1: codewords whatever the kernel
         (dict(groups=1, remote=16384), cm.TABLE_BUDGET_BYTES, "codewords"),

@@ -27,7 +27,7 @@ from .loop import Batch, Variant, codebooks_of, cosine_lr, finetune, init_quanti
 from .simulate import simulate
 
 # The runtime check uses the training quantizer's nearest codewords: the rows measure the trained model, and
-# int8-estimated codes are measured on their own (benchmarks/approximation_error.py --fmnist).
+# int8-estimated codes are measured on their own (benchmarks/studies/approximation_error.py --fmnist).
 CHECK_ENCODE = "exact"
 
 
