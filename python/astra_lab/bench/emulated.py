@@ -71,6 +71,8 @@ def run_setting(cfg: BenchConfig, model, name: str, n: int, bandwidths: list[flo
           flush=True)
     timeout_s = max(600.0, 4 * cfg.point_budget_s)
     payloads = {i: capture(m, inputs, n, timeout_s=timeout_s) for i, (_, _, m) in enumerate(compared) if i > 0}
+    print(f"[bench] {name}: captured {sum(p.nbytes for p in payloads.values()) / 2**20:.1f} MiB of payloads",
+          flush=True)
 
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     pin_cores(0, cfg.threads)

@@ -45,7 +45,10 @@ come from:
 
 The link rate itself is the configured TBF rate: the buckets count L2 bytes and
 hold the rate (the probe's ``achieved_mbps`` is the configured rate at 10-100
-Mbps). A TBF's burst is not modelled (see :mod:`astra_lab.emulation`).
+Mbps). Two TBF settings of :mod:`astra_lab.links.netns` are not modelled (see
+:mod:`astra_lab.emulation`): the burst (``burst_bytes``: after an idle gap up
+to one burst passes at once) and the queue limit (``TBF_QUEUE_MS`` of data
+per bucket; here queues never overflow, so converging flows lose nothing).
 
 :class:`FluidLinks` holds the links of a topology and the messages crossing them
 as fluid flows: ``star`` gives every rank an uplink and a downlink of the rate

@@ -72,13 +72,6 @@ class Program:
         """Payload bytes this rank sends (each destination counted)."""
         return sum(sum(op.sends.values()) for op in self.ops if isinstance(op, Post))
 
-    def scaled(self, factor: float) -> "Program":
-        """The same program with every compute segment ``factor`` times as long (0: communication only)."""
-        if not factor >= 0:
-            raise ValueError(f"factor must be >= 0, got {factor}")
-        ops = [Compute(op.seconds * factor) if isinstance(op, Compute) else op for op in self.ops]
-        return Program(self.rank, self.world_size, ops)
-
 
 class Payloads:
     """The messages of one captured run: uint8 payloads by (tag, source, destination), in sending order."""
