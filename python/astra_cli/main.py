@@ -97,14 +97,17 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int, default=d.layers, help="keep only the first L blocks (default: all)")
     p.add_argument("--ranks", type=_csv(int), default=d.ranks)
     p.add_argument("--bandwidth", type=_csv(float), default=d.bandwidths, help="Mbps list")
-    p.add_argument("--link", type=_csv(str), default=d.links, help="sim,netns,real")
+    p.add_argument("--link", type=_csv(str), default=d.links,
+                   help="sim,netns,real,emulated (emulated: each rank timed alone, the schedule replayed over "
+                        "modelled links; any --ranks)")
     p.add_argument("--methods", type=_csv(str), default=d.methods, help=",".join(d.methods))
     p.add_argument("--groups", type=_csv(int), default=d.groups, help="ASTRA VQ groups G")
     p.add_argument("--codebook-size", type=int, default=d.codebook_size)
     p.add_argument("--table-budget-mib", type=float, default=d.table_budget_mib, help=TABLE_BUDGET_HELP)
     p.add_argument("--encode", choices=ENCODINGS, default=d.encode, help=ENCODE_HELP)
     p.add_argument("--topology", choices=["star", "shared"], default=d.topology)
-    p.add_argument("--latency-ms", type=float, default=d.latency_ms, help="sim: per-message latency")
+    p.add_argument("--latency-ms", type=float, default=d.latency_ms,
+                   help="per-message latency: sim's, or added to emulated's modelled one")
     p.add_argument("--repeat", type=int, default=d.repeat)
     p.add_argument("--point-budget", type=float, default=d.point_budget_s, help="seconds of runs per point at most")
     p.add_argument("--threads", type=int, default=d.threads)
@@ -113,6 +116,7 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=d.json)
     p.add_argument("--markdown", default=None)
     p.add_argument("--plot", default=None)
+    p.add_argument("--scaling-plot", default=None, help="speed-up vs ranks (default: JSON path with _scaling.png)")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -132,7 +136,7 @@ def _bench(args: argparse.Namespace) -> int:
             codebook_size=args.codebook_size, table_budget_mib=args.table_budget_mib, encode=args.encode,
             topology=args.topology, latency_ms=args.latency_ms, repeat=args.repeat,
             point_budget_s=args.point_budget, threads=args.threads, seed=args.seed, net_name=args.net_name,
-            json=args.json, markdown=args.markdown, plot=args.plot,
+            json=args.json, markdown=args.markdown, plot=args.plot, scaling_plot=args.scaling_plot,
         ))
     rows = []
     try:

@@ -9,6 +9,7 @@ from astra_kernels.cost_model import TABLE_BUDGET_BYTES
 
 METHODS = ("astra", "single", "sp_fp32", "sp_fp16", "kv_sp", "tp")
 BANDWIDTHS_MBPS = (10, 20, 50, 100, 500, 1000)
+LINKS = ("sim", "netns", "real", "emulated")  # emulated: astra_lab.bench.emulated
 
 
 @dataclass
@@ -19,15 +20,15 @@ class BenchConfig:
     layers: int | None = None
     ranks: list[int] = field(default_factory=lambda: [2])
     bandwidths: list[float] = field(default_factory=lambda: list(BANDWIDTHS_MBPS))
-    links: list[str] = field(default_factory=lambda: ["sim"])
+    links: list[str] = field(default_factory=lambda: ["sim"])  # LINKS
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     groups: list[int] = field(default_factory=lambda: [1, 16, 32])
     codebook_size: int = 1024
     table_budget_mib: float = TABLE_BUDGET_BYTES / 2**20  # per layer, K and V tables together
     encode: str = "auto"  # astra.engine.ENCODINGS
     transport: str = "gloo"
-    topology: str = "star"  # sim and netns: star (full duplex) or shared (one medium)
-    latency_ms: float = 0.0  # sim only: per-message latency
+    topology: str = "star"  # sim, netns and emulated: star (full duplex) or shared (one medium)
+    latency_ms: float = 0.0  # sim: per-message latency; emulated: added to the modelled one
     repeat: int = 3
     point_budget_s: float = 60.0  # stop repeating a point once its runs took this long
     threads: int = 1
@@ -37,14 +38,15 @@ class BenchConfig:
     json: str = "runs/bench.json"
     markdown: str | None = None  # default: json path with .md
     plot: str | None = None  # default: json path with .png
+    scaling_plot: str | None = None  # default: json path with _scaling.png (sweeps of several ranks values)
 
     def validate(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-        bad_links = [link for link in self.links if link not in ("sim", "netns", "real")]
+        bad_links = [link for link in self.links if link not in LINKS]
         if bad_links:
-            raise ValueError(f"unknown link(s) {', '.join(bad_links)}; choose sim, netns or real")
+            raise ValueError(f"unknown link(s) {', '.join(bad_links)}; choose {', '.join(LINKS)}")
         if any(b <= 0 for b in self.bandwidths):
             raise ValueError(f"bandwidths must be positive Mbps, got {self.bandwidths}")
         if any(n < 1 for n in self.ranks):
@@ -55,6 +57,8 @@ class BenchConfig:
             raise ValueError(f"table budget must be >= 0 MiB, got {self.table_budget_mib}")
         if self.encode not in ENCODINGS:
             raise ValueError(f"encode must be one of {', '.join(ENCODINGS)}, got {self.encode!r}")
+        if self.latency_ms < 0:
+            raise ValueError(f"latency must be >= 0 ms, got {self.latency_ms}")
         if self.repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {self.repeat}")
 

@@ -2,12 +2,14 @@
 
 For every model the driver calibrates ASTRA's codebooks (cached), then for
 every (ranks, link) starts the ranks (inside network namespaces for
-``netns``), which sweep bandwidths x methods and report rows. The
-single-device baseline (the unmodified model on one pinned core) is measured
-by rank 0 inside the same sweep, at every bandwidth, so each speed-up is a
-ratio of two measurements taken minutes apart at most, under the same machine
-state. It writes JSON, a Markdown table and a PNG plot, and prints a fitted
-projection to more ranks than this machine can run.
+``netns``), which sweep bandwidths x methods and report rows; ``emulated``
+runs in this process instead (:mod:`astra_lab.bench.emulated`: every rank timed
+alone, the schedule replayed over modelled links), for any number of ranks.
+The single-device baseline (the unmodified model on one pinned core) is
+measured inside the same sweep, so each speed-up is a ratio of two
+measurements taken minutes apart at most, under the same machine state. It
+writes JSON, Markdown tables and PNG plots (latency vs bandwidth; speed-up vs
+ranks when the sweep has several ranks values).
 """
 from __future__ import annotations
 
@@ -23,8 +25,9 @@ from astra import models
 from astra.calibrate import cached_calibration
 from astra.launch import free_port
 
+from .. import baselines
 from ..links import NetnsLink, require_netns
-from . import report
+from . import emulated, report
 from .config import BenchConfig, RankSpec
 
 
@@ -60,20 +63,28 @@ def run(cfg: BenchConfig) -> list[dict]:
             for size in cfg.sizes:
                 model = models.build(family, size, tokens=cfg.tokens, layers=cfg.layers, seed=cfg.seed)
                 name = f"{family}-{size}"
-                books = {}
+                if "tp" in distributed:
+                    for n in cfg.ranks:
+                        baselines.build("tp", model).check_ranks(n)
+                books, files = {}, {}
                 if "astra" in cfg.methods:
                     for g in cfg.groups:
                         print(f"[bench] {name}: codebooks K={cfg.codebook_size} G={g}", flush=True)
-                        cb = cached_calibration(model, key=[family, size, cfg.layers, None], tokens=cfg.tokens, batch=1,
-                                                codebook_size=cfg.codebook_size, groups=g, iters=cfg.calibration_iters,
-                                                seed=cfg.seed, progress=True)
-                        books[str(g)] = cb.save(os.path.join(work, f"{name}-G{g}.safetensors"))
-                del model
+                        books[str(g)] = cached_calibration(
+                            model, key=[family, size, cfg.layers, None], tokens=cfg.tokens, batch=1,
+                            codebook_size=cfg.codebook_size, groups=g, iters=cfg.calibration_iters, seed=cfg.seed,
+                            progress=True)
+                        files[str(g)] = books[str(g)].save(os.path.join(work, f"{name}-G{g}.safetensors"))
                 for link_mode in cfg.links:
                     bws = [None] if link_mode == "real" else sorted(cfg.bandwidths, reverse=True)
                     for n in cfg.ranks:
-                        if n > 1:
-                            rows += _run_setting(cfg, family, size, n, link_mode, bws, distributed, books, work)
+                        if n < 2:
+                            continue
+                        if link_mode == "emulated":
+                            rows += emulated.run_setting(cfg, model, name, n, bws, distributed, books)
+                        else:
+                            rows += _run_setting(cfg, family, size, n, link_mode, bws, distributed, files, work)
+                del model, books
     _speedups(rows)
     if "single" not in cfg.methods:
         rows = [r for r in rows if r["method"] != "single"]
@@ -115,23 +126,24 @@ def _run_setting(cfg, family, size, n, link_mode, bws, methods, books, work) -> 
 
 
 def write_outputs(cfg: BenchConfig, rows: list[dict]) -> dict[str, str]:
-    """JSON (measured + projected rows), Markdown and PNG next to each other; returns their paths."""
-    projected = report.project(rows)
+    """JSON rows, Markdown tables and PNG plots next to each other; returns their paths."""
     base = os.path.splitext(cfg.json)[0]
-    paths = {"json": cfg.json, "markdown": cfg.markdown or base + ".md", "plot": cfg.plot or base + ".png"}
+    paths = {"json": cfg.json, "markdown": cfg.markdown or base + ".md", "plot": cfg.plot or base + ".png",
+             "scaling_plot": cfg.scaling_plot or base + "_scaling.png"}
     os.makedirs(os.path.dirname(os.path.abspath(cfg.json)), exist_ok=True)
     with open(paths["json"], "w") as f:
-        json.dump(rows + projected, f, indent=1)
+        json.dump(rows, f, indent=1)
     text = report.markdown(rows)
-    proj = report.projection_text(projected)
     with open(paths["markdown"], "w") as f:
-        f.write(text + ("\n```\n" + proj + "\n```\n" if proj else ""))
+        f.write(text)
     if any(r["bandwidth_mbps"] is not None and r["method"] != "single" for r in rows):
         report.plot(rows, paths["plot"])
     else:
         paths.pop("plot")
+    if report.scaling_panels(rows):
+        report.scaling_plot(rows, paths["scaling_plot"])
+    else:
+        paths.pop("scaling_plot")
     print(text)
-    if proj:
-        print(proj)
     print("[bench] wrote " + ", ".join(f"{k}: {v}" for k, v in paths.items()), flush=True)
     return paths

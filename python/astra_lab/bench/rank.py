@@ -16,41 +16,16 @@ from typing import Callable
 import torch
 
 from astra import models
-from astra.codebooks import Codebooks
-from astra.engine import AstraEngine, PhaseTimer
+from astra.engine import PhaseTimer
 from astra.launch import keep_freed_memory, local_rank, make_transport, pin_cores
 from astra.transport import Transport
 
-from .. import baselines
 from ..links import NetnsLink, SimLinkTransport
+from . import methods as bench_methods
 from .config import RankSpec
 from .report import method_label
 
 PROBE_SECONDS = 0.5  # bulk transfer per netns rate probe, at the configured rate
-
-
-class SingleDevice:
-    """The baseline, measured inside the sweep so that it shares the machine's state with the
-    other methods: rank 0 runs the unmodified model on its one pinned core, the others wait idle."""
-
-    def __init__(self, model):
-        self.adapter = models.adapt(model)
-
-    @torch.no_grad()
-    def run_rank(self, inputs, transport: Transport, *, timer=None):
-        return self.adapter.reference_forward(inputs) if transport.rank == 0 else None
-
-
-def _methods(spec: RankSpec, model) -> list[tuple[str, int | None, object]]:
-    out = [("single", None, SingleDevice(model))]
-    for name in spec.methods:
-        if name == "astra":
-            for g in spec.groups:
-                out.append(("astra", g, AstraEngine(model, Codebooks.load(spec.codebooks[str(g)]),
-                                                      table_budget_bytes=spec.table_budget_bytes, encode=spec.encode)))
-        else:
-            out.append((name, None, baselines.build(name, model)))
-    return out
 
 
 class _Link:
@@ -114,8 +89,9 @@ def _run_once(method, inputs, transport: Transport, link: _Link, tag: str) -> di
     return {"latency": seconds, "wait": timer.seconds.get("wait", 0.0), "sent": sent, "l2": l2}
 
 
-def _row(runs: list[dict], everyone: list[list[dict]]) -> dict:
-    """Row fields of one method from every rank's runs: the median run (by the slowest rank's latency)."""
+def row_fields(runs: list[dict], everyone: list[list[dict]]) -> dict:
+    """Row fields of one method from every rank's runs (``everyone[rank][run]``: latency, wait, sent, l2;
+    ``runs`` is rank 0's): the median run, by the slowest rank's latency."""
     per_run = [max(e[i]["latency"] for e in everyone) for i in range(len(runs))]
     mid = sorted(range(len(runs)), key=lambda i: per_run[i])[len(runs) // 2]
     row = {
@@ -153,7 +129,7 @@ def _measure_point(methods, inputs, transport: Transport, link: _Link, spec: Ran
     everyone = transport.gather_json(runs, f"{tag}/report")
     if transport.rank != 0:
         return None
-    return [_row(mine, [e[j] for e in everyone]) for j, mine in enumerate(runs)]
+    return [row_fields(mine, [e[j] for e in everyone]) for j, mine in enumerate(runs)]
 
 
 def main(spec_path: str) -> None:
@@ -168,7 +144,8 @@ def main(spec_path: str) -> None:
     link = _Link(spec, transport)
     model = models.build(spec.model, spec.size, tokens=spec.tokens, layers=spec.layers, seed=spec.seed)
     inputs = models.example_inputs(model, spec.tokens, 1, seed=spec.seed)
-    methods = _methods(spec, model)
+    methods = bench_methods.build(model, spec.methods, spec.groups, spec.codebooks,
+                                  table_budget_bytes=spec.table_budget_bytes, encode=spec.encode)
     rank0 = transport.rank == 0
 
     fastest = max((b for b in spec.bandwidths if b is not None), default=None)

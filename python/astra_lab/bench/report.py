@@ -1,10 +1,8 @@
-"""Benchmark rows -> Markdown table, latency-vs-bandwidth plot, fitted projection to more ranks."""
+"""Benchmark rows -> Markdown tables (and emulated-vs-measured validation), latency and scaling plots."""
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-
-import numpy as np
 
 
 def method_label(method: str, groups: int | None) -> str:
@@ -25,12 +23,12 @@ def _setting(row: dict) -> tuple:
 
 
 def markdown(rows: list[dict]) -> str:
-    """One table per (model, ranks, link); rows sorted by bandwidth then method."""
+    """One table per (model, ranks, link), rows sorted by bandwidth then method; then, where the sweep ran
+    points on both netns and emulated links, a table of their latencies side by side."""
     out = []
     groups = defaultdict(list)
     for r in rows:
-        if not r.get("projected"):
-            groups[_setting(r)].append(r)
+        groups[_setting(r)].append(r)
     for (model, n, link, topo), items in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         out.append(f"### {model}, N = {n}, link {link} ({topo})\n")
         netns = link == "netns"
@@ -51,6 +49,7 @@ def markdown(rows: list[dict]) -> str:
                 line += f" {r['achieved_mbps']:.2f} |" if "achieved_mbps" in r else " |"
             out.append(line)
         out.append("")
+    out += _validation(rows)
     return "\n".join(out)
 
 
@@ -61,7 +60,7 @@ def plot(rows: list[dict], path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    measured = [r for r in rows if not r.get("projected") and r["bandwidth_mbps"] is not None]
+    measured = [r for r in rows if r["bandwidth_mbps"] is not None]
     settings = sorted({_setting(r) for r in measured}, key=lambda s: tuple(map(str, s)))
     if not settings:
         raise ValueError("no shaped rows to plot")
@@ -93,68 +92,85 @@ def plot(rows: list[dict], path: str) -> str:
     return path
 
 
-def _ring_steps_factor(method: str, n: int) -> float:
-    """How the per-exchange latency term grows from 2 to n ranks: ring collectives take N-1 steps."""
-    return (n - 1) if method == "tp" else 1.0
+def _validation(rows: list[dict]) -> list[str]:
+    """Emulated vs measured (netns) latency of every point that both links of the sweep ran."""
+    def key(r):
+        return (r["model"], r.get("setting_ranks", r["ranks"]), r.get("topology", "star"),
+                method_label(r["method"], r.get("groups")), r["bandwidth_mbps"])
 
-
-def project(rows: list[dict], ranks=(4, 8)) -> list[dict]:
-    """Fit compute and communication costs on the N = 2 measurements and project to more ranks.
-
-    compute(N) = s / N + b (N - 1) / N, with s the single-device latency and b
-    from compute(2) (work that does not shrink with N, e.g. projecting remote
-    tokens in plain SP); wait(B) = bytes * 8 / (eta B) + c, fitted across
-    bandwidths by least squares; bytes per rank scale as 2 (N - 1) / N from N = 2
-    (every method here); c grows with the number of ring steps.
-    """
-    singles = defaultdict(list)
-    for r in rows:
-        if r["method"] == "single":
-            singles[(r["model"], r["link"])].append(r["latency_s"])
-    single = {key: float(np.median(v)) for key, v in singles.items()}
-    fits = defaultdict(list)
-    for r in rows:
-        if r["method"] != "single" and r["ranks"] == 2 and r["bandwidth_mbps"] and not r.get("projected"):
-            fits[(r["model"], r["link"], r.get("topology", "star"), r["method"], r.get("groups"))].append(r)
+    measured = {key(r): r for r in rows if r["link"] == "netns"}
+    pairs = [(measured[key(r)], r) for r in rows if r["link"] == "emulated" and key(r) in measured]
     out = []
-    for (model, link, topo, method, groups), items in fits.items():
-        s = single.get((model, link))
-        if s is None:
-            continue
-        compute2 = float(np.median([r["compute_s"] for r in items]))
-        b = max(0.0, 2 * compute2 - s)
-        x = np.array([max(r["bytes_sent_per_rank"]) * 8 / (r["bandwidth_mbps"] * 1e6) for r in items])
-        y = np.array([r["comm_wait_s"] for r in items])
-        # one bandwidth: assume eta = 1 and read the fixed cost c off the measured wait minus the wire time
-        slope, intercept = (np.polyfit(x, y, 1) if len(items) > 1 and np.ptp(x) > 0 else (1.0, float((y - x).mean())))
-        slope, intercept = max(float(slope), 0.0), max(float(intercept), 0.0)
-        bytes2 = float(np.median([max(r["bytes_sent_per_rank"]) for r in items]))
-        for n in ranks:
-            compute = s / n + b * (n - 1) / n
-            for r in items:
-                bw = r["bandwidth_mbps"]
-                comm = slope * bytes2 * 2 * (n - 1) / n * 8 / (bw * 1e6) + intercept * _ring_steps_factor(method, n)
-                out.append({
-                    "model": model, "method": method, "groups": groups, "ranks": n, "bandwidth_mbps": bw,
-                    "link": link, "topology": topo, "latency_s": compute + comm, "speedup_vs_single": s / (compute + comm),
-                    "projected": True,
-                })
+    for model, n, topo in sorted({key(e)[:3] for _, e in pairs}, key=str):
+        out.append(f"### {model}, N = {n} ({topo}): emulated vs measured on netns links\n")
+        out += ["| bandwidth (Mbps) | method | netns latency (s) | emulated latency (s) | difference "
+                "| netns speedup | emulated speedup |",
+                "|---:|---|---:|---:|---:|---:|---:|"]
+        items = sorted((p for p in pairs if key(p[1])[:3] == (model, n, topo)),
+                       key=lambda p: (p[0]["bandwidth_mbps"], _label(p[0])))
+        for netns, emu in items:
+            diff = emu["latency_s"] / netns["latency_s"] - 1
+            out.append(f"| {netns['bandwidth_mbps']:g} | {_label(emu)} | {netns['latency_s']:.3f} | "
+                       f"{emu['latency_s']:.3f} | {100 * diff:+.1f} % | "
+                       f"{netns.get('speedup_vs_single', float('nan')):.2f}x | "
+                       f"{emu.get('speedup_vs_single', float('nan')):.2f}x |")
+        out.append("")
     return out
 
 
-def projection_text(projected: list[dict]) -> str:
-    if not projected:
-        return ""
-    lines = ["PROJECTION (fitted on N = 2 measurements, not measured): latency in s (speedup vs single)"]
-    keys = sorted({(r["model"], r["link"], r["ranks"]) for r in projected}, key=str)
-    for model, link, n in keys:
-        items = [r for r in projected if (r["model"], r["link"], r["ranks"]) == (model, link, n)]
-        bws = sorted({r["bandwidth_mbps"] for r in items})
-        lines.append(f"  {model}, N = {n}, {link}: " + "  ".join(f"{b:g} Mbps" for b in bws))
-        for label in sorted({_label(r) for r in items}):
-            cells = []
-            for b in bws:
-                match = [r for r in items if _label(r) == label and r["bandwidth_mbps"] == b]
-                cells.append(f"{match[0]['latency_s']:.2f} ({match[0]['speedup_vs_single']:.2f}x)" if match else "-")
-            lines.append(f"    {label:<14}" + "  ".join(cells))
-    return "\n".join(lines)
+PAPER_SPEEDUP = (4, 2.64)  # the ASTRA paper's headline: 2.64x over one device with 4 devices (simulated links)
+
+
+def scaling_panels(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """The distributed rows of every (model, link, topology, bandwidth) that was run at several numbers of ranks."""
+    panels = defaultdict(list)
+    for r in rows:
+        if r["bandwidth_mbps"] is not None and r["method"] != "single":
+            panels[(r["model"], r["link"], r.get("topology", "star"), r["bandwidth_mbps"])].append(r)
+    return {k: v for k, v in panels.items() if len({r["ranks"] for r in v}) > 1}
+
+
+def scaling_plot(rows: list[dict], path: str) -> str:
+    """Speed-up vs ranks N, one panel per (model, link, bandwidth), one line per method; the single device is
+    N = 1 (speed-up 1), the ideal line y = N and the paper's 2.64x at N = 4 are marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
+
+    panels = scaling_panels(rows)
+    if not panels:
+        raise ValueError("no method was run at more than one number of ranks")
+    keys = sorted(panels, key=lambda k: tuple(map(str, k[:3])) + (k[3],))
+    cols = min(2, len(keys))
+    nrows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.5 * cols, 4.5 * nrows), squeeze=False)
+    for ax, k in zip(axes.flat, keys):
+        model, link, topo, bw = k
+        lines = defaultdict(dict)
+        for r in panels[k]:
+            lines[_label(r)][r["ranks"]] = r["speedup_vs_single"]
+        top = max(n for pts in lines.values() for n in pts)
+        ax.plot([1, top], [1, top], color="0.6", linestyle="--", label="ideal (N)")
+        for label, pts in sorted(lines.items()):
+            ns = [1] + sorted(pts)
+            style = "-" if label.startswith("astra") else ":"
+            ax.plot(ns, [1.0] + [pts[n] for n in ns[1:]], style, marker="o", label=label)
+        ax.plot(*PAPER_SPEEDUP, marker="*", markersize=14, color="crimson", linestyle="none",
+                label=f"paper: {PAPER_SPEEDUP[1]}x at N = {PAPER_SPEEDUP[0]}")
+        ax.annotate(f"{PAPER_SPEEDUP[1]}x", PAPER_SPEEDUP, textcoords="offset points", xytext=(8, -4))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({1, *(n for pts in lines.values() for n in pts)}))
+        ax.get_xaxis().set_major_formatter(ScalarFormatter())
+        ax.set_xlabel("ranks N")
+        ax.set_ylabel("speed-up vs single device")
+        ax.set_title(f"{model}, {bw:g} Mbps, {link} link ({topo})")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
