@@ -39,17 +39,19 @@ def hf_vit(layers=2, side=8, patch=2, seed=0):
     return transformers.ViTForImageClassification(cfg).eval()
 
 
-def exact_codebooks(model, inputs, groups=1):
-    """Codebooks whose codewords are exactly every token's block input (quantization is lossless)."""
+def exact_codebooks(model, inputs, groups=1, quantize="input"):
+    """Codebooks whose codewords are exactly every token's quantized vector (quantization is lossless): its
+    block input, or its keys and values (``quantize="kv"``: G groups each)."""
     adapter = astra.adapt(model)
     collected = [[] for _ in adapter.blocks]
-    dense_forward(adapter, inputs, collect=collected)
+    dense_forward(adapter, inputs, collect=collected, quantize=quantize)
+    count = groups * (2 if quantize == "kv" else 1)
     books = []
     for samples in collected:
-        x = torch.cat([s.reshape(-1, adapter.dim) for s in samples])
+        x = torch.cat([s.reshape(-1, s.shape[-1]) for s in samples])
         x = torch.cat([x, x[:1] + 100.0])  # K >= 2 even for one token
-        books.append(x.reshape(x.shape[0], groups, -1).transpose(0, 1).contiguous())
-    return astra.Codebooks(books)
+        books.append(x.reshape(x.shape[0], count, -1).transpose(0, 1).contiguous())
+    return astra.Codebooks(books, quantize)
 
 
 def run_threads(engine, inputs, world_size, fn=None, timeout_s=30.0):
