@@ -66,7 +66,7 @@ def run(cfg: BenchConfig) -> list[dict]:
                         print(f"[bench] {name}: codebooks K={cfg.codebook_size} G={g}", flush=True)
                         cb = cached_calibration(model, key=[family, size, cfg.layers, None], tokens=cfg.tokens, batch=1,
                                                 codebook_size=cfg.codebook_size, groups=g, iters=cfg.calibration_iters,
-                                                seed=cfg.seed, progress=True)
+                                                seed=cfg.seed, progress=True, quantize=cfg.quantize)
                         books[str(g)] = cb.save(os.path.join(work, f"{name}-G{g}.safetensors"))
                 del model
                 for link_mode in cfg.links:
