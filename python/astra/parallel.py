@@ -11,12 +11,15 @@ its own chunk of the sequence and exchanges VQ codes with the others.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from astra_kernels import cost_model
 
 from .codebooks import Codebooks
 from .engine import AstraEngine
+from .generate import Generation, Sampling, generate
 from .launch import make_transport
 from .transport import Transport
 
@@ -39,12 +42,11 @@ class ParallelModel:
         """``inputs``: token ids (B, T) or pixels (B, C, H, W), the same on every rank."""
         return self.engine.run_rank(inputs, self.transport)
 
-    def generate(self, inputs: torch.Tensor, steps: int, sampling=None, on_token=None):
-        """Distributed prefill, then ``steps`` tokens on the last rank, greedy or by ``sampling``
-        (:class:`astra.generate.Sampling`); see :func:`astra.generate.generate`."""
-        from .generate import Sampling, generate
-
-        return generate(self.engine, inputs, self.transport, steps, sampling or Sampling(), on_token)
+    def generate(self, inputs: torch.Tensor, steps: int, sampling: Sampling = Sampling(),
+                 on_token: Callable[[torch.Tensor], None] | None = None) -> Generation | None:
+        """Distributed prefill, then ``steps`` tokens on the last rank, greedy or by ``sampling``; the
+        generation on the last rank, None on the others (see :func:`astra.generate.generate`)."""
+        return generate(self.engine, inputs, self.transport, steps, sampling, on_token)
 
     def close(self) -> None:
         self.transport.close()

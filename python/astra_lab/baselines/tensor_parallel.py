@@ -81,14 +81,18 @@ class TensorParallel:
         self.adapter, self.backend = adapt(model), backend
         self._shards: dict[tuple[int, int], list[_Shard]] = {}
 
+    def check_ranks(self, n: int) -> None:
+        """Raise ValueError unless every block splits over ``n`` ranks."""
+        for bw in self.adapter.blocks:
+            f = bw.w_fc1.shape[0]
+            if bw.kv_heads % n or f % n:
+                raise ValueError(f"tensor parallelism over {n} ranks needs kv heads ({bw.kv_heads}) and MLP width "
+                                 f"({f}) divisible by {n}")
+
     def shards(self, rank: int, n: int) -> list[_Shard]:
         key = (rank, n)
         if key not in self._shards:
-            for bw in self.adapter.blocks:
-                f = bw.w_fc1.shape[0]
-                if bw.kv_heads % n or f % n:
-                    raise ValueError(f"tensor parallelism over {n} ranks needs kv heads ({bw.kv_heads}) and MLP width "
-                                     f"({f}) divisible by {n}")
+            self.check_ranks(n)
             self._shards[key] = [_shard(bw, rank, n) for bw in self.adapter.blocks]
         return self._shards[key]
 

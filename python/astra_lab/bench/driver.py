@@ -23,6 +23,7 @@ from astra import models
 from astra.calibrate import cached_calibration
 from astra.launch import free_port
 
+from .. import baselines
 from ..links import NetnsLink, require_netns
 from . import report
 from .config import BenchConfig, RankSpec
@@ -60,6 +61,9 @@ def run(cfg: BenchConfig) -> list[dict]:
             for size in cfg.sizes:
                 model = models.build(family, size, tokens=cfg.tokens, layers=cfg.layers, seed=cfg.seed)
                 name = f"{family}-{size}"
+                if "tp" in distributed:  # before any rank starts
+                    for n in (n for n in cfg.ranks if n > 1):
+                        baselines.build("tp", model).check_ranks(n)
                 books = {}
                 if "astra" in cfg.methods:
                     for g in cfg.groups:
