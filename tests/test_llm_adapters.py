@@ -212,6 +212,10 @@ def test_sequences_beyond_mistrals_sliding_window_are_refused():
                  lambda: dense_forward(engine.adapter, _ids(17))):
         with pytest.raises(ValueError, match="17 positions exceed its sliding window of 16 tokens"):
             call()
+    # Qwen2 slides the layers past max_window_layers
+    qwen2 = hf_decoder("qwen2", use_sliding_window=True, sliding_window=16, max_window_layers=1)
+    with pytest.raises(ValueError, match="Qwen2ForCausalLM: 17 positions exceed its sliding window of 16 tokens"):
+        dense_forward(astra.adapt(qwen2), _ids(17))
 
 
 def test_codebooks_of_the_other_kind_are_refused(tmp_path):
