@@ -168,10 +168,12 @@ def attention_formulation(s: RemoteShape) -> str:
     return "codewords" if "codewords" in c and c["codewords"] < c["tokens"] else "tokens"
 
 
-def remote_plan(s: RemoteShape, table_budget_bytes: int = TABLE_BUDGET_BYTES) -> str:
+def remote_plan(s: RemoteShape, table_budget_bytes: int = TABLE_BUDGET_BYTES,
+                formulations: tuple[str, ...] | None = None) -> str:
     """For the runtime: the cheapest formulation whose tables fit ``table_budget_bytes``
-    (``dequantize`` needs none)."""
+    (``dequantize`` needs none), among ``formulations`` (default: all that :func:`costs` lists)."""
     fits = {"tokens": s.table_bytes, "codewords": s.table_bytes, "gather": s.gather_table_bytes,
             "gather_int8": s.int8_gather_table_bytes, "dequantize": 0}
-    c = {how: cost for how, cost in costs(s).items() if fits[how] <= table_budget_bytes}
+    c = {how: cost for how, cost in costs(s).items()
+         if fits[how] <= table_budget_bytes and (formulations is None or how in formulations)}
     return min(c, key=c.get)

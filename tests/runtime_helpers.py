@@ -39,17 +39,39 @@ def hf_vit(layers=2, side=8, patch=2, seed=0):
     return transformers.ViTForImageClassification(cfg).eval()
 
 
-def exact_codebooks(model, inputs, groups=1):
-    """Codebooks whose codewords are exactly every token's block input (quantization is lossless)."""
+LLAMA3_ROPE = dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=16)  # scaled to these short sequences: every band is exercised
+
+
+def hf_decoder(family="llama", layers=2, heads=4, kv_heads=2, dim=32, head_dim=None, tie=True, vocab=97, seed=0,
+               **config):
+    """A small unmodified Hugging Face decoder LLM: llama (llama3 rope scaling), mistral, qwen2 or qwen3."""
+    import transformers
+
+    names = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}[family]
+    if family == "llama":
+        config.setdefault("rope_scaling", LLAMA3_ROPE)
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, f"{names}Config")(
+        num_hidden_layers=layers, hidden_size=dim, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        head_dim=head_dim or dim // heads, intermediate_size=2 * dim, vocab_size=vocab, tie_word_embeddings=tie,
+        max_position_embeddings=256, bos_token_id=0, eos_token_id=None, pad_token_id=None, **config)
+    return getattr(transformers, f"{names}ForCausalLM")(cfg).eval()
+
+
+def exact_codebooks(model, inputs, groups=1, quantize="input"):
+    """Codebooks whose codewords are exactly every token's quantized vector (quantization is lossless): its
+    block input, or its keys and values (``quantize="kv"``: G groups each)."""
     adapter = astra.adapt(model)
     collected = [[] for _ in adapter.blocks]
-    dense_forward(adapter, inputs, collect=collected)
+    dense_forward(adapter, inputs, collect=collected, quantize=quantize)
+    count = groups * (2 if quantize == "kv" else 1)
     books = []
     for samples in collected:
-        x = torch.cat([s.reshape(-1, adapter.dim) for s in samples])
+        x = torch.cat([s.reshape(-1, s.shape[-1]) for s in samples])
         x = torch.cat([x, x[:1] + 100.0])  # K >= 2 even for one token
-        books.append(x.reshape(x.shape[0], groups, -1).transpose(0, 1).contiguous())
-    return astra.Codebooks(books)
+        books.append(x.reshape(x.shape[0], count, -1).transpose(0, 1).contiguous())
+    return astra.Codebooks(books, quantize)
 
 
 def run_threads(engine, inputs, world_size, fn=None, timeout_s=30.0):

@@ -1,13 +1,14 @@
 """Baselines reproduce the unmodified model and move the bytes their formulas say."""
 import pytest
 import torch
-from runtime_helpers import hf_gpt2, hf_vit, run_threads, tiny_classifier, tiny_lm
+from runtime_helpers import hf_decoder, hf_gpt2, hf_vit, run_threads, tiny_classifier, tiny_lm
 
 import astra
 from astra_lab import baselines
 from astra_lab.baselines.collectives import ring_allreduce
 
-MODELS = {"tiny_lm": tiny_lm, "tiny_classifier": tiny_classifier, "gpt2": hf_gpt2, "vit": hf_vit}
+MODELS = {"tiny_lm": tiny_lm, "tiny_classifier": tiny_classifier, "gpt2": hf_gpt2, "vit": hf_vit,
+          "llama": hf_decoder, "qwen3": lambda: hf_decoder("qwen3", head_dim=12)}
 
 
 def _inputs(model, batch=2):

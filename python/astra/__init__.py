@@ -15,10 +15,11 @@ tokens are attended through codebook lookups (Mixed-Precision Attention).
 from .calibrate import calibrate
 from .codebooks import Codebooks
 from .engine import AstraEngine, KVCache, PhaseTimer
+from .generate import Sampling
 from .models import TinyTransformer, adapt
 from .parallel import ParallelModel, parallelize
 from .partition import Layout
 from .transport import PeerError
 
-__all__ = ["AstraEngine", "Codebooks", "KVCache", "Layout", "ParallelModel", "PeerError", "PhaseTimer",
+__all__ = ["AstraEngine", "Codebooks", "KVCache", "Layout", "ParallelModel", "PeerError", "PhaseTimer", "Sampling",
            "TinyTransformer", "adapt", "calibrate", "parallelize"]

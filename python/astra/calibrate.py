@@ -1,9 +1,10 @@
-"""Codebooks without training: k-means on each block's attention inputs.
+"""Codebooks without training: k-means on what each block quantizes.
 
 The unquantized model runs over calibration batches; for every block and
-group, faiss k-means fits K centroids to the collected D/G-dim vectors.
-Deterministic for a given seed and thread count, so ranks that calibrate
-independently agree.
+group, faiss k-means fits K centroids to the collected vectors: the attention
+inputs (D/G features per group), or with ``quantize="kv"`` the keys before
+rotation and the values (G groups of Hkv*d/G each). Deterministic for a given
+seed and thread count, so ranks that calibrate independently agree.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from .codebooks import Codebooks
+from .codebooks import Codebooks, check_quantize
 from .dense import dense_forward
 from .models import adapt, example_inputs
 
@@ -31,28 +32,31 @@ def kmeans(samples: np.ndarray, k: int, *, iters: int, seed: int) -> np.ndarray:
 
 
 def calibrate(model: torch.nn.Module, batches: Iterable[torch.Tensor], codebook_size: int, groups: int, *,
-              iters: int = 20, seed: int = 0, progress: bool = True) -> Codebooks:
-    """Fit per-block (G, K, D/G) codebooks by k-means on the block inputs of ``batches``.
+              iters: int = 20, seed: int = 0, progress: bool = True, quantize: str = "input") -> Codebooks:
+    """Fit per-block codebooks by k-means on what ``quantize`` sends of the tokens of ``batches``: (G, K, D/G)
+    for the attention inputs, (2G, K, Hkv*d/G) for the keys and values (see :mod:`astra.codebooks`).
 
     Every batch is an input of the model (token ids or pixels). Needs at least
     ``codebook_size`` tokens in total. faiss uses as many threads as torch.
     """
     import faiss
 
+    check_quantize(quantize)
     adapter = adapt(model)
-    dim = adapter.dim
+    dim = adapter.quantized_dim(quantize)
     if groups < 1 or dim % groups:
-        raise ValueError(f"groups G={groups} must divide the model width D={dim}")
+        what = "the model width D" if quantize == "input" else "the key/value width Hkv*d"
+        raise ValueError(f"groups G={groups} must divide {what}={dim}")
     if codebook_size < 2:
         raise ValueError(f"codebook size K must be >= 2, got {codebook_size}")
     collected: list[list[torch.Tensor]] = [[] for _ in adapter.blocks]
     for inputs in batches:
-        dense_forward(adapter, inputs, collect=collected)
+        dense_forward(adapter, inputs, collect=collected, quantize=quantize)
     if not collected[0]:
         raise ValueError("calibrate needs at least one batch of inputs")
     faiss.omp_set_num_threads(torch.get_num_threads())
-    width = dim // groups
-    jobs = [(b, g) for b in range(len(adapter.blocks)) for g in range(groups)]
+    width, count = dim // groups, groups * (2 if quantize == "kv" else 1)  # kv: the key's groups, then the value's
+    jobs = [(b, g) for b in range(len(adapter.blocks)) for g in range(count)]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -60,11 +64,11 @@ def calibrate(model: torch.nn.Module, batches: Iterable[torch.Tensor], codebook_
         bar = tqdm(total=len(jobs), desc=f"k-means K={codebook_size} G={groups}", unit="codebook", leave=False)
     books = []
     for b, samples in enumerate(collected):
-        x = torch.cat([s.reshape(-1, dim) for s in samples]).float().cpu().numpy()
+        x = torch.cat([s.reshape(-1, width * count) for s in samples]).float().cpu().numpy()
         if x.shape[0] < codebook_size:
             raise ValueError(f"calibration has {x.shape[0]} tokens per block, fewer than K={codebook_size} codewords")
         cents = []
-        for g in range(groups):
+        for g in range(count):
             cents.append(kmeans(x[:, g * width : (g + 1) * width], codebook_size, iters=iters, seed=seed + 7919 * b + g))
             if bar is not None:
                 bar.update()
@@ -72,7 +76,7 @@ def calibrate(model: torch.nn.Module, batches: Iterable[torch.Tensor], codebook_
     if bar is not None:
         bar.close()
     ref = adapter.blocks[0].w_qkv
-    return Codebooks(books).to(dtype=ref.dtype, device=ref.device)
+    return Codebooks(books, quantize).to(dtype=ref.dtype, device=ref.device)
 
 
 def cache_dir() -> str:
@@ -81,20 +85,21 @@ def cache_dir() -> str:
 
 
 def cached_calibration(model: torch.nn.Module, *, key: list, tokens: int, batch: int, codebook_size: int, groups: int,
-                       iters: int, seed: int, progress: bool) -> Codebooks:
+                       iters: int, seed: int, progress: bool, quantize: str = "input") -> Codebooks:
     """Codebooks calibrated on random inputs of shape (batch, tokens), cached on disk.
 
     ``key`` identifies the model (family, size, layers, checkpoint); random
     weights come from ``seed``, so a cached file is valid for every process
     that builds the same model. Calibration uses at least 2K vectors per block.
     """
-    ident = json.dumps([*key, tokens, batch, seed, codebook_size, groups, iters])
+    ident = json.dumps([*key, tokens, batch, seed, codebook_size, groups, iters, quantize])
     path = os.path.join(cache_dir(), "codebooks", hashlib.sha256(ident.encode()).hexdigest()[:20] + ".safetensors")
     if os.path.exists(path):
         return Codebooks.load(path)
     count = max(2, math.ceil(2 * codebook_size / (tokens * batch)))
     batches = [example_inputs(model, tokens, batch, seed=seed + 1 + i) for i in range(count)]
-    books = calibrate(model, batches, codebook_size, groups, iters=iters, seed=seed, progress=progress)
+    books = calibrate(model, batches, codebook_size, groups, iters=iters, seed=seed, progress=progress,
+                      quantize=quantize)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     books.save(path)
     return books

@@ -2,19 +2,21 @@
 single-process simulation.
 
 Each rank owns a contiguous chunk of the sequence. Per block it quantizes its
-tokens' attention inputs, sends the bit-packed codes to the ranks that need
-them, projects (and, for the formulations that need it, attends) its own
-tokens at full precision while the codes travel, then attends to the remote
-tokens through codebook lookups (:mod:`astra.block`). Models with a class
-token keep a copy on every rank (Distributed Class Tokens) and average the
-final class states.
+tokens' attention inputs (or, with ``quantize="kv"``, their keys before
+rotation and values), sends the bit-packed codes to the ranks that need them,
+projects (and, for the formulations that need it, attends) its own tokens at
+full precision while the codes travel, then attends to the remote tokens
+through codebook lookups (:mod:`astra.block`). Models with rotary positions
+rotate queries and keys at their global positions; the rotary rows of a
+rank's own and remote positions are computed once per forward. Models with a
+class token keep a copy on every rank (Distributed Class Tokens) and average
+the final class states.
 """
 from __future__ import annotations
 
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 
@@ -22,7 +24,7 @@ import astra_kernels as ak
 from astra_kernels import cost_model
 
 from . import block as B
-from .codebooks import Codebooks
+from .codebooks import Codebooks, check_quantize
 from .models import adapt
 from .partition import Layout
 from .remote import RemotePlan
@@ -46,46 +48,68 @@ class PhaseTimer:
             self.seconds[phase] += time.perf_counter() - start
 
 
-@dataclass
 class KVCache:
-    """Per block (keys, values) (B, Hkv, T, d) of every position seen so far, for decoding."""
+    """Per block, preallocated keys (rotated) and values (B, Hkv, capacity, d) of positions [0, length),
+    for decoding; written in place (each block's buffers are allocated at its first write)."""
 
-    keys: list[torch.Tensor] = field(default_factory=list)
-    values: list[torch.Tensor] = field(default_factory=list)
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"a KV cache needs a capacity of at least one position, got {capacity}")
+        self.capacity, self.length = capacity, 0
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
 
-    @property
-    def length(self) -> int:
-        return self.keys[0].shape[2]
+    def write(self, block: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, Hkv, t, d) at positions [start, start + t) of ``block`` (blocks are first written in
+        order); returns views of that block's keys and values of positions [0, start + t)."""
+        stop = start + k.shape[2]
+        if stop > self.capacity:
+            raise ValueError(f"the KV cache holds {self.capacity} positions; position {stop - 1} does not fit")
+        if block == len(self.keys):
+            shape = (k.shape[0], k.shape[1], self.capacity, k.shape[3])
+            self.keys.append(k.new_empty(shape))
+            self.values.append(v.new_empty(shape))
+        self.keys[block][:, :, start:stop] = k
+        self.values[block][:, :, start:stop] = v
+        self.length = max(self.length, stop)
+        return self.keys[block][:, :, :stop], self.values[block][:, :, :stop]
 
 
 class AstraEngine:
     """ASTRA for one model and its per-block codebooks.
 
     Args:
-        model: GPT2LMHeadModel, ViTForImageClassification or TinyTransformer (unmodified).
-        codebooks: one (G, K, D/G) codebook per block.
+        model: an unmodified model that :func:`astra.adapt` supports (GPT2LMHeadModel, ViTForImageClassification,
+            BertModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM) or TinyTransformer.
+        codebooks: one codebook per block (:class:`astra.Codebooks`).
         formulation: how remote tokens are attended ("auto": the cost model, or
             "tokens", "codewords", "gather", "gather_int8", "dequantize"; see
-            :mod:`astra_kernels.cost_model`).
+            :mod:`astra_kernels.cost_model`). Blocks with rotary positions use only
+            the materialized ones (gather, gather_int8, dequantize), ``quantize="kv"``
+            only dequantize (:class:`astra.remote.RemotePlan`).
         backend: astra_kernels backend for every op (None: fastest available).
         encode: how tokens are quantized: "exact" (nearest codeword,
             :func:`astra_kernels.vq_encode`), "int8" (by int8-estimated scores,
             :func:`astra_kernels.vq_encode_int8`: about 3 % of codes pick a
             near-nearest codeword) or "auto" (int8 where its SIMD kernels run,
             see :func:`astra_kernels.int8_estimate_native`, else exact).
+        quantize: what each token sends codes of, "input" or "kv" (:mod:`astra.codebooks`); None: what the
+            codebooks were calibrated for. Codebooks of the other kind are an error.
     """
 
     def __init__(self, model: torch.nn.Module, codebooks: Codebooks, *, formulation: str = "auto",
                  backend: str | None = None, table_budget_bytes: int = cost_model.TABLE_BUDGET_BYTES,
-                 encode: str = "auto"):
+                 encode: str = "auto", quantize: str | None = None):
         if encode not in ENCODINGS:
             raise ValueError(f"encode must be one of {', '.join(ENCODINGS)}, got {encode!r}")
         self.adapter = adapt(model)
         blocks = self.adapter.blocks
-        codebooks.check(len(blocks), self.adapter.dim)
+        self.quantize = check_quantize(codebooks.quantize if quantize is None else quantize)
+        codebooks.check(len(blocks), self.adapter.quantized_dim(self.quantize), self.quantize)
         ref = blocks[0].w_qkv
         self.codebooks = codebooks.to(dtype=ref.dtype, device=ref.device)
-        self.plans = [RemotePlan(b, cb, formulation, table_budget_bytes) for b, cb in zip(blocks, self.codebooks.tensors)]
+        self.plans = [RemotePlan(b, cb, formulation, table_budget_bytes, self.quantize)
+                      for b, cb in zip(blocks, self.codebooks.tensors)]
         self.backend = backend
         if encode == "auto":
             native = backend in (None, "cpu") and ak.int8_estimate_native(ref.device)
@@ -98,7 +122,9 @@ class AstraEngine:
         return self.adapter.causal
 
     def layout(self, inputs: torch.Tensor, world_size: int) -> Layout:
-        return Layout(self.adapter.num_tokens(inputs), world_size, self.causal)
+        tokens = self.adapter.num_tokens(inputs)
+        self.adapter.check_positions(tokens)  # every rank refuses alike, before any exchange
+        return Layout(tokens, world_size, self.causal)
 
     def remote_formulations(self, inputs: torch.Tensor, world_size: int) -> list[str]:
         """The remote-attention formulations the blocks pick for the last rank's shape (the most remote tokens)."""
@@ -107,8 +133,8 @@ class AstraEngine:
         return sorted({p.choose(inputs.shape[0], mine, layout.tokens - mine, self.backend) for p in self.plans})
 
     def payload_bytes(self, batch: int, tokens: int) -> int:
-        """Bytes of one rank's packed codes for one block."""
-        return ak.packed_size(batch * tokens * self.codebooks.groups, self.codebooks.bits)
+        """Bytes of one rank's packed codes for one block (``codebooks.codes_per_token`` codes per token)."""
+        return self.codebooks.payload_bytes(batch * tokens)
 
     def _embed(self, inputs: torch.Tensor, layout: Layout, rank: int) -> torch.Tensor:
         start, stop = layout.bounds(rank)
@@ -117,40 +143,86 @@ class AstraEngine:
             h = torch.cat([self.adapter.class_token(h.shape[0]).to(h.dtype), h], dim=1)
         return h
 
+    def _rotations(self, layout: Layout, rank: int) -> tuple[B.Rotation | None, B.Rotation | None]:
+        """The rotary embeddings of ``rank``'s own positions and of its remote tokens' (its sources' positions in
+        order), computed once per forward for every block; (None, None) for models without rotary positions."""
+        own = self.adapter.rotary(torch.arange(*layout.bounds(rank)))
+        srcs = layout.sources(rank)
+        if own is None or not srcs:
+            return own, None
+        return own, self.adapter.rotary(torch.cat([torch.arange(*layout.bounds(s)) for s in srcs]))
+
+    def _quantized(self, z: torch.Tensor, qkv: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+        """What the tokens send codes of: their attention inputs z (B, T, D), or the keys and values of their
+        projections ``qkv`` (B, T, 2*Hkv*d)."""
+        return z if self.quantize == "input" else B.kv_features(*qkv[1:])
+
+    def _outputs(self, h: torch.Tensor, logits_to_keep: int | None) -> torch.Tensor:
+        if logits_to_keep is None:
+            return self.adapter.token_outputs(h)
+        return self.adapter.token_outputs(h[:, max(0, h.shape[1] - logits_to_keep):])
+
+    def _check_outputs(self, logits_to_keep: int | None, cache: KVCache | None) -> None:
+        if logits_to_keep is not None and (self.adapter.class_tokens or logits_to_keep < 0):
+            raise ValueError(f"logits_to_keep={logits_to_keep}: a count >= 0 of per-token outputs, for models "
+                             "without a class token")
+        if cache is not None and not self.causal:
+            raise ValueError("a decoding KV cache needs a causal language model")
+
+    def _record(self, cache: KVCache, block: int, plan: RemotePlan, q: torch.Tensor, k: torch.Tensor,
+                v: torch.Tensor, remote_codes: torch.Tensor | None, rotation: B.Rotation | None,
+                start: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Store one block's keys/values of positions [0, start + T) in ``cache``: the remote tokens' (positions
+        [0, start): a causal rank's sources are all earlier ranks) rebuilt from their codes and rotated, then the
+        local ones. Returns the remote keys/values, for :meth:`RemotePlan.attend` to reuse."""
+        remote_kv = None
+        if remote_codes is not None and remote_codes.shape[1] > 0:
+            remote_kv = plan.remote_kv(remote_codes, rotation, queries=q.shape[2], backend=self.backend)
+            cache.write(block, 0, *remote_kv)
+        cache.write(block, start, k, v)
+        return remote_kv
+
     # --- one rank of a distributed run -------------------------------------
 
     @torch.no_grad()
     def run_rank(self, inputs: torch.Tensor, transport: Transport, *, timer: PhaseTimer | None = None,
-                 cache: KVCache | None = None) -> torch.Tensor:
+                 cache: KVCache | None = None, logits_to_keep: int | None = None) -> torch.Tensor:
         """This rank's outputs: LM logits of its own positions (B, T_r, V), or class logits (B, C).
 
         ``inputs`` is the whole batch (token ids or pixels); the rank embeds only
-        its chunk. With ``cache`` the rank records every block's keys/values
-        (remote ones materialized from the codes) for decoding.
+        its chunk. With ``cache`` (causal models) the rank records every block's
+        keys/values of positions [0, its end), remote ones rebuilt from their codes,
+        for decoding. ``logits_to_keep``: only the last n positions' outputs (B, n, V)
+        (None: all; 0: none), as Hugging Face's argument of that name.
         """
+        self._check_outputs(logits_to_keep, cache)
         timer = timer or PhaseTimer()
         layout = self.layout(inputs, transport.world_size)
         rank, c, bits = transport.rank, self.adapter.class_tokens, self.codebooks.bits
         dests, srcs = layout.destinations(rank), layout.sources(rank)
         with timer("embed"):
             h = self._embed(inputs, layout, rank)
-        batch = h.shape[0]
+            rotation, remote_rotation = self._rotations(layout, rank)
+        batch, start = h.shape[0], layout.bounds(rank)[0]
         blocks = self.adapter.blocks
         sizes = {s: self.payload_bytes(batch, layout.size(s)) for s in srcs}
         remote = sum(layout.size(s) for s in srcs)
         transport.prepost(sizes, "block0")
         for i, (bw, plan) in enumerate(zip(blocks, self.plans)):
-            handle = None
+            handle, qkv = None, None
             with timer("encode"):
                 z = B.attention_input(bw, h)
+                if self.quantize == "kv":  # the keys and values are what is sent: projected before encoding
+                    qkv = B.project(bw, z)
                 payload = torch.empty(0, dtype=torch.uint8)
                 if dests:
-                    codes, _ = self._encoders[i](z[:, c:])
+                    codes, _ = self._encoders[i](self._quantized(z, qkv)[:, c:])
                     payload = ak.pack_codes(codes, bits, backend=self.backend)
             if dests or srcs:
                 handle = transport.exchange(payload, dests, sizes, tag=f"block{i}")
             with timer("project"):
-                q, k, v = B.project(bw, z)
+                q, k, v = qkv or B.project(bw, z)
+                q, k = B.rotate(q, rotation), B.rotate(k, rotation)
             with timer("local"):
                 local = B.local_partial(plan, q, k, v, remote, self.causal, self.backend)
             remote_codes = None
@@ -161,60 +233,64 @@ class AstraEngine:
                 if i + 1 < len(blocks):
                     transport.prepost(sizes, f"block{i + 1}")
                 if srcs:
-                    shapes = [(batch, layout.size(s), self.codebooks.groups) for s in srcs]
+                    per_token = self.codebooks.codes_per_token
+                    shapes = [(batch, layout.size(s), per_token) for s in srcs]
                     remote_codes = torch.cat([ak.unpack_codes(parts[s].to(h.device), bits, shape, backend=self.backend)
                                               for s, shape in zip(srcs, shapes)], dim=1)
             with timer("finish"):
+                remote_kv = None
                 if cache is not None:
-                    self._record(cache, plan, k, v, remote_codes)
-                h = B.residual(bw, h, B.attend(plan, q, k, v, remote_codes, self.causal, self.backend, local))
+                    remote_kv = self._record(cache, i, plan, q, k, v, remote_codes, remote_rotation, start)
+                out = B.attend(plan, q, k, v, remote_codes, self.causal, self.backend, local, remote_rotation, remote_kv)
+                h = B.residual(bw, h, out)
         with timer("head"):
             if not c:
-                return self.adapter.token_outputs(h)
+                return self._outputs(h, logits_to_keep)
             mine = h[:, 0].float().contiguous()
             parts = transport.allgather(mine.view(torch.uint8).reshape(-1), [mine.numel() * 4] * transport.world_size, "class")
             states = [mine if r == rank else parts[r].view(torch.float32).reshape(mine.shape) for r in range(transport.world_size)]
             return self.adapter.class_outputs(torch.stack(states).mean(0).to(h.dtype))
 
-    @staticmethod
-    def _record(cache: KVCache, plan: RemotePlan, k: torch.Tensor, v: torch.Tensor, remote_codes) -> None:
-        if remote_codes is not None and remote_codes.shape[1] > 0:
-            rk, rv = plan.remote_kv(remote_codes)  # remote tokens precede the local ones
-            k, v = torch.cat([rk, k], dim=2), torch.cat([rv, v], dim=2)
-        cache.keys.append(k)
-        cache.values.append(v)
-
     # --- all ranks in one process ------------------------------------------
 
     @torch.no_grad()
-    def simulate(self, inputs: torch.Tensor, world_size: int) -> list[torch.Tensor]:
+    def simulate(self, inputs: torch.Tensor, world_size: int, *, cache: KVCache | None = None,
+                 logits_to_keep: int | None = None) -> list[torch.Tensor]:
         """Every rank's outputs as :meth:`run_rank` returns them, computed in one process.
 
         The same block functions run in the same order with the same shapes as
         in a distributed run; only the bytes do not travel (codes are handed
         over directly), so the results match a distributed run exactly up to
-        thread-count effects in the underlying kernels.
+        thread-count effects in the underlying kernels. ``cache``: the last rank's
+        keys/values, as its :meth:`run_rank` records them. ``logits_to_keep``: as
+        :meth:`run_rank`, for every rank.
         """
+        self._check_outputs(logits_to_keep, cache)
         layout = self.layout(inputs, world_size)
-        c = self.adapter.class_tokens
+        c, last = self.adapter.class_tokens, world_size - 1
         hs = [self._embed(inputs, layout, r) for r in range(world_size)]
+        rotations = [self._rotations(layout, r) for r in range(world_size)]
         for i, (bw, plan) in enumerate(zip(self.adapter.blocks, self.plans)):
             zs = [B.attention_input(bw, h) for h in hs]
+            projections = [B.project(bw, z) for z in zs]
             codes = {
-                r: self._encoders[i](zs[r][:, c:])[0]
+                r: self._encoders[i](self._quantized(zs[r], projections[r])[:, c:])[0]
                 for r in range(world_size)
                 if layout.destinations(r)
             }
-            projections = [B.project(bw, z) for z in zs]
             for r in range(world_size):
+                (q, k, v), (rotation, remote_rotation) = projections[r], rotations[r]
+                q, k = B.rotate(q, rotation), B.rotate(k, rotation)
                 srcs = layout.sources(r)
                 remote = torch.cat([codes[s] for s in srcs], dim=1) if srcs else None
-                local = B.local_partial(plan, *projections[r], sum(layout.size(s) for s in srcs), self.causal,
-                                        self.backend)
-                out = B.attend(plan, *projections[r], remote, self.causal, self.backend, local)
+                local = B.local_partial(plan, q, k, v, sum(layout.size(s) for s in srcs), self.causal, self.backend)
+                remote_kv = None
+                if cache is not None and r == last:
+                    remote_kv = self._record(cache, i, plan, q, k, v, remote, remote_rotation, layout.bounds(r)[0])
+                out = B.attend(plan, q, k, v, remote, self.causal, self.backend, local, remote_rotation, remote_kv)
                 hs[r] = B.residual(bw, hs[r], out)
         if not c:
-            return [self.adapter.token_outputs(h) for h in hs]
+            return [self._outputs(h, logits_to_keep) for h in hs]
         pooled = torch.stack([h[:, 0].float() for h in hs]).mean(0).to(hs[0].dtype)
         out = self.adapter.class_outputs(pooled)
         return [out] * world_size
@@ -223,4 +299,3 @@ class AstraEngine:
         """Simulated ASTRA output of the whole sequence: LM logits (B, T, V) or class logits (B, C)."""
         outs = self.simulate(inputs, world_size)
         return outs[0] if self.adapter.class_tokens else torch.cat(outs, dim=1)
-

@@ -11,12 +11,15 @@ its own chunk of the sequence and exchanges VQ codes with the others.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from astra_kernels import cost_model
 
 from .codebooks import Codebooks
 from .engine import AstraEngine
+from .generate import Generation, Sampling, generate
 from .launch import make_transport
 from .transport import Transport
 
@@ -39,11 +42,11 @@ class ParallelModel:
         """``inputs``: token ids (B, T) or pixels (B, C, H, W), the same on every rank."""
         return self.engine.run_rank(inputs, self.transport)
 
-    def generate(self, inputs: torch.Tensor, steps: int):
-        """Distributed prefill, then ``steps`` greedy tokens on the last rank (see :func:`astra.generate.generate`)."""
-        from .generate import generate
-
-        return generate(self.engine, inputs, self.transport, steps)
+    def generate(self, inputs: torch.Tensor, steps: int, sampling: Sampling = Sampling(),
+                 on_token: Callable[[torch.Tensor], None] | None = None) -> Generation | None:
+        """Distributed prefill, then ``steps`` tokens on the last rank, greedy or by ``sampling``; the
+        generation on the last rank, None on the others (see :func:`astra.generate.generate`)."""
+        return generate(self.engine, inputs, self.transport, steps, sampling, on_token)
 
     def close(self) -> None:
         self.transport.close()
@@ -57,19 +60,20 @@ class ParallelModel:
 
 def parallelize(model: torch.nn.Module, codebooks: Codebooks, *, transport: str | Transport = "gloo",
                 timeout_s: float = 60.0, formulation: str = "auto", backend: str | None = None,
-                table_budget_bytes: int = cost_model.TABLE_BUDGET_BYTES, encode: str = "auto") -> ParallelModel:
+                table_budget_bytes: int = cost_model.TABLE_BUDGET_BYTES, encode: str = "auto",
+                quantize: str | None = None) -> ParallelModel:
     """Wrap an unmodified model for this rank of an N-process job.
 
     Args:
-        model: GPT2LMHeadModel, ViTForImageClassification or TinyTransformer.
-        codebooks: one (G, K, D/G) codebook per block (``astra.calibrate`` or ``Codebooks.load``).
+        model: any model :func:`astra.adapt` supports (GPT-2, ViT, BERT, Llama, Mistral, Qwen2, Qwen3, Tiny).
+        codebooks: one codebook per block (``astra.calibrate`` or ``Codebooks.load``).
         transport: "gloo", "nccl" or "mpi" (the launcher's environment names rank and world size),
             or an already created :class:`astra.transport.Transport` (then ``timeout_s`` is unused).
         timeout_s: a silent peer becomes a :class:`astra.PeerError` after this long.
-        formulation, backend, table_budget_bytes, encode: as :class:`astra.AstraEngine`.
+        formulation, backend, table_budget_bytes, encode, quantize: as :class:`astra.AstraEngine`.
     """
     astra_engine = AstraEngine(model, codebooks, formulation=formulation, backend=backend,
-                               table_budget_bytes=table_budget_bytes, encode=encode)
+                               table_budget_bytes=table_budget_bytes, encode=encode, quantize=quantize)
     if isinstance(transport, str):
         transport = make_transport(transport, timeout_s)
     return ParallelModel(astra_engine, transport)

@@ -11,6 +11,18 @@ allowed formulation for its shape, unless one is forced.
 as ordinary tokens: their attention is two partials, local (computed while the
 codes are on the wire) and remote, merged by their log-sum-exps (on the C++ CPU
 backend the remote pass starts its online softmax from the local partial).
+
+Which formulations a plan may use (:attr:`RemotePlan.formulations`):
+
+- Blocks with rotary positions (RoPE) or a per-head key norm: the remote keys
+  need that transform after they are rebuilt, at the remote tokens' global
+  positions. The materialized formulations apply it to the keys they build
+  (:data:`ROTARY_FORMULATIONS`); the fused kernels sum projected codewords
+  inside the attention loop and do not, so they are never chosen, and forcing
+  one is an error. A fused kernel that rotates its remote keys only needs to
+  join :data:`ROTARY_FORMULATIONS` and receive the plan's rotation.
+- ``quantize="kv"``: the codes are the keys' (before rotation) and values' own;
+  the receiver decodes them (``dequantize``: codebook lookup, no projection).
 """
 from __future__ import annotations
 
@@ -20,9 +32,15 @@ import torch.nn.functional as F
 import astra_kernels as ak
 from astra_kernels import backends, cost_model, reference
 
+from . import block as B
+from .codebooks import check_quantize
 from .models.base import BlockWeights
 
 FORMULATIONS = ("auto", "tokens", "codewords", "gather", "gather_int8", "dequantize")
+# Formulations that attend remote keys needing a transform after their projection (rotation, key norm).
+ROTARY_FORMULATIONS = cost_model.MATERIALIZED
+# The formulation of quantize="kv": decode the keys' and values' codes.
+KV_FORMULATIONS = ("dequantize",)
 
 
 def int8_gather_available(device: torch.device) -> bool:
@@ -31,22 +49,60 @@ def int8_gather_available(device: torch.device) -> bool:
 
 
 class RemotePlan:
+    """One block's remote attention.
+
+    Args:
+        block: the block's weights.
+        codebook: (G, K, D/G) for ``quantize="input"``, (2G, K, Hkv*d/G) for ``quantize="kv"``.
+        formulation: "auto" (the cost model, among :attr:`formulations`) or one of them.
+        table_budget_bytes: memory allowed for one block's K/V tables.
+        quantize: what the codes quantize (:data:`astra.codebooks.QUANTIZE`).
+    """
+
     def __init__(self, block: BlockWeights, codebook: torch.Tensor, formulation: str = "auto",
-                 table_budget_bytes: int = cost_model.TABLE_BUDGET_BYTES):
+                 table_budget_bytes: int = cost_model.TABLE_BUDGET_BYTES, quantize: str = "input"):
         if formulation not in FORMULATIONS:
             raise ValueError(f"remote formulation must be one of {', '.join(FORMULATIONS)}, got {formulation!r}")
+        check_quantize(quantize)
         g = codebook.shape[0]
         if formulation == "codewords" and g != 1:
             raise ValueError(f"the codewords formulation needs G = 1, got G={g}")
         if formulation == "gather_int8" and not int8_gather_available(codebook.device):
             raise ValueError(f"the gather_int8 formulation needs torch's quantized CPU ops; this torch has none "
                              f"for {codebook.device.type} tensors (use gather)")
-        self.block, self.codebook, self.formulation = block, codebook, formulation
+        self.block, self.codebook, self.formulation, self.quantize = block, codebook, formulation, quantize
+        self.formulations = self._allowed()
+        if formulation != "auto" and formulation not in self.formulations:
+            raise ValueError(self._refusal(formulation))
         self.table_budget_bytes = table_budget_bytes
         self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
         self._gather_table: torch.Tensor | None = None
         self._int8_tables: tuple[torch.Tensor, torch.Tensor] | None = None
         self._choices: dict[tuple, str] = {}  # the cost model's pick per call shape
+
+    @property
+    def transforms_keys(self) -> bool:
+        """Whether rebuilt remote keys need a rotation (RoPE) or a per-head norm before they are attended."""
+        return self.block.rotary or self.block.k_norm is not None
+
+    def _allowed(self) -> tuple[str, ...]:
+        """The formulations this block can attend its remote tokens with (see the module docs)."""
+        if self.quantize == "kv":
+            return KV_FORMULATIONS
+        allowed = ROTARY_FORMULATIONS if self.transforms_keys else FORMULATIONS[1:]
+        if self.codebook.shape[0] != 1:
+            allowed = tuple(f for f in allowed if f != "codewords")
+        if not int8_gather_available(self.codebook.device):
+            allowed = tuple(f for f in allowed if f != "gather_int8")
+        return tuple(allowed)
+
+    def _refusal(self, formulation: str) -> str:
+        if self.quantize == "kv":
+            return (f"quantize='kv' sends the keys' and values' own codes, which the receiver decodes (formulation "
+                    f"dequantize); {formulation} attends projected codewords of the attention input")
+        return (f"the {formulation} formulation attends remote keys inside a fused kernel that applies no rotary "
+                f"position embedding (nor a per-head key norm), which this block's keys need; use one of "
+                f"{', '.join(self.formulations)} (or auto)")
 
     def shape(self, batch: int, queries: int, remote: int, backend: str | None = None) -> cost_model.RemoteShape:
         b = self.block
@@ -61,10 +117,12 @@ class RemotePlan:
     def choose(self, batch: int, queries: int, remote: int, backend: str | None = None) -> str:
         if self.formulation != "auto":
             return self.formulation
+        if len(self.formulations) == 1:
+            return self.formulations[0]
         key = (batch, queries, remote, backend)
         if key not in self._choices:  # asked twice per block (local partial, then attend)
             self._choices[key] = cost_model.remote_plan(self.shape(batch, queries, remote, backend),
-                                                        self.table_budget_bytes)
+                                                        self.table_budget_bytes, self.formulations)
         return self._choices[key]
 
     def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,10 +164,11 @@ class RemotePlan:
         return x.reshape(x.shape[0], x.shape[1], self.block.kv_heads, self.block.head_dim).transpose(1, 2)
 
     def _dequantized_kv(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode the codes and project them with W_k and W_v (one GEMM): each (B, Hkv, Tr, d)."""
-        b = self.block
-        kv = F.linear(ak.vq_decode(codes, self.codebook), b.w_kv, b.b_kv)
-        return tuple(self._heads(t) for t in kv.split(b.kv_heads * b.head_dim, dim=-1))
+        """Decode the codes; ``input``: project them with W_k and W_v (one GEMM). Each (B, Hkv, Tr, d)."""
+        decoded = ak.vq_decode(codes, self.codebook)
+        if self.quantize == "kv":
+            return B.split_kv_features(decoded, self.block.kv_heads)
+        return B.project_kv(self.block, decoded)
 
     def _table_rows(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (B, Tr, G) -> the rows of the flattened (G*K, ...) tables they select, (B*Tr, G) int64."""
@@ -120,7 +179,7 @@ class RemotePlan:
         """Sum each token's G rows of the gather table (fp32 accumulation): each (B, Hkv, Tr, d)."""
         kv = F.embedding_bag(self._table_rows(codes), self.gather_table(), mode="sum").to(self.codebook.dtype)
         kv = kv.reshape(codes.shape[0], codes.shape[1], kv.shape[-1])
-        return tuple(self._heads(t) for t in kv.split(self.block.kv_heads * self.block.head_dim, dim=-1))
+        return tuple(self._heads(t) for t in kv.split(self.block.kv_dim, dim=-1))
 
     def _int8_gathered_kv(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum each token's G rows of the 8-bit tables (dequantized in fp32): each (B, Hkv, Tr, d)."""
@@ -132,30 +191,47 @@ class RemotePlan:
         return tuple(self._heads(x.to(self.codebook.dtype).reshape(b, tr, x.shape[-1])) for x in sums)
 
     def _materialized_kv(self, codes: torch.Tensor, how: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if how == "gather":
-            return self._gathered_kv(codes)
-        if how == "gather_int8":
-            return self._int8_gathered_kv(codes)
+        """Remote keys (after the per-head key norm, not rotated) and values, each (B, Hkv, Tr, d)."""
         if how == "dequantize":
             return self._dequantized_kv(codes)
-        k_table, v_table = self.tables()  # the fused formulations' tables
-        return (self._heads(reference.gather_tables(codes, k_table)),
-                self._heads(reference.gather_tables(codes, v_table)))
+        if how == "gather":
+            k, v = self._gathered_kv(codes)
+        elif how == "gather_int8":
+            k, v = self._int8_gathered_kv(codes)
+        else:  # the fused formulations' tables
+            k_table, v_table = self.tables()
+            k, v = (self._heads(reference.gather_tables(codes, k_table)),
+                    self._heads(reference.gather_tables(codes, v_table)))
+        return B.key_norm(self.block, k), v
 
-    def remote_kv(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Materialized remote keys/values (B, Hkv, Tr, d), e.g. for a decoding KV cache."""
-        return self._materialized_kv(codes, self.choose(codes.shape[0], 1, codes.shape[1]))
+    def remote_kv(self, codes: torch.Tensor, rotation: B.Rotation | None = None, *, queries: int = 1,
+                  backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Materialized remote keys (rotated) and values (B, Hkv, Tr, d) of codes (B, Tr, codes per token), as
+        :meth:`attend` builds them for ``queries`` queries (e.g. to keep them in a decoding cache).
+
+        ``rotation``: (cos, sin) (Tr, d) of the remote tokens' global positions, for blocks with rotary positions.
+        """
+        if self.block.rotary and rotation is None and codes.shape[1] > 0:
+            raise ValueError("this block has rotary positions: remote keys need their tokens' rotation (cos, sin)")
+        k, v = self._materialized_kv(codes, self.choose(codes.shape[0], queries, codes.shape[1], backend))
+        return B.rotate(k, rotation), v
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, codes: torch.Tensor, causal: bool,
-               backend: str | None, local: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """Attention of q (B, H, T, d) over the remote tokens (codes (B, Tr, G), all earlier than the
-        local ones) and the local keys k, v (B, Hkv, T, d) of the same T tokens as q: (B, H, T, d).
+               backend: str | None, local: tuple[torch.Tensor, torch.Tensor] | None = None,
+               rotation: B.Rotation | None = None,
+               remote_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Attention of q (B, H, T, d) over the remote tokens (codes (B, Tr, codes per token), all earlier than
+        the local ones) and the local keys k, v (B, Hkv, T, d) of the same T tokens as q: (B, H, T, d).
 
-        ``local``: the local partial (out, lse) of a materializing formulation, if already computed.
+        q and k are rotated at their positions already. ``local``: the local partial (out, lse) of a
+        materializing formulation, if already computed. ``rotation``: the remote tokens' (cos, sin) (Tr, d),
+        for blocks with rotary positions. ``remote_kv``: the remote keys/values as :meth:`remote_kv` built them
+        for this call, if already built; a fused formulation does not need them.
         """
         how = self.choose(q.shape[0], q.shape[2], codes.shape[1], backend)
         if how in cost_model.MATERIALIZED:
-            rk, rv = self._materialized_kv(codes, how)
+            rk, rv = remote_kv if remote_kv is not None else self.remote_kv(codes, rotation, queries=q.shape[2],
+                                                                           backend=backend)
             if local is None:
                 local = ak.attention(q, k, v, causal=causal, backend=backend)
             # every remote token precedes every query (no mask on them); merged with the local partial

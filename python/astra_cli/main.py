@@ -7,38 +7,43 @@ import os
 import subprocess
 import sys
 
+from astra import models
+from astra.codebooks import QUANTIZE
 from astra.engine import ENCODINGS
 from astra.remote import FORMULATIONS
 
-from .run import RunConfig
+from .run import DTYPES, RunConfig
 
 TABLE_BUDGET_HELP = ("MiB per layer for the projected K/V codebook tables (fp32 for the fused kernels, fp16 for "
                      "gather, 8-bit rows for gather_int8 on CPU; ViT-Base at G=32: 192/96/48.5 MiB); without room, "
                      "remote tokens are dequantized and projected instead")
 
+QUANTIZE_HELP = ("what each token sends codes of: input (its attention input, D features) or kv (its keys before "
+                 "rotation and its values, Hkv*d features each: 2G codes per token, decoded without a projection)")
+
 ENCODE_HELP = ("how tokens are quantized: exact (nearest codeword), int8 (int8-estimated scores: faster, about 3 %% "
                "of codes near-nearest) or auto (int8 where its AVX-512 VNNI kernels run)")
 
-def _add_run_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    """The model, its inputs, codebooks and ranks: what ``run`` and ``generate`` share."""
     d = RunConfig()
-    p.add_argument("--model", choices=["gpt2", "vit"], default=d.model)
-    p.add_argument("--size", default=d.size, help="gpt2: small|medium|large, vit: small|base|large")
+    p.add_argument("--model", choices=models.FAMILIES, default=d.model)
+    p.add_argument("--size", default=d.size, help="; ".join(f"{f}: {'|'.join(models.sizes(f))} (default "
+                                                             f"{models.DEFAULT_SIZES[f]})" for f in models.FAMILIES))
     p.add_argument("--layers", type=int, default=d.layers, help="keep only the first L blocks")
     p.add_argument("--tokens", type=int, default=d.tokens, help="sequence length (ViT: patches, a square)")
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--ranks", type=int, default=d.ranks, help="number of ranks N")
     p.add_argument("--groups", type=int, default=d.groups, help="VQ groups G")
     p.add_argument("--codebook-size", type=int, default=d.codebook_size, help="codewords K")
+    p.add_argument("--quantize", choices=QUANTIZE, default=d.quantize, help=QUANTIZE_HELP)
     p.add_argument("--transport", choices=["gloo", "nccl", "mpi"], default=d.transport,
                    help="how ranks exchange bytes: gloo or nccl (torch.distributed), or mpi (mpi4py)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=d.device)
+    p.add_argument("--dtype", choices=list(DTYPES), default=d.dtype, help="the model's weights and activations")
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads per rank (default 1: N ranks use N cores)")
-    p.add_argument("--repeat", type=int, default=d.repeat, help="timed runs (the median is reported)")
-    p.add_argument("--warmup", type=int, default=d.warmup)
-    p.add_argument("--compare-single", action="store_true", help="also time the unmodified model on one rank")
-    p.add_argument("--generate", type=int, default=d.generate, metavar="STEPS",
-                   help="GPT-2: then decode STEPS tokens on the last rank (time to first token, tokens/s)")
     p.add_argument("--checkpoint", default=d.checkpoint, help="local Hugging Face checkpoint directory")
+    p.add_argument("--prompt", default=d.prompt, help="input text, by the --checkpoint's tokenizer (sets --tokens)")
     p.add_argument("--codebooks", default=d.codebooks, help="codebook file (default: k-means calibration, cached)")
     p.add_argument("--formulation", choices=FORMULATIONS, default=d.formulation,
                    help="how remote tokens are attended (auto: cost model)")
@@ -46,22 +51,49 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encode", choices=ENCODINGS, default=d.encode, help=ENCODE_HELP)
     p.add_argument("--backend", choices=["reference", "cpu", "triton", "cuda"], default=d.backend)
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds before a silent peer is an error")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="random weights and inputs (and sampling)")
     p.add_argument("--calibration-iters", type=int, default=d.calibration_iters)
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    d = RunConfig()
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="sample among the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=d.top_p, help="sample within this much probability")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    d = RunConfig()
+    _add_model_args(p)
+    p.add_argument("--repeat", type=int, default=d.repeat, help="timed runs (the median is reported)")
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--compare-single", action="store_true", help="also time the unmodified model on one rank")
+    p.add_argument("--generate", type=int, default=d.generate, metavar="STEPS",
+                   help="language models: then decode STEPS tokens on the last rank (time to first token, tokens/s)")
+    _add_sampling_args(p)
     p.add_argument("--json", default=d.json, metavar="PATH", help="write the report as JSON")
 
 
-def _run(args: argparse.Namespace, argv: list[str]) -> int:
+def _add_generate_args(p: argparse.ArgumentParser) -> None:
+    _add_model_args(p)
+    p.add_argument("--steps", dest="generate", type=int, default=16, help="tokens to generate")
+    _add_sampling_args(p)
+    p.add_argument("--json", default=None, metavar="PATH", help="write the tokens and timings as JSON")
+
+
+def _run(args: argparse.Namespace, argv: list[str], rank_main, command: str) -> int:
+    """Start the ranks of ``astra run`` or ``astra generate`` (or be one of them, when a launcher started us)."""
     from astra.launch import mpirun_command, rank_env, spawn_local
 
-    from .run import check_config, rank_main
+    from .run import check_config, resolve
 
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     cfg = RunConfig(**{k: v for k, v in vars(args).items() if k in fields})
     try:
+        cfg = resolve(cfg)
         check_config(cfg)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"astra run: {exc}", file=sys.stderr)
+        print(f"astra {command}: {exc}", file=sys.stderr)
         return 2
     if rank_env() is not None:  # torchrun / mpirun / srun started this process as one rank
         rank_main(cfg)
@@ -71,7 +103,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     codes = spawn_local(cfg.ranks, rank_main, (cfg,))
     failed = [(r, c) for r, c in enumerate(codes) if c != 0]
     for r, c in failed:
-        print(f"astra run: rank {r} exited with code {c}", file=sys.stderr)
+        print(f"astra {command}: rank {r} exited with code {c}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -84,15 +116,13 @@ def _csv(kind):
     return parse
 
 
-DEFAULT_SIZE = {"vit": "base", "gpt2": "small"}
-
-
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
     from astra_lab.bench.config import BenchConfig
 
     d = BenchConfig()
-    p.add_argument("--model", type=_csv(str), default=d.models, help="vit,gpt2")
-    p.add_argument("--size", type=_csv(str), default=None, help="default: base for vit, small for gpt2")
+    p.add_argument("--model", type=_csv(str), default=d.models, help=",".join(models.FAMILIES))
+    p.add_argument("--size", type=_csv(str), default=None,
+                   help="default: " + ", ".join(f"{s} for {f}" for f, s in models.DEFAULT_SIZES.items()))
     p.add_argument("--tokens", type=int, default=d.tokens)
     p.add_argument("--layers", type=int, default=d.layers, help="keep only the first L blocks (default: all)")
     p.add_argument("--ranks", type=_csv(int), default=d.ranks)
@@ -103,6 +133,7 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", type=_csv(str), default=d.methods, help=",".join(d.methods))
     p.add_argument("--groups", type=_csv(int), default=d.groups, help="ASTRA VQ groups G")
     p.add_argument("--codebook-size", type=int, default=d.codebook_size)
+    p.add_argument("--quantize", choices=QUANTIZE, default=d.quantize, help=QUANTIZE_HELP)
     p.add_argument("--table-budget-mib", type=float, default=d.table_budget_mib, help=TABLE_BUDGET_HELP)
     p.add_argument("--encode", choices=ENCODINGS, default=d.encode, help=ENCODE_HELP)
     p.add_argument("--topology", choices=["star", "shared"], default=d.topology)
@@ -127,13 +158,14 @@ def _bench(args: argparse.Namespace) -> int:
     sizes = args.size
     cfgs = []
     for model in args.model:
-        if model not in DEFAULT_SIZE:
-            print(f"astra bench: unknown model {model!r}; choose vit or gpt2", file=sys.stderr)
+        if model not in models.FAMILIES:
+            print(f"astra bench: unknown model {model!r}; choose one of {', '.join(models.FAMILIES)}", file=sys.stderr)
             return 2
         cfgs.append(BenchConfig(
-            models=[model], sizes=sizes or [DEFAULT_SIZE[model]], tokens=args.tokens, layers=args.layers,
+            models=[model], sizes=sizes or [models.DEFAULT_SIZES[model]], tokens=args.tokens, layers=args.layers,
             ranks=args.ranks, bandwidths=args.bandwidth, links=args.link, methods=args.methods, groups=args.groups,
-            codebook_size=args.codebook_size, table_budget_mib=args.table_budget_mib, encode=args.encode,
+            codebook_size=args.codebook_size, quantize=args.quantize, table_budget_mib=args.table_budget_mib,
+            encode=args.encode,
             topology=args.topology, latency_ms=args.latency_ms, repeat=args.repeat,
             point_budget_s=args.point_budget, threads=args.threads, seed=args.seed, net_name=args.net_name,
             json=args.json, markdown=args.markdown, plot=args.plot, scaling_plot=args.scaling_plot,
@@ -187,6 +219,8 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     cfg = module.QUICK if args.quick else cfg_cls()
     if args.ranks is not None:
         cfg = dc.replace(cfg, ranks=args.ranks)
+    if args.quantize is not None:
+        cfg = dc.replace(cfg, quantize=args.quantize)
     command = "python -m astra " + " ".join(argv)
     try:
         rows = module.run(cfg, command, progress=not args.no_progress)
@@ -225,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="one ASTRA inference over N ranks: latency, bytes, check against the simulation")
     _add_run_args(run)
+    gen = sub.add_parser("generate", help="a distributed prefill over N ranks, then tokens printed as they come")
+    _add_generate_args(gen)
     bench = sub.add_parser("bench", help="latency vs bandwidth of ASTRA and baselines (JSON, Markdown, plot)")
     _add_bench_args(bench)
     rank = sub.add_parser("bench-rank", help=argparse.SUPPRESS)
@@ -239,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("task", choices=["fmnist", "kjv", "minilm"])
     train.add_argument("--quick", action="store_true", help="a tiny version (seconds), for tests")
     train.add_argument("--ranks", type=int, default=None, help="simulated ranks N (default: the task's)")
+    train.add_argument("--quantize", choices=QUANTIZE, default=None, help=QUANTIZE_HELP + " (default: the task's)")
     train.add_argument("--record", action="store_true", help="merge the rows into the accuracy record")
     train.add_argument("--record-json", default="benchmarks/results/accuracy.json")
     train.add_argument("--record-md", default="benchmarks/ACCURACY.md")
@@ -246,7 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("demo", help="the README's first command: a short benchmark on the embedded default setup")
     args = parser.parse_args(argv)
     if args.command == "run":
-        return _run(args, argv)
+        from .run import rank_main
+
+        return _run(args, argv, rank_main, "run")
+    if args.command == "generate":
+        from .generate import rank_main
+
+        return _run(args, argv, rank_main, "generate")
     if args.command == "bench":
         return _bench(args)
     if args.command == "bench-rank":

@@ -4,7 +4,8 @@ Every rank builds the same model (random weights from a seed, or a local
 checkpoint) and the same codebooks (a file, or deterministic k-means
 calibration, cached), runs warm-up and timed ASTRA forwards, checks its
 outputs against the single-process simulation, and reports to rank 0, which
-prints a summary and writes JSON.
+prints a summary and writes JSON. The inputs are random token ids (or pixels),
+or ``--prompt`` tokenized by the checkpoint's tokenizer.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -21,6 +22,7 @@ from astra import models
 from astra.calibrate import cached_calibration
 from astra.codebooks import Codebooks
 from astra.engine import AstraEngine, PhaseTimer
+from astra.generate import Sampling, generate
 from astra.launch import (
     keep_freed_memory,
     local_rank,
@@ -34,24 +36,33 @@ from astra_kernels import cost_model
 EXIT_PEER_FAILED = 3
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 @dataclass
 class RunConfig:
     model: str = "gpt2"
-    size: str = "small"
+    size: str | None = None  # None: the family's default (astra.models.DEFAULT_SIZES)
     layers: int | None = None
     tokens: int = 1024
     batch: int = 1
     ranks: int = 2
     groups: int = 1
     codebook_size: int = 1024
+    quantize: str = "input"
     transport: str = "gloo"
     device: str = "cpu"
+    dtype: str = "float32"
     threads: int = 1
     repeat: int = 3
     warmup: int = 1
     compare_single: bool = False
     generate: int = 0
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
     checkpoint: str | None = None
+    prompt: str | None = None
     codebooks: str | None = None
     formulation: str = "auto"
     encode: str = "auto"
@@ -62,16 +73,68 @@ class RunConfig:
     calibration_iters: int = 10
     json: str | None = None
 
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(self.temperature, self.top_k, self.top_p, self.seed)
+
+
+def load_tokenizer(checkpoint: str | None):
+    """The tokenizer saved in a checkpoint directory, or None when there is none."""
+    if checkpoint is None:
+        return None
+    import transformers
+
+    try:
+        return transformers.AutoTokenizer.from_pretrained(checkpoint)
+    except (OSError, ValueError, TypeError):  # no tokenizer files there (nothing is downloaded)
+        return None
+
+
+def prompt_ids(cfg: RunConfig) -> torch.Tensor:
+    """The token ids (batch, T) of ``cfg.prompt``, by the checkpoint's tokenizer."""
+    tokenizer = load_tokenizer(cfg.checkpoint)
+    if tokenizer is None:
+        raise ValueError("--prompt needs a --checkpoint directory with a tokenizer")
+    ids = torch.tensor([tokenizer(cfg.prompt)["input_ids"]])
+    if ids.shape[1] == 0:
+        raise ValueError("--prompt has no tokens")
+    return ids.expand(cfg.batch, -1)
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    """The configuration with its defaults filled in: the family's size, and the prompt's length as ``tokens``."""
+    if cfg.size is None:
+        cfg = replace(cfg, size=models.DEFAULT_SIZES.get(cfg.model, ""))
+    if cfg.prompt is not None:
+        cfg = replace(cfg, tokens=prompt_ids(cfg).shape[1])
+    return cfg
+
 
 def load_codebooks(model, cfg: RunConfig, verbose: bool) -> Codebooks:
     """From ``cfg.codebooks``, else calibrated (and cached) on random inputs of the run's shape."""
     if cfg.codebooks:
         return Codebooks.load(cfg.codebooks)
     # the model's positions (room to generate) change its random weights: part of the key
-    return cached_calibration(model, key=[cfg.model, cfg.size, cfg.layers, cfg.checkpoint, cfg.tokens + cfg.generate],
-                              tokens=cfg.tokens,
-                              batch=cfg.batch, codebook_size=cfg.codebook_size, groups=cfg.groups,
-                              iters=cfg.calibration_iters, seed=cfg.seed, progress=verbose)
+    return cached_calibration(model, key=[cfg.model, cfg.size, cfg.layers, cfg.checkpoint, cfg.tokens + cfg.generate,
+                                          cfg.dtype],
+                              tokens=cfg.tokens, batch=cfg.batch, codebook_size=cfg.codebook_size, groups=cfg.groups,
+                              iters=cfg.calibration_iters, seed=cfg.seed, progress=verbose, quantize=cfg.quantize)
+
+
+def prepare(cfg: RunConfig, verbose: bool) -> tuple[AstraEngine, torch.Tensor]:
+    """Every rank's same model, inputs (the prompt, or random ids / pixels) and codebooks: (engine, inputs)."""
+    model = models.build(cfg.model, cfg.size, tokens=cfg.tokens, layers=cfg.layers, checkpoint=cfg.checkpoint,
+                         seed=cfg.seed, positions=cfg.tokens + cfg.generate).to(cfg.device, DTYPES[cfg.dtype])
+    if cfg.prompt is not None:
+        inputs = prompt_ids(cfg).to(cfg.device)
+    else:
+        inputs = models.example_inputs(model, cfg.tokens, cfg.batch, seed=cfg.seed).to(cfg.device)
+    if inputs.is_floating_point():
+        inputs = inputs.to(DTYPES[cfg.dtype])
+    books = load_codebooks(model, cfg, verbose)
+    engine = AstraEngine(model, books, formulation=cfg.formulation, backend=cfg.backend,
+                         table_budget_bytes=int(cfg.table_budget_mib * 2**20), encode=cfg.encode, quantize=cfg.quantize)
+    return engine, inputs
 
 
 def _block_bytes(transport) -> tuple[int, int, int]:
@@ -83,13 +146,8 @@ def _block_bytes(transport) -> tuple[int, int, int]:
 def measure(cfg: RunConfig, transport) -> dict | None:
     """Run the job on this rank; rank 0 returns the report, the others None."""
     rank, world = transport.rank, transport.world_size
-    verbose = rank == 0
-    model = models.build(cfg.model, cfg.size, tokens=cfg.tokens, layers=cfg.layers, checkpoint=cfg.checkpoint,
-                         seed=cfg.seed, positions=cfg.tokens + cfg.generate).to(cfg.device)
-    inputs = models.example_inputs(model, cfg.tokens, cfg.batch, seed=cfg.seed).to(cfg.device)
-    books = load_codebooks(model, cfg, verbose)
-    engine = AstraEngine(model, books, formulation=cfg.formulation, backend=cfg.backend,
-                         table_budget_bytes=int(cfg.table_budget_mib * 2**20), encode=cfg.encode)
+    engine, inputs = prepare(cfg, rank == 0)
+    books = engine.codebooks
     layout = engine.layout(inputs, world)
 
     for _ in range(cfg.warmup):
@@ -114,10 +172,8 @@ def measure(cfg: RunConfig, transport) -> dict | None:
         "max_abs_diff_vs_simulation": (outputs.float() - simulated.float()).abs().max().item(),
     }
     if cfg.generate:
-        from astra.generate import generate
-
         transport.barrier()
-        gen = generate(engine, inputs, transport, cfg.generate)
+        gen = generate(engine, inputs, transport, cfg.generate, cfg.sampling)
         if gen is not None:
             mine.update(time_to_first_token_s=gen.first_token_s, decode_tokens_per_s=gen.decode_tokens_per_s)
     single = None
@@ -135,6 +191,7 @@ def measure(cfg: RunConfig, transport) -> dict | None:
         "model_dim": engine.adapter.dim,
         "blocks": len(engine.adapter.blocks),
         "bits_per_code": books.bits,
+        "codes_per_token": books.codes_per_token,
         "remote_formulation": engine.remote_formulations(inputs, world),
         "encoding": engine.encode,
         "latency_s": statistics.median(per_run),
@@ -177,7 +234,8 @@ def summary(report: dict) -> str:
         f"ASTRA run: {report['model']}-{report['size']} ({report['blocks']} blocks, D={report['model_dim']}), "
         f"{report['tokens']} tokens x batch {report['batch']}, {report['ranks']} ranks "
         f"({report['transport']}, {report['threads']} thread(s) each), G={report['groups']}, K={report['codebook_size']} "
-        f"({report['bits_per_code']}-bit codes, {report['encoding']} encode), "
+        f"({report['codes_per_token']} {report['bits_per_code']}-bit codes per token of its {report['quantize']}, "
+        f"{report['encoding']} encode), "
         f"remote attention: {'/'.join(report['remote_formulation'])}",
         f"  latency (median of {report['repeat']}): {report['latency_s']:.4f} s",
     ]
@@ -216,7 +274,9 @@ def rank_main(cfg: RunConfig) -> None:
 
 
 def check_config(cfg: RunConfig) -> None:
-    """Reject impossible jobs before any process starts."""
+    """Reject impossible jobs before any process starts (``cfg`` as :func:`resolve` returns it)."""
+    if cfg.model not in models.FAMILIES:
+        raise ValueError(f"--model must be one of {', '.join(models.FAMILIES)}, got {cfg.model!r}")
     if cfg.ranks < 1:
         raise ValueError(f"--ranks must be >= 1, got {cfg.ranks}")
     if cfg.tokens < cfg.ranks:
@@ -229,13 +289,20 @@ def check_config(cfg: RunConfig) -> None:
         raise ValueError(f"--threads must be >= 1, got {cfg.threads}")
     if cfg.table_budget_mib < 0:
         raise ValueError(f"--table-budget-mib must be >= 0, got {cfg.table_budget_mib}")
+    if cfg.generate < 0:
+        raise ValueError(f"--generate must be >= 0, got {cfg.generate}")
+    if cfg.generate and cfg.model == "vit":
+        raise ValueError("generation needs a language model, not vit")
+    cfg.sampling  # its construction raises ValueError on bad --temperature, --top-k or --top-p
     if cfg.model == "vit" and round(cfg.tokens**0.5) ** 2 != cfg.tokens:
         raise ValueError(f"ViT needs a square number of patch tokens (an image of side sqrt(T)*16), got {cfg.tokens}")
-    blocks, dim = models.describe(cfg.model, cfg.size, layers=cfg.layers, checkpoint=cfg.checkpoint)
+    shape = models.describe(cfg.model, cfg.size, layers=cfg.layers, checkpoint=cfg.checkpoint)
+    width = shape.dim if cfg.quantize == "input" else shape.kv_dim
     if cfg.codebooks:
-        Codebooks.load(cfg.codebooks).check(blocks, dim)
-    elif cfg.groups < 1 or dim % cfg.groups:
-        raise ValueError(f"--groups {cfg.groups} must divide the model width D={dim}")
+        Codebooks.load(cfg.codebooks).check(shape.blocks, width, cfg.quantize)
+    elif cfg.groups < 1 or width % cfg.groups:
+        what = "the model width D" if cfg.quantize == "input" else "the key/value width Hkv*d"
+        raise ValueError(f"--groups {cfg.groups} must divide {what}={width}")
     place = rank_env()
     if place is not None and place.world_size != cfg.ranks:
         raise ValueError(f"launched with {place.world_size} ranks but --ranks {cfg.ranks}")

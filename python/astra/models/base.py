@@ -16,27 +16,47 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+NORM_KINDS = ("layer", "rms")
+
 
 @dataclass
 class Norm:
-    """LayerNorm parameters."""
+    """A normalization over the last dimension: LayerNorm (``kind="layer"``) or RMSNorm (``kind="rms"``,
+    computed as Hugging Face's Llama-family RMSNorm does: in fp32, cast back, then scaled; no bias)."""
 
     weight: torch.Tensor
-    bias: torch.Tensor
+    bias: torch.Tensor | None
     eps: float
+    kind: str = "layer"
+
+    def __post_init__(self):
+        if self.kind not in NORM_KINDS:
+            raise ValueError(f"norm kind must be one of {', '.join(NORM_KINDS)}, got {self.kind!r}")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+        if self.kind == "layer":
+            return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+        dtype = x.dtype
+        x = x.to(torch.float32)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
 
 
 @dataclass
 class BlockWeights:
     """One Transformer block.
 
-    w_qkv: ((H + 2*Hkv) * d, D), rows ordered q, k, v, as nn.Linear weights.
-    norm_first: pre-LN (GPT-2, ViT: x + attn(norm1(x))) or post-LN (BERT:
-    norm1(x + attn(x))). The tensor that ASTRA quantizes and sends is the
-    attention input: norm1(x) for pre-LN, x for post-LN.
+    w_qkv: ((H + 2*Hkv) * d, D), rows ordered q, k, v, as nn.Linear weights
+    (d may differ from D / H).
+    norm_first: pre-LN (GPT-2, ViT, Llama: x + attn(norm1(x))) or post-LN (BERT:
+    norm1(x + attn(x))). The attention input is norm1(x) for pre-LN, x for post-LN.
+    MLP: fc2(act(fc1(x))), or with ``w_gate`` the gated MLP (SwiGLU for act = SiLU)
+    fc2(act(gate(x)) * fc1(x)), fc1 being Hugging Face's up_proj and fc2 its down_proj.
+    q_norm, k_norm: per-head norms over d (Qwen3), applied to the projected
+    queries and keys before any rotation.
+    rotary: queries and keys are rotated by their global positions (RoPE,
+    rotate-half layout) after the per-head norms; values never are. The
+    rotation's (cos, sin) rows come from the model (:meth:`ModelAdapter.rotary`).
     """
 
     norm1: Norm
@@ -54,10 +74,20 @@ class BlockWeights:
     kv_heads: int
     head_dim: int
     norm_first: bool = True
+    w_gate: torch.Tensor | None = None  # (F, D): the gated MLP's gate projection
+    b_gate: torch.Tensor | None = None
+    q_norm: Norm | None = None
+    k_norm: Norm | None = None
+    rotary: bool = False
 
     @property
     def dim(self) -> int:
         return self.w_qkv.shape[1]
+
+    @property
+    def kv_dim(self) -> int:
+        """Hkv*d: the width of one token's keys (and of its values)."""
+        return self.kv_heads * self.head_dim
 
     def _slice(self, t: torch.Tensor | None, part: str) -> torch.Tensor | None:
         if t is None:
@@ -92,7 +122,10 @@ class BlockWeights:
         return self._slice(self.b_qkv, "v")
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.act(F.linear(x, self.w_fc1, self.b_fc1)), self.w_fc2, self.b_fc2)
+        up = F.linear(x, self.w_fc1, self.b_fc1)
+        if self.w_gate is None:
+            return F.linear(self.act(up), self.w_fc2, self.b_fc2)
+        return F.linear(self.act(F.linear(x, self.w_gate, self.b_gate)) * up, self.w_fc2, self.b_fc2)
 
 
 class FusedQKV:
@@ -146,6 +179,19 @@ class ModelAdapter(ABC):
     @property
     def dim(self) -> int:
         return self.blocks[0].dim
+
+    def quantized_dim(self, quantize: str) -> int:
+        """Width of one quantized vector per token: D (``quantize="input"``: the attention input) or
+        Hkv*d (``quantize="kv"``: the pre-rotation key, and the value, each)."""
+        return self.dim if quantize == "input" else self.blocks[0].kv_dim
+
+    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The rotary embedding (cos, sin), each (T, d), of global ``positions`` (T,) int64, exactly as the
+        model computes it; None for models without rotary positions."""
+        return None
+
+    def check_positions(self, stop: int) -> None:
+        """Raise ValueError unless the runtime reproduces the model on positions [0, ``stop``)."""
 
     @abstractmethod
     def num_tokens(self, inputs: torch.Tensor) -> int:

@@ -51,11 +51,15 @@ class GPT2Adapter(ModelAdapter):
         """inputs: token ids (B, T) -> (B, stop - start, D)."""
         return self.embed_tokens(inputs[:, start:stop], start)
 
+    def check_positions(self, stop: int) -> None:
+        limit = self.model.transformer.wpe.num_embeddings
+        if stop > limit:
+            raise ValueError(f"{stop} positions exceed the model's n_positions={limit}")
+
     def embed_tokens(self, ids: torch.Tensor, start: int) -> torch.Tensor:
         t = self.model.transformer
         stop = start + ids.shape[1]
-        if stop > t.wpe.num_embeddings:
-            raise ValueError(f"{stop} positions exceed the model's n_positions={t.wpe.num_embeddings}")
+        self.check_positions(stop)
         return t.wte(ids) + t.wpe(torch.arange(start, stop, device=ids.device))
 
     def token_outputs(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -102,10 +102,13 @@ class TinyAdapter(ModelAdapter):
     def embed(self, inputs: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         return self.embed_tokens(inputs[:, start:stop], start)
 
-    def embed_tokens(self, ids: torch.Tensor, start: int) -> torch.Tensor:
-        stop = start + ids.shape[1]
+    def check_positions(self, stop: int) -> None:
         if stop + 1 > self.model.pos.shape[0]:
             raise ValueError(f"{stop} positions exceed the model's max_len={self.model.pos.shape[0] - 1}")
+
+    def embed_tokens(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        stop = start + ids.shape[1]
+        self.check_positions(stop)
         return self.model.tok(ids) + self.model.pos[1 + start : 1 + stop]
 
     def class_token(self, batch: int) -> torch.Tensor:

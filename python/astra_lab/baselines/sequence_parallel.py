@@ -7,13 +7,14 @@ itself: (N-1)/N * T * D values received per rank per block.
 tokens' keys and values: 2 (N-1)/N * T * Hkv*d values per block.
 
 Both give the unmodified model's outputs (up to fp16 rounding of the wire in
-``sp_fp16``): a class token lives on rank 0 as an ordinary token.
-Exchanges overlap the local attention, as in ASTRA.
+``sp_fp16``): a class token lives on rank 0 as an ordinary token. With rotary
+positions, ``x`` mode rotates the remote keys it projects at their positions,
+``kv`` mode sends keys already rotated. Exchanges overlap the local attention,
+as in ASTRA.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 import astra_kernels as ak
 from astra import block as B
@@ -56,6 +57,10 @@ class SequenceParallel:
             h = a.embed(inputs, start, stop)
             if a.class_tokens and rank == 0:
                 h = torch.cat([a.class_token(h.shape[0]).to(h.dtype), h], dim=1)
+            rotation = a.rotary(torch.arange(start, stop))
+            remote_rotation = None
+            if rotation is not None and srcs:
+                remote_rotation = a.rotary(torch.cat([torch.arange(*layout.bounds(s)) for s in srcs]))
         batch, elem = h.shape[0], torch.finfo(self.wire_dtype).bits // 8
         blocks = a.blocks
 
@@ -71,7 +76,8 @@ class SequenceParallel:
             with timer("local"):
                 z = B.attention_input(bw, h)
                 q, k, v = B.project(bw, z)
-                payload = self._as_bytes(z if self.mode == "x" else torch.cat([B.merge_heads(k), B.merge_heads(v)], -1))
+                q, k = B.rotate(q, rotation), B.rotate(k, rotation)
+                payload = self._as_bytes(z if self.mode == "x" else B.kv_features(k, v))
             handle = transport.exchange(payload, dests, sizes, tag=f"block{i}") if dests or srcs else None
             with timer("local"):
                 out, lse = ak.attention(q, k, v, causal=a.causal, backend=self.backend)
@@ -86,11 +92,11 @@ class SequenceParallel:
                         [self._from_bytes(parts[s], (batch, self._tokens(layout, s), width), h.dtype) for s in srcs], 1
                     )
                     if self.mode == "x":
-                        rk, rv = F.linear(remote, bw.w_k, bw.b_k), F.linear(remote, bw.w_v, bw.b_v)
+                        rk, rv = B.project_kv(bw, remote)
+                        rk = B.rotate(rk, remote_rotation)
                     else:
-                        rk, rv = remote.split([kvd, kvd], dim=-1)
-                    r_out, r_lse = ak.attention(q, B.split_heads(rk, bw.kv_heads), B.split_heads(rv, bw.kv_heads),
-                                                backend=self.backend)
+                        rk, rv = B.split_kv_features(remote, bw.kv_heads)
+                    r_out, r_lse = ak.attention(q, rk, rv, backend=self.backend)
                     out, lse = ak.merge_attention(out, lse, r_out, r_lse)
                 h = B.residual(bw, h, out)
         with timer("head"):

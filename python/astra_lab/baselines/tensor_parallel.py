@@ -6,7 +6,9 @@ columns (column-parallel fc1, row-parallel fc2). The partial outputs of the
 attention and of the MLP are summed by a ring all-reduce each, which puts
 2 * 2 (N-1)/N * T * D values per block on each rank's link. The LM head is
 vocabulary-parallel (each rank computes V/N logits); a classifier head runs on
-rank 0. Outputs equal the unmodified model's.
+rank 0. Outputs equal the unmodified model's. A gated MLP splits its gate
+columns with fc1's; per-head q/k norms and rotary positions apply per head,
+as on one device.
 """
 from __future__ import annotations
 
@@ -35,8 +37,16 @@ class _Shard:
     w_fc1: torch.Tensor
     b_fc1: torch.Tensor | None
     w_fc2: torch.Tensor
+    w_gate: torch.Tensor | None
+    b_gate: torch.Tensor | None
     heads: int
     kv_heads: int
+
+    def mlp(self, bw: BlockWeights, x: torch.Tensor) -> torch.Tensor:
+        """This rank's partial sum of the block's MLP output (before fc2's bias)."""
+        up = F.linear(x, self.w_fc1, self.b_fc1)
+        hidden = bw.act(up) if self.w_gate is None else bw.act(F.linear(x, self.w_gate, self.b_gate)) * up
+        return F.linear(hidden, self.w_fc2)
 
 
 def _shard(bw: BlockWeights, rank: int, n: int) -> _Shard:
@@ -49,13 +59,16 @@ def _shard(bw: BlockWeights, rank: int, n: int) -> _Shard:
         torch.arange(v0 + rank * hkv * d, v0 + (rank + 1) * hkv * d),
     ]).to(bw.w_qkv.device)
     f = bw.w_fc1.shape[0] // n
+    cols = slice(rank * f, (rank + 1) * f)
     return _Shard(
         w_qkv=bw.w_qkv[rows],
         b_qkv=None if bw.b_qkv is None else bw.b_qkv[rows],
         w_out=bw.w_out[:, rank * h * d : (rank + 1) * h * d].contiguous(),
-        w_fc1=bw.w_fc1[rank * f : (rank + 1) * f],
-        b_fc1=None if bw.b_fc1 is None else bw.b_fc1[rank * f : (rank + 1) * f],
-        w_fc2=bw.w_fc2[:, rank * f : (rank + 1) * f].contiguous(),
+        w_fc1=bw.w_fc1[cols],
+        b_fc1=None if bw.b_fc1 is None else bw.b_fc1[cols],
+        w_fc2=bw.w_fc2[:, cols].contiguous(),
+        w_gate=None if bw.w_gate is None else bw.w_gate[cols],
+        b_gate=None if bw.b_gate is None else bw.b_gate[cols],
         heads=h,
         kv_heads=hkv,
     )
@@ -93,13 +106,16 @@ class TensorParallel:
             h = a.embed(inputs, 0, a.num_tokens(inputs))
             if a.class_tokens:
                 h = torch.cat([a.class_token(h.shape[0]).to(h.dtype), h], dim=1)
+            rotation = a.rotary(torch.arange(a.num_tokens(inputs)))
         for i, (bw, sh) in enumerate(zip(a.blocks, shards)):
             with timer("local"):
                 z = B.attention_input(bw, h)
                 hd, kvd = sh.heads * bw.head_dim, sh.kv_heads * bw.head_dim
                 q, k, v = F.linear(z, sh.w_qkv, sh.b_qkv).split([hd, kvd, kvd], dim=-1)
-                o, _ = ak.attention(B.split_heads(q, sh.heads), B.split_heads(k, sh.kv_heads),
-                                    B.split_heads(v, sh.kv_heads), causal=a.causal, backend=self.backend)
+                q, k = B.split_heads(q, sh.heads), B.key_norm(bw, B.split_heads(k, sh.kv_heads))
+                q = q if bw.q_norm is None else bw.q_norm(q)
+                o, _ = ak.attention(B.rotate(q, rotation), B.rotate(k, rotation), B.split_heads(v, sh.kv_heads),
+                                    causal=a.causal, backend=self.backend)
                 partial = F.linear(B.merge_heads(o), sh.w_out)
             with timer("wait"):
                 attn = ring_allreduce(partial, transport, f"block{i}/attn")
@@ -107,7 +123,7 @@ class TensorParallel:
                 attn = attn if bw.b_out is None else attn + bw.b_out
                 h = h + attn if bw.norm_first else bw.norm1(h + attn)
                 z2 = bw.norm2(h) if bw.norm_first else h
-                partial = F.linear(bw.act(F.linear(z2, sh.w_fc1, sh.b_fc1)), sh.w_fc2)
+                partial = sh.mlp(bw, z2)
             with timer("wait"):
                 mlp = ring_allreduce(partial, transport, f"block{i}/mlp")
             with timer("local"):

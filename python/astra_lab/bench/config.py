@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from astra.codebooks import QUANTIZE
 from astra.engine import ENCODINGS
 from astra_kernels.cost_model import TABLE_BUDGET_BYTES
 
@@ -24,6 +25,7 @@ class BenchConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     groups: list[int] = field(default_factory=lambda: [1, 16, 32])
     codebook_size: int = 1024
+    quantize: str = "input"  # astra.codebooks.QUANTIZE
     table_budget_mib: float = TABLE_BUDGET_BYTES / 2**20  # per layer, K and V tables together
     encode: str = "auto"  # astra.engine.ENCODINGS
     transport: str = "gloo"
@@ -55,6 +57,8 @@ class BenchConfig:
             raise ValueError(f"topology must be star or shared, got {self.topology!r}")
         if self.table_budget_mib < 0:
             raise ValueError(f"table budget must be >= 0 MiB, got {self.table_budget_mib}")
+        if self.quantize not in QUANTIZE:
+            raise ValueError(f"quantize must be one of {', '.join(QUANTIZE)}, got {self.quantize!r}")
         if self.encode not in ENCODINGS:
             raise ValueError(f"encode must be one of {', '.join(ENCODINGS)}, got {self.encode!r}")
         if self.latency_ms < 0:

@@ -63,8 +63,8 @@ def run(cfg: BenchConfig) -> list[dict]:
             for size in cfg.sizes:
                 model = models.build(family, size, tokens=cfg.tokens, layers=cfg.layers, seed=cfg.seed)
                 name = f"{family}-{size}"
-                if "tp" in distributed:
-                    for n in cfg.ranks:
+                if "tp" in distributed:  # before any rank starts
+                    for n in (n for n in cfg.ranks if n > 1):
                         baselines.build("tp", model).check_ranks(n)
                 books, files = {}, {}
                 if "astra" in cfg.methods:
@@ -73,7 +73,7 @@ def run(cfg: BenchConfig) -> list[dict]:
                         books[str(g)] = cached_calibration(
                             model, key=[family, size, cfg.layers, None], tokens=cfg.tokens, batch=1,
                             codebook_size=cfg.codebook_size, groups=g, iters=cfg.calibration_iters, seed=cfg.seed,
-                            progress=True)
+                            progress=True, quantize=cfg.quantize)
                         files[str(g)] = books[str(g)].save(os.path.join(work, f"{name}-G{g}.safetensors"))
                 for link_mode in cfg.links:
                     bws = [None] if link_mode == "real" else sorted(cfg.bandwidths, reverse=True)

@@ -178,7 +178,7 @@ def main(spec_path: str) -> None:
                     "groups": groups, "bandwidth_mbps": bw, "link": spec.link, "topology": spec.topology,
                     "tokens": spec.tokens, "layers": len(models.adapt(model).blocks), **row, **probe,
                     **({"remote_formulation": method.remote_formulations(inputs, transport.world_size),
-                        "encoding": method.encode} if name == "astra" else {}),
+                        "encoding": method.encode, "quantize": method.quantize} if name == "astra" else {}),
                 })
     if rank0:
         bar.close()

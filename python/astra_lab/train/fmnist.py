@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from astra import AstraEngine, adapt
 
 from . import data
-from .loop import Batch, Variant, codebooks_of, cosine_lr, finetune, init_quantizers
+from .loop import Batch, Variant, codebooks_of, cosine_lr, finetune, init_quantizers, variant_name
 from .simulate import simulate
 
 # The runtime check uses the training quantizer's nearest codewords: the rows measure the trained model, and
@@ -55,6 +55,7 @@ class FmnistConfig:
     test_limit: int | None = None
     check_ranks: int = 2
     seed: int = 0
+    quantize: str = "input"  # what the tokens send: attention inputs, or keys and values ("kv")
     out: str = "runs/accuracy/fmnist"
 
 
@@ -160,16 +161,17 @@ def run(cfg: FmnistConfig, command: str, progress: bool = True) -> list[dict]:
     for v in variants:
         model = copy.deepcopy(original)
         adapter = adapt(model)
-        quantizers = init_quantizers(model, calib, cfg.codebook_size, v.groups, cfg.seed)
+        quantizers = init_quantizers(model, calib, cfg.codebook_size, v.groups, cfg.seed, cfg.quantize)
         if v.name == "astra":
             acc = accuracy(adapter, quantizers, x_test, y_test, cfg.ranks)
-            rows.append(dict(row, ranks=cfg.ranks, groups=v.groups, variant="astra_zero_shot", value=acc))
+            rows.append(dict(row, ranks=cfg.ranks, groups=v.groups,
+                             variant=variant_name("astra_zero_shot", cfg.quantize), value=acc))
         gen = torch.Generator().manual_seed(cfg.seed + v.groups)
         finetune(model, adapter, quantizers, _batches(x_train, y_train, cfg.batch, gen), cfg.ft_steps, cfg.ft_lr,
                  cfg.ranks, v, lambda out, b: F.cross_entropy(out.outputs, b.targets),
                  desc=f"fmnist: NAVQ fine-tune {v.name} G={v.groups}", progress=progress)
         acc = accuracy(adapter, quantizers, x_test, y_test, cfg.ranks, v.class_token)
-        rows.append(dict(row, ranks=cfg.ranks, groups=v.groups, variant=v.name, value=acc))
+        rows.append(dict(row, ranks=cfg.ranks, groups=v.groups, variant=variant_name(v.name, cfg.quantize), value=acc))
         if v.name == "astra" and v.groups == a:
             path = os.path.join(cfg.out, f"astra-G{v.groups}")
             model.save_pretrained(path)
@@ -214,8 +216,9 @@ def distributed_check(path: str, x_test, y_test, cfg: FmnistConfig, command: str
         sim = torch.cat([engine.forward(x_test[i: i + 500], cfg.check_ranks).argmax(-1) for i in range(0, x_test.shape[0], 500)])
     agree = (sim == dist).float().mean().item()
     row = dict(task="fmnist", command=command, ranks=cfg.check_ranks, groups=cfg.ablation_groups)
+    distributed, simulated = (variant_name(n, cfg.quantize) for n in ("astra_distributed", "astra_simulated"))
     return [
-        dict(row, variant="astra_distributed", metric="accuracy", value=(dist == y_test).float().mean().item()),
-        dict(row, variant="astra_simulated", metric="accuracy", value=(sim == y_test).float().mean().item()),
-        dict(row, variant="astra_distributed", metric="agreement_with_simulation", value=agree),
+        dict(row, variant=distributed, metric="accuracy", value=(dist == y_test).float().mean().item()),
+        dict(row, variant=simulated, metric="accuracy", value=(sim == y_test).float().mean().item()),
+        dict(row, variant=distributed, metric="agreement_with_simulation", value=agree),
     ]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from astra import adapt
 
 from . import data
-from .loop import Batch, Variant, cosine_lr, finetune, init_quantizers
+from .loop import Batch, Variant, cosine_lr, finetune, init_quantizers, variant_name
 from .simulate import simulate
 
 
@@ -42,6 +42,7 @@ class KjvConfig:
     test_windows: int = 300
     calib_windows: int = 32
     seed: int = 0
+    quantize: str = "input"  # what the tokens send: attention inputs, or keys and values ("kv")
     out: str = "runs/accuracy/kjv"
 
 
@@ -133,13 +134,14 @@ def run(cfg: KjvConfig, command: str, progress: bool = True) -> list[dict]:
     for v in variants:
         model = copy.deepcopy(original)
         adapter = adapt(model)
-        quantizers = init_quantizers(model, calib, cfg.codebook_size, v.groups, cfg.seed)
+        quantizers = init_quantizers(model, calib, cfg.codebook_size, v.groups, cfg.seed, cfg.quantize)
         if v.name == "astra":
-            rows.append(dict(row, ranks=cfg.ranks, groups=v.groups, variant="astra_zero_shot",
+            rows.append(dict(row, ranks=cfg.ranks, groups=v.groups,
+                             variant=variant_name("astra_zero_shot", cfg.quantize),
                              value=perplexity(adapter, quantizers, test, cfg, cfg.ranks)))
         finetune(model, adapter, quantizers, _windows(train, cfg, torch.Generator().manual_seed(cfg.seed + v.groups)),
                  cfg.ft_steps, cfg.ft_lr, cfg.ranks, v, lambda out, b: _lm_loss(out.outputs, b.targets),
                  desc=f"kjv: NAVQ fine-tune {v.name} G={v.groups}", progress=progress)
-        rows.append(dict(row, ranks=cfg.ranks, groups=v.groups, variant=v.name,
+        rows.append(dict(row, ranks=cfg.ranks, groups=v.groups, variant=variant_name(v.name, cfg.quantize),
                          value=perplexity(adapter, quantizers, test, cfg, cfg.ranks)))
     return rows

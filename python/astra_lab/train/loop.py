@@ -3,7 +3,8 @@ the NAVQ fine-tuning loop, and evaluation through the simulation.
 
 Fine-tuning trains the model's weights and the EMA codebooks together, on the
 simulation of N ranks: loss = task loss + beta * commitment, with NAVQ noise
-lambda on the remote embeddings (training only).
+lambda on the remote embeddings (training only). The quantizers quantize the
+attention inputs or, with ``quantize="kv"``, the keys and values.
 """
 from __future__ import annotations
 
@@ -40,14 +41,19 @@ class Variant:
 
 
 def init_quantizers(model: torch.nn.Module, batches: Iterable[torch.Tensor], codebook_size: int, groups: int,
-                    seed: int) -> list[BlockQuantizer]:
-    """k-means codebooks on the model's block inputs (astra.calibrate), one quantizer per block."""
-    books = calibrate(model, batches, codebook_size, groups, seed=seed, progress=False)
-    return [BlockQuantizer(cb) for cb in books.tensors]
+                    seed: int, quantize: str = "input") -> list[BlockQuantizer]:
+    """k-means codebooks on what the model's blocks quantize (astra.calibrate), one quantizer per block."""
+    books = calibrate(model, batches, codebook_size, groups, seed=seed, progress=False, quantize=quantize)
+    return [BlockQuantizer(cb, quantize=quantize) for cb in books.tensors]
 
 
 def codebooks_of(quantizers: list[BlockQuantizer]) -> Codebooks:
-    return Codebooks([q.codebook.detach().clone() for q in quantizers])
+    return Codebooks([q.codebook.detach().clone() for q in quantizers], quantizers[0].quantize)
+
+
+def variant_name(name: str, quantize: str) -> str:
+    """The record's name of an ASTRA variant: ``name``, with ``_kv`` when keys and values are quantized."""
+    return name if quantize == "input" else f"{name}_kv"
 
 
 def cosine_lr(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 0) -> torch.optim.lr_scheduler.LambdaLR:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from astra import adapt
 
 from . import data
-from .loop import Batch, Variant, finetune, init_quantizers
+from .loop import Batch, Variant, finetune, init_quantizers, variant_name
 from .simulate import simulate
 
 
@@ -38,6 +38,7 @@ class MinilmConfig:
     noise: float = 1.0
     beta: float = 1e-3
     seed: int = 0
+    quantize: str = "input"  # what the tokens send: attention inputs, or keys and values ("kv")
 
 
 QUICK = MinilmConfig(codebook_size=16, groups=[1, 4], test_sentences=16, calib_sentences=8, ft_steps=2, ft_batch=4)
@@ -102,12 +103,13 @@ def run(cfg: MinilmConfig, command: str, progress: bool = True) -> list[dict]:
     for g in cfg.groups:
         student = copy.deepcopy(teacher)
         adapter = adapt(student)
-        quantizers = init_quantizers(student, calib, cfg.codebook_size, g, cfg.seed)
+        quantizers = init_quantizers(student, calib, cfg.codebook_size, g, cfg.seed, cfg.quantize)
         cos = F.cosine_similarity(embeddings(adapter, quantizers, test_batches, cfg.ranks), reference).mean().item()
-        rows.append(dict(row, ranks=cfg.ranks, groups=g, variant="astra_zero_shot", value=cos))
+        rows.append(dict(row, ranks=cfg.ranks, groups=g, variant=variant_name("astra_zero_shot", cfg.quantize),
+                         value=cos))
         finetune(student, adapter, quantizers, batches(), cfg.ft_steps, cfg.ft_lr, cfg.ranks,
                  Variant("astra", g, cfg.noise, cfg.beta), distill, desc=f"minilm: NAVQ distillation G={g}",
                  progress=progress)
         cos = F.cosine_similarity(embeddings(adapter, quantizers, test_batches, cfg.ranks), reference).mean().item()
-        rows.append(dict(row, ranks=cfg.ranks, groups=g, variant="astra", value=cos))
+        rows.append(dict(row, ranks=cfg.ranks, groups=g, variant=variant_name("astra", cfg.quantize), value=cos))
     return rows

@@ -1,6 +1,7 @@
 """A block's VQ module during fine-tuning.
 
-Forward, for the attention inputs z (M, D) of the tokens that are sent:
+Forward, for the vectors z (M, W) that the tokens send (their attention inputs, W = D, or with
+``quantize="kv"`` their keys before rotation and values, W = 2*Hkv*d):
   codes    = nearest codewords (astra_kernels.vq_encode, fast kernels, no gradient)
   x_q      = codebook lookup of the codes
   NAVQ     x~ = x_q + lambda * eps, eps ~ N(mu_r, sigma_r^2) per feature, where
@@ -20,21 +21,25 @@ import torch
 from torch import nn
 
 import astra_kernels as ak
+from astra.codebooks import check_quantize
 
 
 @dataclass
 class QuantOut:
-    remote: torch.Tensor  # (M, D): what the other ranks see (STE, noise in training)
+    remote: torch.Tensor  # (M, W): what the other ranks see (STE, noise in training)
     commit: torch.Tensor  # scalar: mean ||z - sg(x_q)||^2
     codes: torch.Tensor  # (M, G) int32
 
 
 class BlockQuantizer(nn.Module):
-    def __init__(self, codebook: torch.Tensor, *, decay: float = 0.99, eps: float = 1e-5, dead_after: float = 0.03):
-        """codebook: (G, K, D/G) initial codewords (e.g. k-means from astra.calibrate)."""
+    def __init__(self, codebook: torch.Tensor, *, quantize: str = "input", decay: float = 0.99, eps: float = 1e-5,
+                 dead_after: float = 0.03):
+        """codebook: (G, K, W/G) initial codewords (e.g. k-means from astra.calibrate); ``quantize``: what they
+        quantize (:mod:`astra.codebooks`)."""
         super().__init__()
         if codebook.dim() != 3:
             raise ValueError(f"codebook must be (G, K, D/G), got {tuple(codebook.shape)}")
+        self.quantize = check_quantize(quantize)
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         g, k, _ = codebook.shape

@@ -10,7 +10,11 @@ quantized keys of the tokens that are sent, with a mask that lets a query see
 This is the same function as :meth:`astra.AstraEngine.simulate` (local full
 precision, remote through codes) written as one masked attention, so autograd
 runs through it; NAVQ noise and the straight-through estimator live in
-:class:`~astra_lab.train.quantizer.BlockQuantizer`.
+:class:`~astra_lab.train.quantizer.BlockQuantizer`. What is quantized is the
+quantizers' ``quantize``: the attention inputs (remote keys/values projected
+from them) or the keys before rotation and the values themselves. Models with
+rotary positions rotate every query and key, full precision or quantized, at
+its token's position.
 
 Class tokens: "distributed" keeps a copy per rank that is never sent, and
 averages the copies' final states (Distributed Class Tokens); "single" keeps
@@ -55,7 +59,14 @@ def simulate(adapter: ModelAdapter, quantizers: list[BlockQuantizer] | None, inp
     blocks = adapter.blocks
     if quantizers is not None and len(quantizers) != len(blocks):
         raise ValueError(f"{len(quantizers)} quantizers for {len(blocks)} blocks")
+    kinds = {q.quantize for q in quantizers or []}
+    if len(kinds) > 1:
+        raise ValueError(f"the quantizers disagree on what they quantize: {sorted(kinds)}")
+    quantize = kinds.pop() if kinds else "input"
     t = adapter.num_tokens(inputs)
+    rotation = adapter.rotary(torch.arange(t))
+    if rotation is not None and adapter.class_tokens:
+        raise ValueError("rotary positions with class tokens are not supported")
     layout = Layout(t, world_size, adapter.causal)
     h = adapter.embed(inputs, 0, t)
     batch, device = h.shape[0], h.device
@@ -88,13 +99,13 @@ def simulate(adapter: ModelAdapter, quantizers: list[BlockQuantizer] | None, inp
     for i, bw in enumerate(blocks):
         z = B.attention_input(bw, h)
         q, k, v = B.project(bw, z)
-        remote = z[:, sent]
+        remote = (z if quantize == "input" else B.kv_features(k, v))[:, sent]
         if quantizers is not None:
-            quant = quantizers[i](remote.reshape(-1, z.shape[-1]), noise)
+            quant = quantizers[i](remote.reshape(-1, remote.shape[-1]), noise)
             remote = quant.remote.reshape(remote.shape)
             commit = commit + quant.commit
-        rk = B.split_heads(F.linear(remote, bw.w_k, bw.b_k), bw.kv_heads)
-        rv = B.split_heads(F.linear(remote, bw.w_v, bw.b_v), bw.kv_heads)
+        rk, rv = B.project_kv(bw, remote) if quantize == "input" else B.split_kv_features(remote, bw.kv_heads)
+        q, k, rk = B.rotate(q, rotation), B.rotate(k, rotation), B.rotate(rk, rotation)  # every token is sent
         rep = bw.heads // bw.kv_heads
         keys = torch.cat([k, rk], dim=2).repeat_interleave(rep, dim=1)
         values = torch.cat([v, rv], dim=2).repeat_interleave(rep, dim=1)

@@ -1,0 +1,71 @@
+"""``astra generate``: a distributed prefill over N ranks, then decoding on the last rank, printed as it comes.
+
+Every rank builds the same model, inputs and codebooks as ``astra run`` does (:func:`astra_cli.run.prepare`)
+and takes part in the prefill; the last rank then decodes ``--steps`` tokens from its preallocated cache and
+prints each as it is chosen (batch row 0): text when the checkpoint has a tokenizer, token ids otherwise. It
+reports the time to first token and the decode rate, and with ``--json`` writes every row's tokens and the
+timings.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict
+
+import torch
+
+from astra.generate import generate
+from astra.launch import keep_freed_memory, local_rank, make_transport, pin_cores
+from astra.transport import PeerError
+
+from .run import EXIT_PEER_FAILED, RunConfig, load_tokenizer, prepare
+
+
+class TokenPrinter:
+    """Prints batch row 0's tokens as they are chosen: the text they add (with a tokenizer), or their ids."""
+
+    def __init__(self, tokenizer, prompt: torch.Tensor):
+        self.tokenizer, self.ids, self.shown = tokenizer, [], ""
+        if tokenizer is not None:
+            print(tokenizer.decode(prompt[0].tolist()), end="", flush=True)
+
+    def __call__(self, token: torch.Tensor) -> None:
+        self.ids.append(int(token[0, 0]))
+        if self.tokenizer is None:
+            print(self.ids[-1], end=" ", flush=True)
+            return
+        text = self.tokenizer.decode(self.ids)  # decoded whole: a character may span tokens
+        print(text[len(self.shown):], end="", flush=True)
+        self.shown = text
+
+    def text(self) -> str | None:
+        return None if self.tokenizer is None else self.shown
+
+
+def rank_main(cfg: RunConfig) -> None:
+    """Entry point of one rank (spawned, torchrun or mpirun)."""
+    torch.set_num_threads(cfg.threads)
+    keep_freed_memory()
+    transport = make_transport(cfg.transport, cfg.timeout)
+    pin_cores(local_rank(), cfg.threads)  # after the transport: its I/O threads stay free to run anywhere
+    last = transport.rank == transport.world_size - 1
+    try:
+        engine, inputs = prepare(cfg, transport.rank == 0)
+        printer = TokenPrinter(load_tokenizer(cfg.checkpoint), inputs) if last else None
+        transport.barrier()
+        gen = generate(engine, inputs, transport, cfg.generate, cfg.sampling, printer)
+    except PeerError as exc:
+        print(f"astra generate: {exc}", file=sys.stderr, flush=True)
+        os._exit(EXIT_PEER_FAILED)  # peers may be gone: skip collective shutdown
+    if gen is not None:
+        print(f"\nprefill over {transport.world_size} ranks: {gen.prefill_s:.4f} s on rank {transport.rank}, time to "
+              f"first token {gen.first_token_s:.4f} s, decode {gen.decode_tokens_per_s:.1f} tokens/s "
+              f"({cfg.generate} tokens, {'sampled' if cfg.temperature else 'greedy'})", flush=True)
+        if cfg.json:
+            report = {**{k: v for k, v in asdict(cfg).items() if k != "json"}, "generated": gen.tokens.tolist(),
+                      "text": printer.text(), "prefill_s": gen.prefill_s, "time_to_first_token_s": gen.first_token_s,
+                      "decode_tokens_per_s": gen.decode_tokens_per_s}
+            with open(cfg.json, "w") as f:
+                json.dump(report, f, indent=2)
+    transport.close()
