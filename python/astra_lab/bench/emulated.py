@@ -103,7 +103,8 @@ def run_setting(cfg: BenchConfig, model, name: str, n: int, bandwidths: list[flo
                 "model": name, "method": method, "ranks": 1 if method == "single" else n, "setting_ranks": n,
                 "groups": groups, "bandwidth_mbps": bw, "link": "emulated", "topology": cfg.topology,
                 "tokens": cfg.tokens, "layers": layers, **fields,
-                **({"remote_formulation": m.remote_formulations(inputs, n), "encoding": m.encode}
+                **({"remote_formulation": m.remote_formulations(inputs, n), "encoding": m.encode,
+                    "quantize": m.quantize}
                    if method == "astra" else {}),
             })
     return rows
