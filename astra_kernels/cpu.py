@@ -6,8 +6,9 @@ Kernels and their contract: ``csrc/core`` (torch-free), ``csrc/cpu`` (ATen),
 :mod:`astra_kernels.reference` (semantics).
 
 Set ``ASTRA_CPU_SIMD=generic|avx2|avx512|avx512_vnni`` before the first call
-to cap the SIMD kernels (e.g. to test the portable path, or ``avx512`` to
-encode without the int8 prefilter); :func:`capabilities` reports what runs.
+to cap the SIMD kernels (e.g. ``generic`` to test the portable path, ``avx2``
+for the AVX2 int8 kernels, or ``avx512`` to encode without the int8 prefilter);
+:func:`capabilities` reports what runs.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ except ImportError as exc:  # registry reports this message as the reason
 
 def capabilities() -> dict:
     """{'simd': kernels in use, 'simd_detected': best supported, 'encode_gemm_min_width': Dg,
-    'int8_estimate': 'avx512_vnni' or 'portable' (the vq_encode_int8 kernels)}."""
+    'int8_estimate': 'avx512_vnni', 'avx2' or 'portable' (the vq_encode_int8 kernels),
+    'int8_estimate_faster': whether they are faster than the exact vq_encode}."""
     return dict(_C.capabilities())
 
 

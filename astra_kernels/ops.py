@@ -64,19 +64,21 @@ def vq_encode_int8(x: torch.Tensor, codebooks: torch.Tensor, *, backend: str | N
     :func:`astra_kernels.reference.vq_encode_int8`, the contract (on ViT-Base
     activations at G = 32, K = 1024: 3 % of codes differ from the nearest one,
     and the total squared error grows by 0.02 %). The C++ CPU backend runs it
-    (VNNI kernels, or bit-identical portable code: :func:`int8_estimate_native`);
-    other devices run the reference.
+    with AVX-512 VNNI or AVX2 kernels, or bit-identical portable code (the same
+    codes on every CPU; where it is faster than :func:`vq_encode`:
+    :func:`int8_estimate_native`); other devices run the reference.
     """
     return _encode("vq_encode_int8", x, codebooks, backend)
 
 
 def int8_estimate_native(device: torch.device | str) -> bool:
-    """Whether :func:`vq_encode_int8` runs SIMD kernels on ``device`` (the C++ CPU backend on a CPU
-    with AVX-512 VNNI), i.e. whether it is faster than :func:`vq_encode` there."""
+    """Whether :func:`vq_encode_int8` runs kernels faster than :func:`vq_encode` on ``device``: the C++
+    CPU backend on a CPU with AVX-512 VNNI. Its AVX2 kernels give the same codes at about the exact
+    search's speed, so there (and on other devices) exact encoding costs no more."""
     device = torch.device(device)
     if device.type != "cpu" or backends.resolve(None, device, "vq_encode_int8") != "cpu":
         return False
-    return backends.get("cpu").capabilities()["int8_estimate"] == "avx512_vnni"
+    return bool(backends.get("cpu").capabilities()["int8_estimate_faster"])
 
 
 def _encode(op: str, x: torch.Tensor, codebooks: torch.Tensor, backend: str | None):

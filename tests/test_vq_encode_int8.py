@@ -1,4 +1,4 @@
-"""vq_encode_int8: the C++ kernels (AVX-512 VNNI and portable) against the pure-torch
+"""vq_encode_int8: the C++ kernels (AVX-512 VNNI, AVX2 and portable) against the pure-torch
 reference, and the chosen codewords against float64 truth and the contract's bound."""
 import os
 import subprocess
@@ -93,40 +93,81 @@ def test_layer_normed_tokens_lose_little_against_exact_encoding(backend):
     assert_within_bound(x, cb, codes, sqdist)
 
 
-def _vnni_kernels() -> bool:
-    return "cpu" in BACKENDS and ak.int8_estimate_native("cpu")
+SIMD_ORDER = ("generic", "avx2", "avx512", "avx512_vnni")  # ASTRA_CPU_SIMD values, weakest first
 
 
-@pytest.mark.skipif(not _vnni_kernels(), reason="needs the AVX-512 VNNI kernels to compare with the portable code")
-def test_portable_kernels_give_bit_identical_codes():
-    """ASTRA_CPU_SIMD=generic runs the portable C++ build; on an AVX-512 VNNI machine the default run
-    uses the VNNI kernels: both must write the same codes and distances."""
-    cases = [((200, 96), (4, 300, 24)), ((64, 130), (1, 1000, 130)), ((33, 15), (5, 77, 3))]
+def _cpu_runs(simd: str) -> bool:
+    """Whether the C++ CPU backend can run the kernels of ``simd`` on this machine."""
+    if "cpu" not in BACKENDS:
+        return False
+    from astra_kernels import cpu
+
+    return SIMD_ORDER.index(cpu.capabilities()["simd_detected"]) >= SIMD_ORDER.index(simd)
+
+
+def _identity_cases() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, codebooks) pairs for the bit-identity tests: widths around the kernels' pair / quad / vector
+    sizes, K around their panel widths, and the adversarial inputs (duplicates, ties, zero, subnormal,
+    NaN/Inf rows and codewords, strided rows, tiny and huge scales)."""
     gen = torch.Generator().manual_seed(7)
-    tensors = []
-    for xs, cs in cases:
-        cb = torch.randn(*cs, generator=gen)
+    cases = []
+    for (n, d), (g, k, dg) in [((200, 96), (4, 300, 24)), ((64, 130), (1, 1000, 130)), ((33, 15), (5, 77, 3)),
+                               ((70, 768), (32, 1024, 24)), ((9, 768), (1, 300, 768)), ((41, 67), (1, 33, 67)),
+                               ((17, 34), (2, 16, 17)), ((25, 1), (1, 17, 1)), ((12, 18), (2, 4099, 9))]:
+        cb = torch.randn(g, k, dg, generator=gen) * torch.rand(g, 1, 1, generator=gen) * 3
         cb[0, 3] = cb[0, 1]  # a duplicate codeword
-        tensors.append((torch.randn(*xs, generator=gen) * 2, cb))
-    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"astra-int8-portable-{os.getpid()}.pt")
-    torch.save(tensors, path)
+        cases.append((torch.randn(n, d, generator=gen) * 2, cb))
+    cb = torch.randn(3, 64, 8, generator=gen)
+    cb[:, 32:] = -cb[:, :32]  # e and -e: equal norms, so a zero row ties every pair
+    cb[1, 5, 2] = float("nan")
+    cb[1, 9, 0] = float("inf")
+    cb[2, 7] = 1e30  # finite, its squared norm overflows
+    x = torch.randn(30, 40, generator=gen)[:, 7:31]  # strided rows
+    x[0] = 0.0
+    x[1] = 1e-41
+    x[2, 3] = float("nan")
+    x[3, 20] = float("-inf")
+    x[4, 8:16] = cb[1, 40]  # exactly a codeword
+    cases.append((x, cb))
+    for x_scale, cb_scale in ((1e-39, 1e-39), (1e-15, 1e-15), (1e15, 1e15), (1e-12, 1e12)):
+        cases.append((torch.randn(20, 16, generator=gen) * x_scale, torch.randn(2, 40, 8, generator=gen) * cb_scale))
+    cases.append((torch.randn(9, 6, generator=gen), torch.full((1, 40, 6), 0.5)))  # every estimate equal
+    return cases
+
+
+def _encode_under(simd: str, cases):
+    """(capabilities()['int8_estimate'], [vq_encode_int8 on cpu]) in a fresh process with ASTRA_CPU_SIMD=simd."""
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"astra-int8-{simd}-{os.getpid()}.pt")
+    torch.save(cases, path)
     script = (
         "import sys, torch, astra_kernels as ak, astra_kernels.cpu\n"
         "cases = torch.load(sys.argv[1])\n"
-        "assert ak.cpu.capabilities()['int8_estimate'] == 'portable'\n"
-        "torch.save([ak.vq_encode_int8(x, cb, backend='cpu') for x, cb in cases], sys.argv[1])\n"
+        "out = [ak.vq_encode_int8(x, cb, backend='cpu') for x, cb in cases]\n"
+        "torch.save((ak.cpu.capabilities()['int8_estimate'], out), sys.argv[1])\n"
     )
-    env = dict(os.environ, ASTRA_CPU_SIMD="generic")
     try:
-        subprocess.run([sys.executable, "-c", script, path], env=env, check=True, timeout=300)
-        portable = torch.load(path)
+        subprocess.run([sys.executable, "-c", script, path], env=dict(os.environ, ASTRA_CPU_SIMD=simd), check=True,
+                       timeout=300)
+        return torch.load(path)
     finally:
         os.remove(path)
-    for (x, cb), (codes, sqdist) in zip(tensors, portable):
-        here, here_sq = ak.vq_encode_int8(x, cb, backend="cpu")
-        assert torch.equal(here, codes)
-        assert torch.allclose(here_sq, sqdist, rtol=1e-6, atol=1e-6)
-        assert_matches_reference(x, cb, here)
+
+
+@pytest.mark.parametrize("simd", ["avx2", "avx512_vnni"])
+def test_simd_kernels_give_the_portable_codes(simd):
+    """ASTRA_CPU_SIMD=generic runs the portable C++ build, ASTRA_CPU_SIMD=avx2 the AVX2 kernels and
+    avx512_vnni the VNNI kernels: every build must write the same codes and distances."""
+    if not _cpu_runs(simd):
+        pytest.skip(f"this CPU or build does not run the {simd} kernels")
+    cases = _identity_cases()
+    kernels, fast = _encode_under(simd, cases)
+    assert kernels == simd
+    kernels, portable = _encode_under("generic", cases)
+    assert kernels == "portable"
+    for (x, cb), (codes, sqdist), (want, want_sq) in zip(cases, fast, portable):
+        assert torch.equal(codes, want)
+        assert torch.allclose(sqdist, want_sq, rtol=1e-6, atol=1e-6, equal_nan=True)
+        assert_matches_reference(x, cb, codes)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -219,7 +260,8 @@ def test_native_kernels_are_reported_and_missing_backends_refuse():
     if "cpu" in BACKENDS:
         from astra_kernels import cpu
 
-        assert native == (cpu.capabilities()["int8_estimate"] == "avx512_vnni")
+        caps = cpu.capabilities()
+        assert native == caps["int8_estimate_faster"] == (caps["int8_estimate"] == "avx512_vnni")
     assert not ak.int8_estimate_native("meta")
     x, cb = torch.randn(4, 8), torch.randn(2, 8, 4)
     for backend in ("triton", "cuda"):

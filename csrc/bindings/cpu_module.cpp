@@ -3,6 +3,7 @@
 // csrc/cpu (ATen glue) and csrc/core (torch-free).
 #include <torch/extension.h>
 
+#include "core/argmin_int8.h"
 #include "core/cpu_features.h"
 #include "core/vq_encode.h"
 #include "cpu/attention_ops.h"
@@ -16,7 +17,8 @@ pybind11::dict capabilities() {
   caps["simd"] = astra::core::simd_name(astra::core::active_simd());
   caps["simd_detected"] = astra::core::simd_name(astra::core::detect_simd());
   caps["encode_gemm_min_width"] = astra::core::gemm_min_width(astra::core::active_simd());
-  caps["int8_estimate"] = astra::core::active_simd() == astra::core::Simd::kAvx512Vnni ? "avx512_vnni" : "portable";
+  caps["int8_estimate"] = astra::core::int8_kernels(astra::core::active_simd()).name;
+  caps["int8_estimate_faster"] = astra::core::int8_estimate_beats_exact(astra::core::active_simd());
   return caps;
 }
 
@@ -62,5 +64,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("capabilities", &capabilities,
         "dict: simd (kernels in use: avx512_vnni, avx512, avx2 or generic; capped by ASTRA_CPU_SIMD), "
         "simd_detected (best this CPU supports), encode_gemm_min_width (smallest Dg on the GEMM path), "
-        "int8_estimate (vq_encode_int8 kernels: avx512_vnni or portable)");
+        "int8_estimate (vq_encode_int8 kernels: avx512_vnni, avx2 or portable), int8_estimate_faster (whether "
+        "vq_encode_int8 is faster than vq_encode)");
 }

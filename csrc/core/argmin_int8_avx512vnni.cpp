@@ -231,7 +231,7 @@ int32_t rescore(const Int8Codebook& book, const float* x, const float* scores, f
 
 }  // namespace
 
-bool int8_argmin_supported() {
+bool avx512_vnni_supported() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
@@ -279,8 +279,8 @@ void load_columns(const float* codebook, int64_t k, int64_t width, int64_t j0, f
 
 // Sixteen codewords per vector, feature by feature, so each lane accumulates
 // ||e||^2 in the portable build's order.
-Int8Grid int8_pack(const float* codebook, int64_t k, int64_t width, int32_t* panels, float* norms,
-                   int32_t* offsets) {
+Int8Grid int8_pack_avx512vnni(const float* codebook, int64_t k, int64_t width, int32_t* panels, float* norms,
+                              int32_t* offsets) {
   const int64_t quads = (width + 3) / 4;
   const int64_t padded = (k + P - 1) / P * P;
   const __m512 inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
@@ -334,8 +334,8 @@ Int8Grid int8_pack(const float* codebook, int64_t k, int64_t width, int32_t* pan
   return Int8Grid{step, static_cast<float>(_mm512_reduce_max_epi32(l1_max)), _mm512_reduce_max_ps(norm_peak)};
 }
 
-void int8_argmin(const Int8Codebook& book, const float* x, int64_t x_row_stride, int64_t rows,
-                 int32_t* best) {
+void int8_argmin_avx512vnni(const Int8Codebook& book, const float* x, int64_t x_row_stride, int64_t rows,
+                            int32_t* best) {
   const int64_t quads = (book.width + 3) / 4;
   const int64_t ld = book.num_panels * P;
   // Per-thread buffers: vq_encode runs one task per (group, row block).
@@ -380,8 +380,8 @@ void int8_argmin(const Int8Codebook& book, const float* x, int64_t x_row_stride,
   }
 }
 
-void int8_argmin_estimate(const Int8Codebook& book, const float* x, int64_t x_row_stride, int64_t rows,
-                          int32_t* best) {
+void int8_argmin_estimate_avx512vnni(const Int8Codebook& book, const float* x, int64_t x_row_stride, int64_t rows,
+                                     int32_t* best) {
   const int64_t quads = (book.width + 3) / 4;
   thread_local std::vector<int32_t> words;
   words.resize(static_cast<size_t>(kRowChunk * quads));
@@ -406,15 +406,15 @@ void int8_argmin_estimate(const Int8Codebook& book, const float* x, int64_t x_ro
 #include <stdexcept>
 
 namespace astra::core {
-bool int8_argmin_supported() { return false; }
-Int8Grid int8_pack(const float*, int64_t, int64_t, int32_t*, float*, float*) {
-  throw std::logic_error("int8_pack: this build has no AVX-512 VNNI kernels");
+bool avx512_vnni_supported() { return false; }
+Int8Grid int8_pack_avx512vnni(const float*, int64_t, int64_t, int32_t*, float*, int32_t*) {
+  throw std::logic_error("int8_pack_avx512vnni: this build has no AVX-512 VNNI kernels");
 }
-void int8_argmin(const Int8Codebook&, const float*, int64_t, int64_t, int32_t*) {
-  throw std::logic_error("int8_argmin: this build has no AVX-512 VNNI kernels");
+void int8_argmin_avx512vnni(const Int8Codebook&, const float*, int64_t, int64_t, int32_t*) {
+  throw std::logic_error("int8_argmin_avx512vnni: this build has no AVX-512 VNNI kernels");
 }
-void int8_argmin_estimate(const Int8Codebook&, const float*, int64_t, int64_t, int32_t*) {
-  throw std::logic_error("int8_argmin_estimate: this build has no AVX-512 VNNI kernels");
+void int8_argmin_estimate_avx512vnni(const Int8Codebook&, const float*, int64_t, int64_t, int32_t*) {
+  throw std::logic_error("int8_argmin_estimate_avx512vnni: this build has no AVX-512 VNNI kernels");
 }
 }  // namespace astra::core
 #endif

@@ -1,6 +1,6 @@
-// Portable build of the int8-estimate argmin and of its codebook packing
-// (argmin_int8.h): plain C++ that writes the same bytes and picks the same
-// codes as the AVX-512 VNNI build, on any CPU.
+// Portable build of the int8-estimate argmin and of its kQuads codebook packing
+// (argmin_int8.h): plain C++ that writes the same bytes as the AVX-512 VNNI
+// build, and picks the same codes as every SIMD build, on any CPU.
 #include <algorithm>
 #include <cmath>
 #include <cstring>

@@ -28,7 +28,7 @@ Simd simd_from_env() {
 Simd detect_simd() {
 #if ASTRA_X86_SIMD_KERNELS
   __builtin_cpu_init();
-  if (int8_argmin_supported()) return Simd::kAvx512Vnni;
+  if (avx512_vnni_supported()) return Simd::kAvx512Vnni;
   if (__builtin_cpu_supports("avx512f")) return Simd::kAvx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Simd::kAvx2;
 #endif

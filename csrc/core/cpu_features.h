@@ -4,7 +4,9 @@
 namespace astra::core {
 
 // Instruction sets with a kernel build, weakest first. kAvx512Vnni runs the
-// AVX-512 kernels plus the int8 nearest-codeword prefilter (argmin_int8.h).
+// AVX-512 kernels plus the int8 nearest-codeword prefilter (argmin_int8.h);
+// the int8-estimate kernels run with AVX-512 VNNI, with AVX2 on kAvx2 and
+// kAvx512, and as portable code on kGeneric.
 enum class Simd { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Vnni = 3 };
 
 // Best instruction set this CPU (and this build) supports.

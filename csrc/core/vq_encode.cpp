@@ -65,6 +65,8 @@ EncodePath choose_encode_path(int64_t width, Simd simd) {
   return EncodePath::kFused;
 }
 
+bool int8_estimate_beats_exact(Simd simd) { return simd == Simd::kAvx512Vnni; }
+
 void EncodePlan::AlignedFree::operator()(void* p) const { std::free(p); }
 
 namespace {
@@ -82,8 +84,7 @@ EncodePlan::EncodePlan(const float* codebooks, VqShape shape, Simd simd, EncodeP
     : codebooks_(codebooks),
       shape_(shape),
       kernels_(argmin_kernels(simd)),
-      path_(path),
-      vnni_(simd == Simd::kAvx512Vnni && simd_supported(Simd::kAvx512Vnni)) {
+      path_(path) {
   if (shape.groups < 1 || shape.codes < 1 || shape.width < 1) {
     throw std::invalid_argument("EncodePlan: G, K and Dg must be positive");
   }
@@ -92,8 +93,9 @@ EncodePlan::EncodePlan(const float* codebooks, VqShape shape, Simd simd, EncodeP
   }
   const int64_t g = shape.groups;
   const int64_t k = shape.codes;
-  if (path_ == EncodePath::kInt8 && !simd_supported(Simd::kAvx512Vnni)) {
-    throw std::invalid_argument("EncodePlan: the int8 path needs AVX-512 VNNI");
+  if (path_ == EncodePath::kInt8 || path_ == EncodePath::kInt8Estimate) int8_kernels_ = &int8_kernels(simd);
+  if (path_ == EncodePath::kInt8 && int8_kernels_->argmin == nullptr) {
+    throw std::invalid_argument(std::string("EncodePlan: the int8 path needs AVX-512 VNNI, not ") + simd_name(simd));
   }
   if (int8() && shape.width > kInt8MaxWidth) {
     throw std::invalid_argument("EncodePlan: the int8 paths take groups of at most " +
@@ -106,11 +108,12 @@ EncodePlan::EncodePlan(const float* codebooks, VqShape shape, Simd simd, EncodeP
     panels_.reset(static_cast<float*>(aligned_buffer(static_cast<size_t>(floats) * sizeof(float))));
     norms_.resize(static_cast<size_t>(g * num_panels_ * p));
   } else if (int8()) {
-    num_panels_ = (k + kInt8PanelWidth - 1) / kInt8PanelWidth;
-    const int64_t words = g * num_panels_ * ((shape.width + 3) / 4) * kInt8PanelWidth;
+    const int64_t p = int8_kernels_->panel_width;
+    num_panels_ = (k + p - 1) / p;
+    const int64_t words = g * int8_group_words();
     int8_panels_.reset(static_cast<int32_t*>(aligned_buffer(static_cast<size_t>(words) * sizeof(int32_t))));
-    norms_.resize(static_cast<size_t>(g * num_panels_ * kInt8PanelWidth));
-    int8_offsets_.resize(norms_.size());
+    norms_.resize(static_cast<size_t>(g * num_panels_ * p));
+    if (int8_kernels_->layout == Int8Layout::kQuads) int8_offsets_.resize(norms_.size());
     int8_grids_.resize(static_cast<size_t>(g));
   } else {
     norms_.resize(static_cast<size_t>(g * k));
@@ -123,9 +126,11 @@ int64_t EncodePlan::panels_per_task() const {
   return std::max<int64_t>(1, kPackFloatsPerTask / floats_per_panel);
 }
 
-int32_t* EncodePlan::int8_group_panels(int64_t g) const {
-  return int8_panels_.get() + g * num_panels_ * ((shape_.width + 3) / 4) * kInt8PanelWidth;
+int64_t EncodePlan::int8_group_words() const {
+  return num_panels_ * int8_words(int8_kernels_->layout, shape_.width) * int8_kernels_->panel_width;
 }
+
+int32_t* EncodePlan::int8_group_panels(int64_t g) const { return int8_panels_.get() + g * int8_group_words(); }
 
 int64_t EncodePlan::prepare_tasks() const {
   if (path_ != EncodePath::kFused) return shape_.groups;
@@ -151,11 +156,10 @@ void EncodePlan::prepare(int64_t task) {
   }
   if (int8()) {
     const int64_t g = task;
-    const int64_t p = kInt8PanelWidth;
-    const auto pack = vnni_ ? &int8_pack : &int8_pack_portable;
-    int8_grids_[static_cast<size_t>(g)] =
-        pack(codebooks_ + g * k * dg, k, dg, int8_group_panels(g), norms_.data() + g * num_panels_ * p,
-             int8_offsets_.data() + g * num_panels_ * p);
+    const int64_t p = int8_kernels_->panel_width;
+    int32_t* offsets = int8_offsets_.empty() ? nullptr : int8_offsets_.data() + g * num_panels_ * p;
+    int8_grids_[static_cast<size_t>(g)] = int8_kernels_->pack(codebooks_ + g * k * dg, k, dg, int8_group_panels(g),
+                                                              norms_.data() + g * num_panels_ * p, offsets);
     return;
   }
   const int64_t g = task;
@@ -223,20 +227,17 @@ void EncodePlan::encode_rows(const float* x, int64_t x_row_stride, int64_t g, in
                                      panels_.get() + g * num_panels_ * dg * p,
                                      norms_.data() + g * num_panels_ * p, num_panels_, best.data()});
   } else if (int8()) {
-    const int64_t p = kInt8PanelWidth;
+    const int64_t p = int8_kernels_->panel_width;
     const Int8Codebook book{int8_group_panels(g),
                             norms_.data() + g * num_panels_ * p,
-                            int8_offsets_.data() + g * num_panels_ * p,
+                            int8_offsets_.empty() ? nullptr : int8_offsets_.data() + g * num_panels_ * p,
                             num_panels_,
                             int8_grids_[static_cast<size_t>(g)],
                             codebooks_ + g * k * dg,
                             k,
                             dg};
-    if (path_ == EncodePath::kInt8) {
-      int8_argmin(book, xg, x_row_stride, rows, best.data());
-    } else {
-      (vnni_ ? int8_argmin_estimate : int8_argmin_estimate_portable)(book, xg, x_row_stride, rows, best.data());
-    }
+    const Int8Argmin argmin = path_ == EncodePath::kInt8 ? int8_kernels_->argmin : int8_kernels_->estimate;
+    argmin(book, xg, x_row_stride, rows, best.data());
   } else {
     encode_rows_gemm(xg, x_row_stride, g, rows, best.data(), gemm);
   }

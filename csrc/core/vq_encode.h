@@ -18,8 +18,9 @@
 //                folds it into the running argmin.
 // A fourth path replaces rule 1 by its int8 estimate (vq_encode_int8):
 //   kInt8Estimate code = the lowest index of the smallest int8-estimated score
-//                (argmin_int8.h), an approximate nearest codeword; VNNI kernels
-//                on AVX-512 VNNI, bit-identical portable code elsewhere.
+//                (argmin_int8.h), an approximate nearest codeword; the kernels
+//                of int8_kernels(simd): AVX-512 VNNI, AVX2, or portable code,
+//                all bit-identical.
 // Usage: build an EncodePlan, run prepare(t) for every t < prepare_tasks()
 // (independent: in parallel if wanted), then encode_rows() over any split of
 // (group, rows).
@@ -66,6 +67,16 @@ constexpr int64_t kInt8MinWidth = 64;
 
 EncodePath choose_encode_path(int64_t width, Simd simd);
 
+// Whether the int8-estimate path (approximate codes) is faster than the exact
+// path of choose_encode_path, i.e. worth choosing when either will do: with
+// AVX-512 VNNI (VPDPBUSD: four multiply-adds per lane and instruction). The
+// AVX2 kernels (VPMADDWD + VPADDD: two per lane in two instructions) issue as
+// many instructions per multiply-add as the fp32 FMA kernels; measured on an
+// AMD EPYC with one vector integer multiplier (Zen 1), single-thread, K = 1024,
+// Dg = 24 and 768, they run at about the exact search's speed, so exact codes
+// cost nothing more there.
+bool int8_estimate_beats_exact(Simd simd);
+
 struct VqShape {
   int64_t groups;  // G
   int64_t codes;   // K
@@ -106,13 +117,14 @@ class EncodePlan {
   VqShape shape_;
   const ArgminKernels& kernels_;
   EncodePath path_;
-  bool vnni_;  // the int8 panels are packed and scanned by the AVX-512 VNNI kernels
-  bool int8() const { return path_ == EncodePath::kInt8 || path_ == EncodePath::kInt8Estimate; }
+  const Int8Kernels* int8_kernels_ = nullptr;  // int8*: pack and scan the int8 panels
+  bool int8() const { return int8_kernels_ != nullptr; }
+  int64_t int8_group_words() const;  // int8*: panel words per group
 
   int64_t num_panels_ = 0;                       // fused, int8*: panels per group
   std::unique_ptr<float[], AlignedFree> panels_;  // fused: (G, num_panels, Dg, P)
-  std::unique_ptr<int32_t[], AlignedFree> int8_panels_;  // int8*: (G, num_panels, ceil(Dg / 4), P)
-  std::vector<int32_t> int8_offsets_;            // int8*: (G, num_panels * P)
+  std::unique_ptr<int32_t[], AlignedFree> int8_panels_;  // int8*: (G, num_panels, int8_words(Dg), P)
+  std::vector<int32_t> int8_offsets_;            // int8* with the kQuads layout: (G, num_panels * P)
   std::vector<Int8Grid> int8_grids_;             // int8*: (G,)
   std::vector<float> norms_;                     // fused, int8*: (G, num_panels * P); GEMM: (G, K)
   std::vector<int32_t> first_duplicate_;         // GEMM: (G, K) lowest index of an identical codeword

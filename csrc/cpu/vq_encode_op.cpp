@@ -74,10 +74,11 @@ std::tuple<at::Tensor, at::Tensor> VqEncoder::encode(const at::Tensor& x) const 
   // Enough row blocks per group that every thread gets work even when G is small.
   const int64_t threads = at::get_num_threads();
   const int64_t blocks_wanted = std::max<int64_t>(1, (threads + groups - 1) / groups);
-  // The int8-estimate books are small (ceil(Dg / 4) * K words per group): tasks
-  // walk row blocks outside groups, so a block's rows stay in cache across its
-  // groups (ViT-Base, G = 32: 5.8 vs 6.2 ms). The fp32 panels are 4x larger:
-  // each group's stay in cache across its row blocks instead (8.5 vs 8.8 ms).
+  // The int8-estimate books are small (ceil(Dg / 4) * K words per group, twice
+  // that in the AVX2 kernels' int16 pairs): tasks walk row blocks outside
+  // groups, so a block's rows stay in cache across its groups (ViT-Base,
+  // G = 32: 5.8 vs 6.2 ms). The fp32 panels are 4x larger: each group's stay
+  // in cache across its row blocks instead (8.5 vs 8.8 ms).
   const core::EncodePath path = plan_->path();
   const bool rows_outer = path == core::EncodePath::kInt8Estimate;
   const int64_t max_rows = path == core::EncodePath::kBlockedGemm ? kMaxGemmTaskRows

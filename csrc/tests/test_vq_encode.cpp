@@ -1,11 +1,13 @@
 // Unit tests of the torch-free vq_encode core: every compiled SIMD build,
 // every exact path (fused, int8 prefilter, blocked GEMM with a naive GEMM)
 // against a double precision brute force and the reference.py rules; the
-// int8-estimate path against its rounding bound, VNNI against portable.
+// int8-estimate path against its rounding bound, each SIMD build (AVX-512
+// VNNI, AVX2) against the portable code.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -298,6 +300,7 @@ ASTRA_TEST(path_rule_follows_the_measured_crossover) {
     ASTRA_CHECK(astra::core::choose_encode_path(w - 1, simd) == mid);
     ASTRA_CHECK(astra::core::choose_encode_path(w, simd) == EncodePath::kBlockedGemm);
     ASTRA_CHECK(astra::core::choose_encode_path(4096, simd) == EncodePath::kBlockedGemm);
+    ASTRA_CHECK(astra::core::int8_estimate_beats_exact(simd) == (simd == Simd::kAvx512Vnni));
   }
 }
 
@@ -342,46 +345,165 @@ ASTRA_TEST(int8_estimates_stay_within_their_rounding_bound) {
   }
 }
 
-// The VNNI kernels and the portable code must pick the same codes, bit for bit,
-// on every shape and on the adversarial inputs of the exact paths.
-ASTRA_TEST(int8_estimate_vnni_equals_portable) {
-  if (!astra::core::simd_supported(Simd::kAvx512Vnni)) {
-    std::fprintf(stderr, "  skipped: this CPU has no AVX-512 VNNI kernels to compare\n");
-    return;
+// The int8 SIMD builds that this CPU runs (AVX-512 VNNI, AVX2), each compared with the portable code.
+std::vector<Simd> int8_simd_builds() {
+  std::vector<Simd> out;
+  for (Simd s : {Simd::kAvx2, Simd::kAvx512Vnni}) {
+    if (astra::core::simd_supported(s)) out.push_back(s);
   }
+  return out;
+}
+
+// Duplicates, NaN / inf / overflowing codewords, zero, subnormal and
+// non-finite rows, and a row equal to a duplicated codeword (5 = 70 = 150 = 299).
+Problem adversarial_int8_problem() {
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const float inf = std::numeric_limits<float>::infinity();
-  uint32_t seed = 300;
-  std::vector<Problem> problems;
-  for (int64_t dg : {1, 2, 5, 16, 24, 31, 48, 100, 768}) {
-    for (int64_t k : {2, 31, 32, 33, 257, 1000}) {
-      problems.push_back(random_problem(3 + seed % 70, 1 + seed % 4, k, dg, seed));
-      ++seed;
-    }
-  }
   Problem odd = random_problem(40, 2, 300, 24, 9);
-  for (int64_t c : {70, 150, 299}) std::copy(odd.e(0, 5), odd.e(0, 5) + 24, odd.e(0, c));  // duplicates
+  for (int64_t c : {70, 150, 299}) std::copy(odd.e(0, 5), odd.e(0, 5) + 24, odd.e(0, c));
   odd.e(1, 0)[0] = nan;
   odd.e(1, 17)[3] = inf;
   std::fill(odd.e(1, 40), odd.e(1, 40) + 24, 3e30f);  // squares overflow
   std::fill(odd.xg(0, 0), odd.xg(0, 0) + 24, 0.0f);    // zero row
   std::fill(odd.xg(1, 0), odd.xg(1, 0) + 24, 1e-41f);  // subnormal row
   odd.xg(2, 1)[4] = nan;
-  problems.push_back(odd);
-  Problem tiny = random_problem(20, 1, 64, 8, 10);
-  for (float& v : tiny.cb) v *= 1e-39f;  // subnormal codebook: 1 / (peak / 127) overflows
-  problems.push_back(tiny);
-  for (const Problem& p : problems) {
-    const Result vnni = encode(p, Simd::kAvx512Vnni, EncodePath::kInt8Estimate);
-    const Result portable = encode(p, Simd::kGeneric, EncodePath::kInt8Estimate);
-    ASTRA_CHECK(vnni.codes == portable.codes);
+  odd.xg(3, 1)[0] = -inf;
+  std::copy(odd.e(0, 150), odd.e(0, 150) + 24, odd.xg(4, 0));
+  return odd;
+}
+
+// Problems for the bit-identity tests: every width 1..67 against sizes around
+// the panel widths (16, 32), and the adversarial inputs of the exact paths.
+std::vector<Problem> int8_identity_problems() {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  uint32_t seed = 300;
+  std::vector<Problem> problems;
+  for (int64_t dg = 1; dg <= 67; ++dg) {
+    for (int64_t k : {2, 15, 16, 17, 31, 33, 100, 257}) {
+      if ((dg + k) % 3 != 0 && k > 33) continue;  // every width and size, not every pair of them
+      problems.push_back(random_problem(3 + seed % 37, 1 + seed % 3, k, dg, seed, seed % 5));
+      ++seed;
+    }
   }
-  const Result r = encode(odd, Simd::kAvx512Vnni, EncodePath::kInt8Estimate);
-  for (int64_t i = 3; i < odd.n; ++i) {
-    const int32_t c = r.codes[static_cast<size_t>(i * 2 + 1)];
-    ASTRA_CHECK(c != 0 && c != 17 && c != 40);
+  for (int64_t dg : {96, 130, 768}) problems.push_back(random_problem(21, 1, 1000, dg, seed++));
+  problems.push_back(random_problem(5, 1, 65536, 2, seed++));   // K = 2^16
+  problems.push_back(random_problem(70, 1, 4099, 24, seed++));  // K past one L1 block of panels
+  problems.push_back(adversarial_int8_problem());
+  // e and -e have bit-equal norms: a zero row ties every pair, and picks the lower index
+  Problem mirrored = random_problem(6, 1, 64, 9, 11);
+  for (int64_t c = 32; c < 64; ++c) {
+    for (int64_t d = 0; d < 9; ++d) mirrored.e(0, c)[d] = -mirrored.e(0, c - 32)[d];
   }
-  ASTRA_CHECK_EQ(r.codes[static_cast<size_t>(2 * 2 + 1)], 0);  // the NaN group
+  std::fill(mirrored.xg(0, 0), mirrored.xg(0, 0) + 9, 0.0f);
+  problems.push_back(mirrored);
+  Problem same = random_problem(9, 1, 77, 5, 12);  // every estimate equal
+  std::fill(same.cb.begin(), same.cb.end(), 0.5f);
+  problems.push_back(same);
+  Problem dead = random_problem(4, 1, 20, 7, 13);  // no finite codeword
+  std::fill(dead.cb.begin(), dead.cb.end(), nan);
+  problems.push_back(dead);
+  for (float scale : {1e-39f, 1e-30f, 1e-15f, 1e15f, 1e18f}) {  // subnormal to huge grids
+    Problem p = random_problem(20, 2, 64, 8, seed++);
+    for (float& v : p.cb) v *= scale;
+    for (float& v : p.x) v *= scale > 1.0f ? 1.0f / scale : scale;
+    problems.push_back(p);
+  }
+  Problem zero_stride = random_problem(1, 2, 33, 24, 14);
+  zero_stride.n = 11;
+  zero_stride.x_stride = 0;  // every row aliases row 0
+  problems.push_back(zero_stride);
+  return problems;
+}
+
+// Every SIMD build and the portable code must pick the same codes, bit for bit.
+ASTRA_TEST(int8_estimate_simd_builds_equal_portable) {
+  const std::vector<Problem> problems = int8_identity_problems();
+  for (Simd simd : int8_simd_builds()) {
+    std::fprintf(stderr, "  %s (%s) vs portable: %zu problems\n", astra::core::simd_name(simd),
+                 astra::core::int8_kernels(simd).name, problems.size());
+    for (const Problem& p : problems) {
+      const Result fast = encode(p, simd, EncodePath::kInt8Estimate);
+      const Result portable = encode(p, Simd::kGeneric, EncodePath::kInt8Estimate);
+      ASTRA_CHECK(fast.codes == portable.codes);
+      if (fast.codes != portable.codes) {
+        std::fprintf(stderr, "  differ: n=%ld g=%ld k=%ld dg=%ld\n", static_cast<long>(p.n), static_cast<long>(p.g),
+                     static_cast<long>(p.k), static_cast<long>(p.dg));
+      }
+    }
+  }
+  if (int8_simd_builds().empty()) std::fprintf(stderr, "  skipped: this CPU runs no int8 SIMD kernels\n");
+}
+
+ASTRA_TEST(int8_estimate_non_finite_codewords_never_win) {
+  const Problem odd = adversarial_int8_problem();
+  for (Simd simd : simds()) {
+    const Result r = encode(odd, simd, EncodePath::kInt8Estimate);
+    for (int64_t i = 4; i < odd.n; ++i) {
+      const int32_t c = r.codes[static_cast<size_t>(i * 2 + 1)];
+      ASTRA_CHECK(c != 0 && c != 17 && c != 40);
+    }
+    ASTRA_CHECK_EQ(r.codes[static_cast<size_t>(2 * 2 + 1)], 0);  // the NaN group
+    ASTRA_CHECK_EQ(r.codes[static_cast<size_t>(3 * 2 + 1)], 0);  // the -inf group
+    ASTRA_CHECK_EQ(r.codes[static_cast<size_t>(4 * 2)], 5);      // the copy of codeword 150 = 5
+  }
+}
+
+// Feature d of codeword j in packed panels of `kernels`' layout, as an integer.
+int32_t packed_value(const astra::core::Int8Kernels& kernels, const std::vector<int32_t>& panels, int64_t width,
+                     int64_t j, int64_t d) {
+  const int64_t pw = kernels.panel_width;
+  const bool quads = kernels.layout == astra::core::Int8Layout::kQuads;
+  const int64_t per_word = quads ? 4 : 2;
+  const int64_t index = ((j / pw) * astra::core::int8_words(kernels.layout, width) + d / per_word) * pw + j % pw;
+  const auto word = static_cast<uint32_t>(panels[static_cast<size_t>(index)]);
+  if (quads) return static_cast<int8_t>((word >> (8 * (d % 4))) & 0xFFu);
+  return static_cast<int16_t>((word >> (16 * (d % 2))) & 0xFFFFu);
+}
+
+// The two packed layouts hold the same grid: same step, bounds and norms, and
+// the same int8 value of every feature of every codeword; padding is zero.
+ASTRA_TEST(int8_layouts_pack_the_same_grid) {
+  using astra::core::Int8Grid;
+  using astra::core::Int8Kernels;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const Int8Kernels& portable = astra::core::int8_kernels(Simd::kGeneric);
+  for (Simd simd : int8_simd_builds()) {
+    const Int8Kernels& kernels = astra::core::int8_kernels(simd);
+    for (int64_t dg : {1, 2, 3, 7, 8, 9, 24, 67}) {
+      for (int64_t k : {1, 7, 16, 17, 33, 100}) {
+        Problem p = random_problem(1, 1, k, dg, static_cast<uint32_t>(dg * 131 + k));
+        if (k > 3) p.e(0, 2)[dg - 1] = nan;
+        if (k > 5) std::fill(p.e(0, 5), p.e(0, 5) + dg, 1e30f);  // squares overflow
+        // Buffers prefilled with garbage: the packing must write every word and norm.
+        auto pack = [&](const Int8Kernels& kn, std::vector<int32_t>& panels, std::vector<float>& norms) {
+          const int64_t padded = (k + kn.panel_width - 1) / kn.panel_width * kn.panel_width;
+          panels.assign(static_cast<size_t>(padded * astra::core::int8_words(kn.layout, dg)), -1);
+          norms.assign(static_cast<size_t>(padded), -1.0f);
+          std::vector<int32_t> offsets(static_cast<size_t>(padded), -1);
+          return kn.pack(p.cb.data(), k, dg, panels.data(), norms.data(), offsets.data());
+        };
+        std::vector<int32_t> a_panels, b_panels;
+        std::vector<float> a_norms, b_norms;
+        const Int8Grid a = pack(kernels, a_panels, a_norms);
+        const Int8Grid b = pack(portable, b_panels, b_norms);
+        ASTRA_CHECK(a.scale == b.scale && a.max_l1 == b.max_l1 && a.norm_peak == b.norm_peak);
+        const int64_t padded_features = static_cast<int64_t>(a_panels.size() / a_norms.size());
+        const int64_t padded_width = padded_features * (kernels.layout == astra::core::Int8Layout::kQuads ? 4 : 2);
+        for (int64_t j = 0; j < static_cast<int64_t>(a_norms.size()); ++j) {
+          const float norm = a_norms[static_cast<size_t>(j)];
+          if (j >= k) {
+            ASTRA_CHECK(std::isinf(norm));
+          } else {
+            ASTRA_CHECK(std::memcmp(&norm, &b_norms[static_cast<size_t>(j)], sizeof(float)) == 0);
+          }
+          for (int64_t d = 0; d < padded_width; ++d) {
+            const int32_t want = j < k && d < dg ? packed_value(portable, b_panels, dg, j, d) : 0;
+            ASTRA_CHECK_EQ(packed_value(kernels, a_panels, dg, j, d), want);
+          }
+        }
+      }
+    }
+  }
 }
 
 ASTRA_TEST(int8_estimate_duplicates_resolve_to_the_lowest_index) {
