@@ -39,7 +39,7 @@ class VqEncoder:
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (..., G*Dg) -> codes (..., G) int32, sqdist (..., G) float32, for inference (no
         gradient: the ops give a differentiable commitment loss)."""
-        if self._prepared is None:
+        if self._prepared is None or torch.compiler.is_compiling():  # the prepared C++ object is opaque to tracing
             encode = ops.vq_encode_int8 if self.int8 else ops.vq_encode
             return encode(x.detach(), self.codebooks.detach(), backend=self.backend)
         _checks.vq_input(x, self.codebooks, self.groups, self.width)

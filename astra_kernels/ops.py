@@ -1,4 +1,5 @@
-"""Public ops: validate, pick a backend, flatten, call the registered op.
+"""Public ops: validate, pick a backend, flatten, call the registered op
+(``torch.ops.astra.*``, :mod:`astra_kernels._library`) with that backend.
 
 Every function accepts ``backend=None`` (the fastest backend available for
 the inputs' device, see :func:`astra_kernels.available_backends`) or one of
@@ -16,7 +17,7 @@ import math
 
 import torch
 
-from . import _checks, _library, backends, reference
+from . import _checks, _library, backends, cost_model, reference
 
 
 def code_bits(codebook_size: int) -> int:
@@ -56,14 +57,15 @@ def vq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, backend: str | None =
 
 def vq_encode_int8(x: torch.Tensor, codebooks: torch.Tensor, *, backend: str | None = None):
     """:func:`vq_encode` with each code chosen by int8 estimates of the scores: an
-    approximately nearest codeword, about twice as fast on CPUs with AVX-512 VNNI.
+    approximately nearest codeword, faster on CPUs with AVX-512 VNNI (8-bit dot
+    products; figures in benchmarks/RESULTS.md).
 
     Same arguments, outputs and rules for non-finite groups; sqdist is the
     exact distance to the chosen codeword. The chosen codeword's true score
     exceeds the best one by at most the rounding bound of
-    :func:`astra_kernels.reference.vq_encode_int8`, the contract (on ViT-Base
-    activations at G = 32, K = 1024: 3 % of codes differ from the nearest one,
-    and the total squared error grows by 0.02 %). The C++ CPU backend runs it
+    :func:`astra_kernels.reference.vq_encode_int8`, the contract (how many
+    codes differ from the nearest ones on real activations, and what that does
+    to a model's outputs: benchmarks/RESULTS.md). The C++ CPU backend runs it
     (VNNI kernels, or bit-identical portable code: :func:`int8_estimate_native`);
     other devices run the reference.
     """
@@ -87,7 +89,7 @@ def _encode(op: str, x: torch.Tensor, codebooks: torch.Tensor, backend: str | No
     flat = x.reshape(-1, g * dg)
     if flat.shape[0] == 0:
         return (x.new_empty((*lead, g), dtype=torch.int32), x.new_empty((*lead, g), dtype=torch.float32))
-    codes, sqdist = getattr(_library, op)(flat, codebooks, name)
+    codes, sqdist = getattr(_library, op)(flat, codebooks, backend=name)
     return codes.reshape(*lead, g), sqdist.reshape(*lead, g)
 
 
@@ -107,7 +109,7 @@ def vq_decode(codes: torch.Tensor, codebooks: torch.Tensor, *, backend: str | No
     flat = codes.reshape(-1, g).to(torch.int32).contiguous()
     if flat.shape[0] == 0:
         return codebooks.new_empty((*lead, g * dg))
-    return _library.vq_decode(flat, codebooks, name).reshape(*lead, g * dg)
+    return _library.vq_decode(flat, codebooks, backend=name).reshape(*lead, g * dg)
 
 
 def pack_codes(codes: torch.Tensor, bits: int, *, backend: str | None = None) -> torch.Tensor:
@@ -122,7 +124,7 @@ def pack_codes(codes: torch.Tensor, bits: int, *, backend: str | None = None) ->
     flat = codes.reshape(-1).to(torch.int32).contiguous()
     if flat.numel() == 0:
         return codes.new_empty((0,), dtype=torch.uint8)
-    return _library.pack_codes(flat, bits, name)
+    return _library.pack_codes(flat, bits, backend=name)
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, shape, *, backend: str | None = None) -> torch.Tensor:
@@ -143,7 +145,7 @@ def unpack_codes(packed: torch.Tensor, bits: int, shape, *, backend: str | None 
     name = backends.resolve(backend, packed.device, "unpack_codes")
     if count == 0:
         return packed.new_empty(dims, dtype=torch.int32)
-    return _library.unpack_codes(packed.contiguous(), bits, count, name).reshape(dims)
+    return _library.unpack_codes(packed.contiguous(), bits, count, backend=name).reshape(dims)
 
 
 def mixed_precision_attention(
@@ -177,8 +179,8 @@ def mixed_precision_attention(
             local keys (query i sees local key j iff j <= i + Tl - Tq); remote
             tokens precede the local chunk and are always visible.
         scale: score scale, default d ** -0.5.
-        formulation: "tokens", "codewords" (G = 1 only) or None to let
-            :func:`astra_kernels.cost_model.attention_formulation` choose.
+        formulation: "tokens", "codewords" (G = 1 only) or None to let the
+            cost model choose (:func:`astra_kernels.cost_model.attention_formulation`).
 
     Returns:
         out (B, H, Tq, d) in q's dtype and lse (B, H, Tq) float32, the natural
@@ -186,8 +188,6 @@ def mixed_precision_attention(
         with no visible key gets out 0 and lse -inf. Either segment may be
         empty (Tr = 0 or Tl = 0). Differentiable (backward through the reference).
     """
-    from . import cost_model
-
     sizes = _checks.attention_inputs(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias)
     scale = _checks.attention_scale(scale, sizes["head_dim"])
     name = backends.resolve(backend, q.device, "mixed_precision_attention")
@@ -206,7 +206,8 @@ def mixed_precision_attention(
         raise ValueError(f"the codewords formulation needs G = 1 (one codebook), got G={sizes['groups']}")
     codes = remote_codes.to(torch.int32).contiguous()
     return _library.mixed_precision_attention(
-        q, k_local, v_local, codes, k_table, v_table, k_bias, v_bias, bool(causal), float(scale), formulation, name
+        q, k_local, v_local, codes, k_table, v_table, k_bias, v_bias, bool(causal), float(scale), formulation,
+        backend=name,
     )
 
 
@@ -265,7 +266,7 @@ def _attention_after(q, k, v, prior, causal, scale, backend):
     name = backends.resolve(backend, q.device, "mixed_precision_attention")
     if not hasattr(backends.get(name), "attention_after"):  # e.g. Triton: its attention, then the merge
         return merge_attention(prior_out, prior_lse, *attention(q, k, v, causal=causal, scale=scale, backend=name))
-    return _library.attention_after(q, k, v, prior_out, prior_lse, bool(causal), scale, name)
+    return _library.attention_after(q, k, v, prior_out, prior_lse, bool(causal), scale, backend=name)
 
 
 def project_codebooks(codebooks: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -311,4 +312,4 @@ def merge_attention(out_a, lse_a, out_b, lse_b, *, backend: str | None = None) -
         raise TypeError(f"lse_a and lse_b must be float32, got {lse_a.dtype} and {lse_b.dtype}")
     _checks.same_device(out_a=out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
     name = backends.resolve(backend, out_a.device, "merge_attention")
-    return _library.merge_attention(out_a, lse_a, out_b, lse_b, name)
+    return _library.merge_attention(out_a, lse_a, out_b, lse_b, backend=name)

@@ -157,16 +157,6 @@ def test_gradients_flow_through_any_backend(backend_device):
         torch.testing.assert_close(leaves[n].grad, ref_leaves[n].grad, rtol=1e-4, atol=1e-4)
 
 
-def test_opcheck_attention(backend_device):
-    backend, device = backend_device
-    a = make_inputs(tq=3, tl=4, tr=5, d=16, device=device, bias=True)
-    torch.library.opcheck(
-        torch.ops.astra.mixed_precision_attention.default,
-        (a["q"], a["k_local"], a["v_local"], a["remote_codes"], a["k_table"], a["v_table"], a["k_bias"], a["v_bias"],
-         True, 0.25, "tokens", backend),
-    )
-
-
 @pytest.mark.parametrize(
     "change,exc,match",
     [
