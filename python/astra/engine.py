@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 import torch
 
 import astra_kernels as ak
-from astra_kernels import cost_model
 
 from . import block as B
 from .codebooks import Codebooks
@@ -66,7 +65,7 @@ class AstraEngine:
         codebooks: one (G, K, D/G) codebook per block.
         formulation: how remote tokens are attended ("auto": the cost model, or
             "tokens", "codewords", "gather", "gather_int8", "dequantize"; see
-            :mod:`astra_kernels.cost_model`).
+            :func:`astra_kernels.remote_plan`).
         backend: astra_kernels backend for every op (None: fastest available).
         encode: how tokens are quantized: "exact" (nearest codeword,
             :func:`astra_kernels.vq_encode`), "int8" (by int8-estimated scores,
@@ -76,7 +75,7 @@ class AstraEngine:
     """
 
     def __init__(self, model: torch.nn.Module, codebooks: Codebooks, *, formulation: str = "auto",
-                 backend: str | None = None, table_budget_bytes: int = cost_model.TABLE_BUDGET_BYTES,
+                 backend: str | None = None, table_budget_bytes: int = ak.TABLE_BUDGET_BYTES,
                  encode: str = "auto"):
         if encode not in ENCODINGS:
             raise ValueError(f"encode must be one of {', '.join(ENCODINGS)}, got {encode!r}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from astra_kernels import cost_model
+import astra_kernels as ak
 
 from .codebooks import Codebooks
 from .engine import AstraEngine
@@ -57,7 +57,7 @@ class ParallelModel:
 
 def parallelize(model: torch.nn.Module, codebooks: Codebooks, *, transport: str | Transport = "gloo",
                 timeout_s: float = 60.0, formulation: str = "auto", backend: str | None = None,
-                table_budget_bytes: int = cost_model.TABLE_BUDGET_BYTES, encode: str = "auto") -> ParallelModel:
+                table_budget_bytes: int = ak.TABLE_BUDGET_BYTES, encode: str = "auto") -> ParallelModel:
     """Wrap an unmodified model for this rank of an N-process job.
 
     Args:

@@ -1,10 +1,10 @@
 """How a block attends to remote tokens it knows only by their VQ codes.
 
-Per block, a :class:`RemotePlan` holds what the formulations of
-:mod:`astra_kernels.cost_model` need: the projected K/V tables (built once,
-only when they fit the memory budget; in half precision for ``gather``) and
-the codebook (for dequantize-then-project). Each call picks the cheapest
-allowed formulation for its shape, unless one is forced.
+Per block, a :class:`RemotePlan` holds what the formulations of the kernels'
+cost model (:func:`astra_kernels.remote_plan`) need: the projected K/V tables
+(built once, only when they fit the memory budget; in half precision for
+``gather``) and the codebook (for dequantize-then-project). Each call picks the
+cheapest allowed formulation for its shape, unless one is forced.
 
 ``codewords`` and ``tokens`` are fused kernels that take the local keys too.
 ``gather``, ``gather_int8`` and ``dequantize`` build the remote keys/values
@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 import astra_kernels as ak
-from astra_kernels import backends, cost_model, reference
 
 from .models.base import BlockWeights
 
@@ -32,7 +31,7 @@ def int8_gather_available(device: torch.device) -> bool:
 
 class RemotePlan:
     def __init__(self, block: BlockWeights, codebook: torch.Tensor, formulation: str = "auto",
-                 table_budget_bytes: int = cost_model.TABLE_BUDGET_BYTES):
+                 table_budget_bytes: int = ak.TABLE_BUDGET_BYTES):
         if formulation not in FORMULATIONS:
             raise ValueError(f"remote formulation must be one of {', '.join(FORMULATIONS)}, got {formulation!r}")
         g = codebook.shape[0]
@@ -48,13 +47,13 @@ class RemotePlan:
         self._int8_tables: tuple[torch.Tensor, torch.Tensor] | None = None
         self._choices: dict[tuple, str] = {}  # the cost model's pick per call shape
 
-    def shape(self, batch: int, queries: int, remote: int, backend: str | None = None) -> cost_model.RemoteShape:
+    def shape(self, batch: int, queries: int, remote: int, backend: str | None = None) -> ak.RemoteShape:
         b = self.block
-        kernel = backends.resolve(backend, self.codebook.device, "mixed_precision_attention")
-        return cost_model.RemoteShape(
+        kernel = ak.resolve_backend(backend, self.codebook.device, "mixed_precision_attention")
+        return ak.RemoteShape(
             batch=batch, heads=b.heads, kv_heads=b.kv_heads, head_dim=b.head_dim, queries=queries, remote=remote,
             groups=self.codebook.shape[0], codebook_size=self.codebook.shape[1], model_dim=b.dim,
-            elem_bytes=self.codebook.element_size(), skips_unused=cost_model.skips_unused_codewords(kernel),
+            elem_bytes=self.codebook.element_size(), skips_unused=ak.skips_unused_codewords(kernel),
             int8_gather=int8_gather_available(self.codebook.device),
         )
 
@@ -63,8 +62,7 @@ class RemotePlan:
             return self.formulation
         key = (batch, queries, remote, backend)
         if key not in self._choices:  # asked twice per block (local partial, then attend)
-            self._choices[key] = cost_model.remote_plan(self.shape(batch, queries, remote, backend),
-                                                        self.table_budget_bytes)
+            self._choices[key] = ak.remote_plan(self.shape(batch, queries, remote, backend), self.table_budget_bytes)
         return self._choices[key]
 
     def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,14 +79,14 @@ class RemotePlan:
 
     def materializes(self, batch: int, queries: int, remote: int, backend: str | None = None) -> bool:
         """Whether this shape's formulation attends remote tokens apart from the local ones."""
-        return remote > 0 and self.choose(batch, queries, remote, backend) in cost_model.MATERIALIZED
+        return remote > 0 and self.choose(batch, queries, remote, backend) in ak.MATERIALIZED
 
     def gather_table(self) -> torch.Tensor:
-        """(G*K, 2*Hkv*d): each code's K row then V row, in :func:`cost_model.gather_table_dtype`."""
+        """(G*K, 2*Hkv*d): each code's K row then V row, in :func:`astra_kernels.gather_table_dtype`."""
         if self._gather_table is None:
             k_table, v_table = self._project_tables()
             table = torch.cat([k_table, v_table], dim=-1).flatten(0, 1)
-            narrow = table.to(cost_model.gather_table_dtype(table.dtype))
+            narrow = table.to(ak.gather_table_dtype(table.dtype))
             # a projection beyond fp16's range keeps its fp32 table: slower, never wrong
             self._gather_table = narrow if torch.isfinite(narrow).all() else table
         return self._gather_table
@@ -116,10 +114,15 @@ class RemotePlan:
         g, k = self.codebook.shape[:2]
         return (codes.long() + torch.arange(g, device=codes.device) * k).flatten(0, 1)
 
+    def _summed_rows(self, codes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Each token's G rows of a flattened (G*K, W) table, summed (fp32 accumulation for 16-bit tables):
+        codes (B, Tr, G) -> (B, Tr, W) in the table's dtype."""
+        sums = F.embedding_bag(self._table_rows(codes), table, mode="sum")
+        return sums.reshape(codes.shape[0], codes.shape[1], table.shape[-1])
+
     def _gathered_kv(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum each token's G rows of the gather table (fp32 accumulation): each (B, Hkv, Tr, d)."""
-        kv = F.embedding_bag(self._table_rows(codes), self.gather_table(), mode="sum").to(self.codebook.dtype)
-        kv = kv.reshape(codes.shape[0], codes.shape[1], kv.shape[-1])
+        """Sum each token's G rows of the gather table: each (B, Hkv, Tr, d)."""
+        kv = self._summed_rows(codes, self.gather_table()).to(self.codebook.dtype)
         return tuple(self._heads(t) for t in kv.split(self.block.kv_heads * self.block.head_dim, dim=-1))
 
     def _int8_gathered_kv(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,9 +141,8 @@ class RemotePlan:
             return self._int8_gathered_kv(codes)
         if how == "dequantize":
             return self._dequantized_kv(codes)
-        k_table, v_table = self.tables()  # the fused formulations' tables
-        return (self._heads(reference.gather_tables(codes, k_table)),
-                self._heads(reference.gather_tables(codes, v_table)))
+        # the fused formulations' tables, (G, K, Hkv*d) each
+        return tuple(self._heads(self._summed_rows(codes, table.flatten(0, 1))) for table in self.tables())
 
     def remote_kv(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Materialized remote keys/values (B, Hkv, Tr, d), e.g. for a decoding KV cache."""
@@ -154,7 +156,7 @@ class RemotePlan:
         ``local``: the local partial (out, lse) of a materializing formulation, if already computed.
         """
         how = self.choose(q.shape[0], q.shape[2], codes.shape[1], backend)
-        if how in cost_model.MATERIALIZED:
+        if how in ak.MATERIALIZED:
             rk, rv = self._materialized_kv(codes, how)
             if local is None:
                 local = ak.attention(q, k, v, causal=causal, backend=backend)
