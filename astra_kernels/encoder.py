@@ -1,10 +1,10 @@
 """A quantizer with its codebooks prepared once, for encoding many batches.
 
 :func:`astra_kernels.vq_encode` and :func:`astra_kernels.vq_encode_int8`
-prepare the codebooks (SIMD panels, norms, 8-bit grids) on every call: about
-0.6 ms for ViT-Base's 32 x 1024 x 24 codebook of a block on one core, 10 % of
-the encode itself. A runtime that encodes every block of every forward with
-fixed codebooks keeps a :class:`VqEncoder` per block instead.
+prepare the codebooks (SIMD panels, norms, 8-bit grids) on every call, work
+proportional to the codebook that a small batch does not amortise (figures:
+benchmarks/RESULTS.md). A runtime that encodes every block of every forward
+with fixed codebooks keeps a :class:`VqEncoder` per block instead.
 """
 from __future__ import annotations
 
