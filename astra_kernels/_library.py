@@ -30,8 +30,9 @@ from . import backends, reference
 
 
 def _only_reference(op: str, device: torch.device, backend: str | None) -> None:
-    """The default kernels run the reference: refuse any other named backend, with the reason."""
-    backends.resolve(backend, device, op)  # a device without compiled backends: "reference" or BackendUnavailable
+    """The default kernels serve devices that only the reference runs on: a named backend that cannot run
+    ``op`` on ``device`` raises BackendUnavailable with the reason."""
+    backends.resolve(backend, device, op)
 
 
 def _register_backend_kernels(op, name: str, finish: Callable = lambda result: result) -> None:
