@@ -11,7 +11,7 @@ keys), with pure-torch, C++ CPU, Triton and CUDA backends.
 The public API is what this module exports (``__all__``); the submodules are
 internal.
 
-Ops (validated, any leading shape, ``backend=None`` or a name from ``BACKENDS``):
+Ops (validated, any leading shape, ``backend=None`` or one of ``BACKENDS``):
     vq_encode, vq_encode_int8, VqEncoder, vq_decode, code_bits, pack_codes,
     packed_size, unpack_codes, mixed_precision_attention, attention,
     merge_attention, project_codebooks. Each kernel is also a torch.library op,
@@ -20,19 +20,19 @@ Ops (validated, any leading shape, ``backend=None`` or a name from ``BACKENDS``)
     names one.
 
 Backends:
-    BACKENDS                  the backend names: "reference", "cpu", "triton", "cuda"
-    available_backends(dev)   the backends that run on a device, fastest first
-    resolve_backend(b, dev, op)  the backend an op runs on (b, checked; or the fastest)
-    BackendUnavailable        raised when a named backend cannot run, with the reason
-    int8_estimate_native(dev) whether vq_encode_int8 runs SIMD kernels on a device
-    skips_unused_codewords(b) whether a backend's codewords attention skips absent codes
+    BACKENDS                        the names: "reference", "cpu", "triton", "cuda"
+    available_backends(device)      the backends that run on a device, fastest first
+    resolve_backend(b, device, op)  the backend an op runs on: b (checked), or the fastest
+    BackendUnavailable              raised when a named backend cannot run, with the reason
+    int8_estimate_native(device)    whether vq_encode_int8 runs SIMD kernels on a device
+    skips_unused_codewords(b)       whether a backend's codewords attention skips absent codes
 
-Cost model (how to attend remote tokens known by their codes):
-    RemoteShape               the sizes of one remote-attention call
-    remote_plan(shape, budget)  the cheapest formulation whose tables fit the budget
-    TABLE_BUDGET_BYTES        the default per-layer budget for the projected K/V tables
-    MATERIALIZED              formulations that build remote keys/values as ordinary tokens
-    gather_table_dtype(dtype) the dtype the ``gather`` formulation keeps its tables in
+Cost model (how to attend remote tokens known only by their codes):
+    RemoteShape                     the sizes of one remote-attention call
+    remote_plan(shape, budget)      the cheapest formulation whose tables fit the budget
+    TABLE_BUDGET_BYTES              the default per-layer budget of the projected K/V tables
+    MATERIALIZED                    the formulations that build remote keys/values as ordinary tokens
+    gather_table_dtype(dtype)       the dtype the ``gather`` formulation keeps its tables in
 """
 from .backends import NAMES as BACKENDS
 from .backends import BackendUnavailable, available_backends
