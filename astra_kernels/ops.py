@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from . import _checks, _library, backends, cost_model, reference
+from . import _checks, _library, backends, cost_model
 
 
 def code_bits(codebook_size: int) -> int:
@@ -239,10 +239,17 @@ def attention(
         raise ValueError(f"k must have shape (B, Hkv, Tk, d), got {tuple(k.shape)}")
     if prior is not None:
         return _attention_after(q, k, v, prior, causal, scale, backend)
-    no_codes, unused_table = reference.no_remote_segment(q, k)
+    no_codes, unused_table = _no_remote_segment(q, k)
     return mixed_precision_attention(
         q, k, v, no_codes, unused_table, unused_table, causal=causal, scale=scale, formulation="tokens", backend=backend
     )
+
+
+def _no_remote_segment(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes (B, 0, 1) int32, table (1, 1, Hkv*d)): mixed_precision_attention's remote arguments when
+    only local keys k (B, Hkv, Tk, d) are attended; the table is never read."""
+    b, hkv, _, d = k.shape
+    return torch.zeros((b, 0, 1), dtype=torch.int32, device=q.device), q.new_zeros((1, 1, hkv * d))
 
 
 def _attention_after(q, k, v, prior, causal, scale, backend):
@@ -275,9 +282,9 @@ def project_codebooks(codebooks: torch.Tensor, weight: torch.Tensor, bias: torch
     codebooks (G, K, Dg), weight (Dout, G*Dg) as in ``nn.Linear``, bias (Dout,)
     -> table (G, K, Dout) with table[g] = codebooks[g] @ weight[:, g*Dg:(g+1)*Dg].T.
     The bias is folded into group 0, so sum_g table[g, code_g] includes it once.
-    Pure torch (one batched GEMM); the result is in the weight's dtype.
+    Pure torch (one batched GEMM), computed in fp32 (fp64 for fp64 weights); the
+    result is in the weight's dtype.
     """
-
     g, k, dg = _checks.codebooks(codebooks)
     _checks.tensor("weight", weight)
     if weight.dim() != 2 or weight.shape[1] != g * dg:
@@ -289,7 +296,12 @@ def project_codebooks(codebooks: torch.Tensor, weight: torch.Tensor, bias: torch
         _checks.same_device(codebooks=codebooks, weight=weight, bias=bias)
     else:
         _checks.same_device(codebooks=codebooks, weight=weight)
-    return reference.project_codebooks(codebooks, weight, bias)
+    dout = weight.shape[0]
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    table = torch.bmm(codebooks.to(acc), weight.to(acc).reshape(dout, g, dg).permute(1, 2, 0))  # (G, K, Dout)
+    if bias is not None:
+        table[0] += bias.to(acc)
+    return table.to(weight.dtype)
 
 
 def merge_attention(out_a, lse_a, out_b, lse_b, *, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
