@@ -60,7 +60,7 @@ def get_extensions():
         extensions.append(
             cpp_extension.CUDAExtension(
                 "astra_kernels._C_cuda",
-                _sources("csrc/bindings/cuda_module.cpp") + _sources("csrc/cuda/*.cu"),
+                _sources("csrc/bindings/cuda_module.cpp") + _sources("csrc/cuda_ops/*.cpp") + _sources("csrc/cuda/*.cu"),
                 include_dirs=include,
                 extra_compile_args={"cxx": opt + ["-std=c++17"], "nvcc": opt[:1] + ["-std=c++17", "-lineinfo"]},
             )

@@ -90,8 +90,10 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
 # Constant for a given (backend, device): torch.compile runs it once while
 # tracing instead of tracing through the lazy imports.
 @torch.compiler.assume_constant_result
-def resolve(backend: str | None, device: torch.device, op: str) -> str:
-    """Pick the default backend for ``op`` on ``device`` or check an explicit choice."""
+def resolve(backend: str | None, device: torch.device | str, op: str) -> str:
+    """The backend that runs ``op`` on ``device``: ``backend`` when it can (else BackendUnavailable, with the
+    reason), or the fastest available when ``backend`` is None."""
+    device = torch.device(device)
     if backend is None:
         for name in PREFERENCE.get(device.type, ("reference",)):
             if not _why_not(name, device.type, op):

@@ -20,10 +20,9 @@ but for the rounded tables of ``gather_int8``):
     ``gather`` from tables rounded to 8 bits per element, row by row (an fp32
     scale and offset per row: torch's quantized embedding bag, FBGEMM's
     layout). A quarter of the fp32 bytes; approximate, not exact: each row
-    element moves by at most (row max - row min) / 510. On ViT-Base and GPT-2
-    small at G = 32 this moved the model's outputs by 0.15 % and 0.04 %
-    (relative L2 vs ``dequantize``), against the 14.8 % and 9.2 % that the
-    vector quantization itself moves them.
+    element moves by at most (row max - row min) / 510, which moves a model's
+    outputs far less than the vector quantization itself does (figures:
+    benchmarks/RESULTS.md).
 ``dequantize``
     Decode codes to D-dim embeddings and project them with W_k, W_v (a GEMM),
     then attend to them as ordinary tokens. Needs no projected tables, whose
@@ -37,12 +36,11 @@ travel, and merges the two partials (:mod:`astra.block`).
 Costs are counted in multiply-adds of fp32 work per call, with memory-bound
 steps converted by a factor: ``GATHER_COST_*`` multiply-adds per gathered table
 element. Cache-resident table rows cost about one FMA; fp32 rows streamed from
-tables larger than the caches cost ~16 (measured on ViT-Base, 12 blocks at
-G = 16 and 32: the token gather matched, then lost to, one projection GEMM),
-and streamed rows cost in proportion to their bytes (half precision: 8, 8-bit
-rows: about 4; measured at G = 32, Tr = 512: 2.9 ms to gather K and V vs 8.6
-ms to decode and project them; 12 ViT-Base blocks in turn, each table cold:
-fp16 5.8 ms, int8 3.6 ms per block).
+tables larger than the caches cost ``GATHER_COST_STREAMED``, fitted so that the
+token gather matches, then loses to, one projection GEMM where the measured
+ViT-Base blocks do (G = 16, then 32), and streamed rows cost in proportion to
+their bytes (half precision: 8, 8-bit rows: about 4), as the measured gathers
+of K and V against decode-and-project do (figures: benchmarks/RESULTS.md).
 The fused kernels gather the remote tile once per tile of ``QUERY_TILE_ROWS``
 query rows (all heads of a KV group together), so the gather is counted once
 per query tile. The kernels call

@@ -1,4 +1,5 @@
-"""CUDA backend: the compiled extension ``astra_kernels._C_cuda`` (csrc/cuda).
+"""CUDA backend: the compiled extension ``astra_kernels._C_cuda`` (kernels in ``csrc/cuda``
+behind a torch-free C ABI, ATen glue in ``csrc/cuda_ops``).
 
 Implements the backend contract of :mod:`astra_kernels.reference` for CUDA
 tensors; inputs arrive validated and flattened by :mod:`astra_kernels.ops`.

@@ -1,10 +1,10 @@
 """A quantizer with its codebooks prepared once, for encoding many batches.
 
 :func:`astra_kernels.vq_encode` and :func:`astra_kernels.vq_encode_int8`
-prepare the codebooks (SIMD panels, norms, 8-bit grids) on every call: about
-0.6 ms for ViT-Base's 32 x 1024 x 24 codebook of a block on one core, 10 % of
-the encode itself. A runtime that encodes every block of every forward with
-fixed codebooks keeps a :class:`VqEncoder` per block instead.
+prepare the codebooks (SIMD panels, norms, 8-bit grids) on every call, work
+proportional to the codebook that a small batch does not amortise (figures:
+benchmarks/RESULTS.md). A runtime that encodes every block of every forward
+with fixed codebooks keeps a :class:`VqEncoder` per block instead.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class VqEncoder:
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (..., G*Dg) -> codes (..., G) int32, sqdist (..., G) float32, for inference (no
         gradient: the ops give a differentiable commitment loss)."""
-        if self._prepared is None:
+        if self._prepared is None or torch.compiler.is_compiling():  # the prepared C++ object is opaque to tracing
             encode = ops.vq_encode_int8 if self.int8 else ops.vq_encode
             return encode(x.detach(), self.codebooks.detach(), backend=self.backend)
         _checks.vq_input(x, self.codebooks, self.groups, self.width)

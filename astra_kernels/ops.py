@@ -1,4 +1,5 @@
-"""Public ops: validate, pick a backend, flatten, call the registered op.
+"""Public ops: validate, pick a backend, flatten, call the registered op
+(``torch.ops.astra.*``, :mod:`astra_kernels._library`) with that backend.
 
 Every function accepts ``backend=None`` (the fastest backend available for
 the inputs' device, see :func:`astra_kernels.available_backends`) or one of
@@ -16,7 +17,7 @@ import math
 
 import torch
 
-from . import _checks, _library, backends, reference
+from . import _checks, _library, backends, cost_model
 
 
 def code_bits(codebook_size: int) -> int:
@@ -56,14 +57,15 @@ def vq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, backend: str | None =
 
 def vq_encode_int8(x: torch.Tensor, codebooks: torch.Tensor, *, backend: str | None = None):
     """:func:`vq_encode` with each code chosen by int8 estimates of the scores: an
-    approximately nearest codeword, about twice as fast on CPUs with AVX-512 VNNI.
+    approximately nearest codeword, faster on CPUs with AVX-512 VNNI (8-bit dot
+    products; figures in benchmarks/RESULTS.md).
 
     Same arguments, outputs and rules for non-finite groups; sqdist is the
     exact distance to the chosen codeword. The chosen codeword's true score
     exceeds the best one by at most the rounding bound of
-    :func:`astra_kernels.reference.vq_encode_int8`, the contract (on ViT-Base
-    activations at G = 32, K = 1024: 3 % of codes differ from the nearest one,
-    and the total squared error grows by 0.02 %). The C++ CPU backend runs it
+    :func:`astra_kernels.reference.vq_encode_int8`, the contract (how many
+    codes differ from the nearest ones on real activations, and what that does
+    to a model's outputs: benchmarks/RESULTS.md). The C++ CPU backend runs it
     with AVX-512 VNNI or AVX2 kernels, or bit-identical portable code (the same
     codes on every CPU; where it is faster than :func:`vq_encode`:
     :func:`int8_estimate_native`); other devices run the reference.
@@ -89,7 +91,7 @@ def _encode(op: str, x: torch.Tensor, codebooks: torch.Tensor, backend: str | No
     flat = x.reshape(-1, g * dg)
     if flat.shape[0] == 0:
         return (x.new_empty((*lead, g), dtype=torch.int32), x.new_empty((*lead, g), dtype=torch.float32))
-    codes, sqdist = getattr(_library, op)(flat, codebooks, name)
+    codes, sqdist = getattr(_library, op)(flat, codebooks, backend=name)
     return codes.reshape(*lead, g), sqdist.reshape(*lead, g)
 
 
@@ -109,7 +111,7 @@ def vq_decode(codes: torch.Tensor, codebooks: torch.Tensor, *, backend: str | No
     flat = codes.reshape(-1, g).to(torch.int32).contiguous()
     if flat.shape[0] == 0:
         return codebooks.new_empty((*lead, g * dg))
-    return _library.vq_decode(flat, codebooks, name).reshape(*lead, g * dg)
+    return _library.vq_decode(flat, codebooks, backend=name).reshape(*lead, g * dg)
 
 
 def pack_codes(codes: torch.Tensor, bits: int, *, backend: str | None = None) -> torch.Tensor:
@@ -124,7 +126,7 @@ def pack_codes(codes: torch.Tensor, bits: int, *, backend: str | None = None) ->
     flat = codes.reshape(-1).to(torch.int32).contiguous()
     if flat.numel() == 0:
         return codes.new_empty((0,), dtype=torch.uint8)
-    return _library.pack_codes(flat, bits, name)
+    return _library.pack_codes(flat, bits, backend=name)
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, shape, *, backend: str | None = None) -> torch.Tensor:
@@ -145,7 +147,7 @@ def unpack_codes(packed: torch.Tensor, bits: int, shape, *, backend: str | None 
     name = backends.resolve(backend, packed.device, "unpack_codes")
     if count == 0:
         return packed.new_empty(dims, dtype=torch.int32)
-    return _library.unpack_codes(packed.contiguous(), bits, count, name).reshape(dims)
+    return _library.unpack_codes(packed.contiguous(), bits, count, backend=name).reshape(dims)
 
 
 def mixed_precision_attention(
@@ -179,8 +181,8 @@ def mixed_precision_attention(
             local keys (query i sees local key j iff j <= i + Tl - Tq); remote
             tokens precede the local chunk and are always visible.
         scale: score scale, default d ** -0.5.
-        formulation: "tokens", "codewords" (G = 1 only) or None to let
-            :func:`astra_kernels.cost_model.attention_formulation` choose.
+        formulation: "tokens", "codewords" (G = 1 only) or None to let the
+            cost model choose (:func:`astra_kernels.cost_model.attention_formulation`).
 
     Returns:
         out (B, H, Tq, d) in q's dtype and lse (B, H, Tq) float32, the natural
@@ -188,8 +190,6 @@ def mixed_precision_attention(
         with no visible key gets out 0 and lse -inf. Either segment may be
         empty (Tr = 0 or Tl = 0). Differentiable (backward through the reference).
     """
-    from . import cost_model
-
     sizes = _checks.attention_inputs(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias)
     scale = _checks.attention_scale(scale, sizes["head_dim"])
     name = backends.resolve(backend, q.device, "mixed_precision_attention")
@@ -208,7 +208,8 @@ def mixed_precision_attention(
         raise ValueError(f"the codewords formulation needs G = 1 (one codebook), got G={sizes['groups']}")
     codes = remote_codes.to(torch.int32).contiguous()
     return _library.mixed_precision_attention(
-        q, k_local, v_local, codes, k_table, v_table, k_bias, v_bias, bool(causal), float(scale), formulation, name
+        q, k_local, v_local, codes, k_table, v_table, k_bias, v_bias, bool(causal), float(scale), formulation,
+        backend=name,
     )
 
 
@@ -240,10 +241,17 @@ def attention(
         raise ValueError(f"k must have shape (B, Hkv, Tk, d), got {tuple(k.shape)}")
     if prior is not None:
         return _attention_after(q, k, v, prior, causal, scale, backend)
-    no_codes, unused_table = reference.no_remote_segment(q, k)
+    no_codes, unused_table = _no_remote_segment(q, k)
     return mixed_precision_attention(
         q, k, v, no_codes, unused_table, unused_table, causal=causal, scale=scale, formulation="tokens", backend=backend
     )
+
+
+def _no_remote_segment(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes (B, 0, 1) int32, table (1, 1, Hkv*d)): mixed_precision_attention's remote arguments when
+    only local keys k (B, Hkv, Tk, d) are attended; the table is never read."""
+    b, hkv, _, d = k.shape
+    return torch.zeros((b, 0, 1), dtype=torch.int32, device=q.device), q.new_zeros((1, 1, hkv * d))
 
 
 def _attention_after(q, k, v, prior, causal, scale, backend):
@@ -267,7 +275,7 @@ def _attention_after(q, k, v, prior, causal, scale, backend):
     name = backends.resolve(backend, q.device, "mixed_precision_attention")
     if not hasattr(backends.get(name), "attention_after"):  # e.g. Triton: its attention, then the merge
         return merge_attention(prior_out, prior_lse, *attention(q, k, v, causal=causal, scale=scale, backend=name))
-    return _library.attention_after(q, k, v, prior_out, prior_lse, bool(causal), scale, name)
+    return _library.attention_after(q, k, v, prior_out, prior_lse, bool(causal), scale, backend=name)
 
 
 def project_codebooks(codebooks: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -276,9 +284,9 @@ def project_codebooks(codebooks: torch.Tensor, weight: torch.Tensor, bias: torch
     codebooks (G, K, Dg), weight (Dout, G*Dg) as in ``nn.Linear``, bias (Dout,)
     -> table (G, K, Dout) with table[g] = codebooks[g] @ weight[:, g*Dg:(g+1)*Dg].T.
     The bias is folded into group 0, so sum_g table[g, code_g] includes it once.
-    Pure torch (one batched GEMM); the result is in the weight's dtype.
+    Pure torch (one batched GEMM), computed in fp32 (fp64 for fp64 weights); the
+    result is in the weight's dtype.
     """
-
     g, k, dg = _checks.codebooks(codebooks)
     _checks.tensor("weight", weight)
     if weight.dim() != 2 or weight.shape[1] != g * dg:
@@ -290,7 +298,12 @@ def project_codebooks(codebooks: torch.Tensor, weight: torch.Tensor, bias: torch
         _checks.same_device(codebooks=codebooks, weight=weight, bias=bias)
     else:
         _checks.same_device(codebooks=codebooks, weight=weight)
-    return reference.project_codebooks(codebooks, weight, bias)
+    dout = weight.shape[0]
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    table = torch.bmm(codebooks.to(acc), weight.to(acc).reshape(dout, g, dg).permute(1, 2, 0))  # (G, K, Dout)
+    if bias is not None:
+        table[0] += bias.to(acc)
+    return table.to(weight.dtype)
 
 
 def merge_attention(out_a, lse_a, out_b, lse_b, *, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -313,4 +326,4 @@ def merge_attention(out_a, lse_a, out_b, lse_b, *, backend: str | None = None) -
         raise TypeError(f"lse_a and lse_b must be float32, got {lse_a.dtype} and {lse_b.dtype}")
     _checks.same_device(out_a=out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
     name = backends.resolve(backend, out_a.device, "merge_attention")
-    return _library.merge_attention(out_a, lse_a, out_b, lse_b, name)
+    return _library.merge_attention(out_a, lse_a, out_b, lse_b, backend=name)

@@ -172,12 +172,10 @@ def project_codebooks(codebooks: torch.Tensor, weight: torch.Tensor, bias: torch
     returned in the weight's dtype.
     """
     g, k, dg = codebooks.shape
-    dout = weight.shape[0]
     acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    w = weight.to(acc).reshape(dout, g, dg).permute(1, 2, 0)  # (G, Dg, Dout)
-    table = torch.bmm(codebooks.to(acc), w)
+    table = torch.stack([codebooks[i].to(acc) @ weight[:, i * dg : (i + 1) * dg].to(acc).T for i in range(g)])
     if bias is not None:
-        table = table + torch.nn.functional.pad(bias.to(acc).reshape(1, 1, dout), (0, 0, 0, 0, 0, g - 1))
+        table[0] += bias.to(acc)
     return table.to(weight.dtype)
 
 
@@ -253,18 +251,12 @@ def mixed_precision_attention(
     return out.to(q.dtype), lse.float()
 
 
-def no_remote_segment(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes (B, 0, 1) int32, table (1, 1, Hkv*d)): mixed_precision_attention's remote arguments when
-    only local keys k (B, Hkv, Tk, d) are attended; the table is never read."""
-    b, hkv, _, d = k.shape
-    return torch.zeros((b, 0, 1), dtype=torch.int32, device=q.device), q.new_zeros((1, 1, hkv * d))
-
-
 def attention_after(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prior_out: torch.Tensor,
                     prior_lse: torch.Tensor, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of q (B, H, Tq, d) over k, v (B, Hkv, Tk, d) merged with a partial (prior_out
     (B, H, Tq, d), prior_lse (B, H, Tq) float32) over other keys: (out, lse) over both key sets."""
-    codes, table = no_remote_segment(q, k)
+    b, hkv, _, d = k.shape
+    codes, table = torch.zeros((b, 0, 1), dtype=torch.int32, device=q.device), q.new_zeros((1, 1, hkv * d))
     out, lse = mixed_precision_attention(q, k, v, codes, table, table, None, None, causal, scale, "tokens")
     return merge_attention(prior_out, prior_lse, out, lse)
 

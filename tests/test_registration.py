@@ -1,11 +1,15 @@
-"""The ops are real torch.library ops: opcheck, torch.compile, backend discovery."""
+"""The ops are real torch.library ops: opcheck, dispatch by device, torch.compile, backend discovery."""
 import os
 
 import pytest
 import torch
-from conftest import BACKEND_DEVICES
+from conftest import BACKEND_DEVICES, DEVICES
 
 import astra_kernels as ak
+from astra_kernels import backends
+
+OPS = ("vq_encode", "vq_encode_int8", "vq_decode", "pack_codes", "unpack_codes", "mixed_precision_attention",
+       "merge_attention", "attention_after")
 
 
 def _samples(device):
@@ -16,28 +20,93 @@ def _samples(device):
     return x, cb, codes
 
 
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
-def test_opcheck(backend, device):
+def _cases(device) -> dict:
+    """Arguments of every op, without the backend: small, random, with gradients wanted where they exist."""
+    gen = torch.Generator().manual_seed(1)
     x, cb, codes = _samples(device)
-    ops = torch.ops.astra
     flat = codes.reshape(-1).contiguous()
-    cases = [
-        (ops.vq_encode.default, (x, cb, backend)),
-        (ops.vq_decode.default, (codes, cb.clone().requires_grad_(), backend)),
-        (ops.pack_codes.default, (flat, 4, backend)),
-        (ops.unpack_codes.default, (ak.pack_codes(flat, 4), 4, flat.numel(), backend)),
-    ]
-    if hasattr(ak.backends.get(backend), "vq_encode_int8"):
-        cases.append((ops.vq_encode_int8.default, (x, cb, backend)))
-    if hasattr(ak.backends.get(backend), "attention_after"):
-        qkv = [torch.randn(2, 2, 5, 4, device=device) for _ in range(3)]
-        prior = (torch.randn(2, 2, 5, 4, device=device).requires_grad_(), torch.randn(2, 2, 5, device=device))
-        cases.append((ops.attention_after.default, (*qkv, *prior, True, 0.5, backend)))
-    if hasattr(ak.backends.get(backend), "merge_attention"):
-        parts = torch.randn(2, 3, 5, 4, device=device), torch.randn(2, 3, 5, device=device)
-        cases.append((ops.merge_attention.default, (*parts, parts[0].flip(0).requires_grad_(), parts[1], backend)))
-    for op, args in cases:
-        torch.library.opcheck(op, args)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen).to(device)
+
+    q, k, v = rand(2, 4, 3, 8), rand(2, 2, 5, 8), rand(2, 2, 5, 8)
+    remote = torch.randint(0, 6, (2, 7, 2), generator=gen, dtype=torch.int32).to(device)
+    tables = rand(2, 6, 16).requires_grad_(), rand(2, 6, 16)
+    parts = rand(2, 3, 5, 4), rand(2, 3, 5)
+    prior = rand(2, 2, 5, 4).requires_grad_(), rand(2, 2, 5)
+    return {
+        "vq_encode": (x, cb),
+        "vq_encode_int8": (x, cb),
+        "vq_decode": (codes, cb.clone().requires_grad_()),
+        "pack_codes": (flat, 4),
+        "unpack_codes": (ak.pack_codes(flat, 4), 4, flat.numel()),
+        "mixed_precision_attention": (q.requires_grad_(), k, v, remote, *tables, rand(16), None, True, 0.25, "tokens"),
+        "merge_attention": (*parts, parts[0].flip(0).requires_grad_(), parts[1]),
+        "attention_after": (rand(2, 2, 5, 4), rand(2, 2, 6, 4), rand(2, 2, 6, 4), *prior, True, 0.5),
+    }
+
+
+def _outputs(result) -> tuple:
+    return result if isinstance(result, tuple) else (result,)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_opcheck_with_the_backend_named(backend, device):
+    implemented = backends.get(backend)
+    for name, args in _cases(device).items():
+        if hasattr(implemented, name):
+            torch.library.opcheck(getattr(torch.ops.astra, name).default, (*args, backend))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_without_a_backend(device):
+    for name, args in _cases(device).items():
+        torch.library.opcheck(getattr(torch.ops.astra, name).default, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_without_a_backend_an_op_runs_the_fastest_backend_for_the_device(device):
+    for name, args in _cases(device).items():
+        op = getattr(torch.ops.astra, name)
+        fastest = backends.resolve(None, torch.device(device), name)
+        for got, want in zip(_outputs(op(*args)), _outputs(op(*args, backend=fastest))):
+            assert torch.equal(got, want), name
+
+
+def test_torch_ops_vq_encode_without_a_backend_equals_the_python_api():
+    gen = torch.Generator().manual_seed(2)
+    x, codebooks = torch.randn(37, 64, generator=gen), torch.randn(4, 100, 16, generator=gen)
+    codes, sqdist = torch.ops.astra.vq_encode(x, codebooks)
+    want_codes, want_sqdist = ak.vq_encode(x, codebooks)
+    assert torch.equal(codes, want_codes) and torch.equal(sqdist, want_sqdist)
+    assert not torch.equal(codes, torch.zeros_like(codes))
+
+
+def test_a_named_backend_that_cannot_run_raises_with_the_reason():
+    x, cb, _ = _samples("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ak.BackendUnavailable, match="'cuda' is not available for cpu tensors: the CUDA backend"):
+            torch.ops.astra.vq_encode(x, cb, backend="cuda")
+    if "triton" in ak.available_backends("cpu"):
+        with pytest.raises(ak.BackendUnavailable, match="does not implement vq_encode_int8"):
+            torch.ops.astra.vq_encode_int8(x, cb, backend="triton")
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        torch.ops.astra.vq_encode(x, cb, backend="fast")
+
+
+def test_devices_without_compiled_backends_run_the_reference():
+    """The ops' default kernel (CompositeExplicitAutograd: every device but CPU and CUDA) is the reference."""
+    default = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
+    for name in OPS:
+        for key in ("CPU", "CUDA", "CompositeExplicitAutograd"):
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"astra::{name}", key), (name, key)
+    for name, args in _cases("cpu").items():
+        op = getattr(torch.ops.astra, name).default
+        for got, want in zip(_outputs(op.redispatch(default, *args)), _outputs(op(*args, backend="reference"))):
+            assert torch.equal(got, want), name
+    x, cb, _ = _samples("cpu")
+    with pytest.raises(ak.BackendUnavailable, match="'cuda' is not available for cpu tensors"):
+        torch.ops.astra.vq_encode.default.redispatch(default, x, cb, "cuda")
 
 
 def test_torch_compile_traces_the_ops():

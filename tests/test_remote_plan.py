@@ -71,6 +71,17 @@ def test_int8_gather_sums_the_rounded_rows_within_their_bound(groups, kv_heads, 
         assert not torch.equal(flat(got), flat(want))  # rounded for real
 
 
+@pytest.mark.parametrize("formulation,groups", [("tokens", 1), ("tokens", 4), ("codewords", 1)])
+def test_remote_kv_of_the_fused_formulations_sums_their_tables_rows(formulation, groups):
+    """The decoding cache's remote keys/values when the fused kernels attend: sums of the fp32 table rows."""
+    blk, codebook, codes, _ = _setup(groups=groups, remote=23)
+    plan = RemotePlan(blk, codebook, formulation)
+    flat = lambda t: t.transpose(1, 2).flatten(2)  # noqa: E731  (B, Hkv, Tr, d) -> (B, Tr, Hkv*d)
+    for got, table in zip(plan.remote_kv(codes), plan.tables()):
+        assert got.shape == (2, blk.kv_heads, 23, blk.head_dim) and got.dtype == table.dtype
+        torch.testing.assert_close(flat(got), reference.gather_tables(codes, table), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("formulation", cost_model.MATERIALIZED)
 def test_materialized_remote_kv_of_no_remote_tokens_is_empty(formulation):
     blk, codebook, _, _ = _setup()

@@ -1,4 +1,6 @@
 """The ASTRA engine in one process: block math, simulation, the per-rank path over loopback."""
+from collections import Counter
+
 import pytest
 import torch
 from runtime_helpers import (
@@ -94,6 +96,23 @@ def test_remote_formulations_agree(formulation):
     # gather_int8 rows move by up to half of 1/255 of their range
     tol = {"gather": 5e-4, "gather_int8": 1e-2}.get(formulation, 1e-4)
     torch.testing.assert_close(got, reference, rtol=tol, atol=tol)
+
+
+def test_inductor_compiled_forward_equals_eager():
+    """torch.compile with its default backend (Inductor) over a whole ASTRA forward, the ASTRA ops inside
+    the compiled graphs."""
+    model = tiny_lm(layers=1)
+    x = _inputs(model)
+    engine = astra.AstraEngine(model, astra.calibrate(model, [x], 16, 2, progress=False), encode="exact")
+    assert engine.remote_formulations(x, 2) == ["tokens"]  # the fused kernel
+    want = engine.forward(x, 2)  # eager; builds the block's projected tables
+    got = torch.compile(engine.forward)(x, 2)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # Inductor fuses the norms and the MLP
+    graphs = torch._dynamo.explain(engine.forward)(x, 2).graphs
+    traced = Counter(str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function")
+    # rank 0's codes (rank 1 attends them: causal), then both ranks' attention
+    assert traced["astra.vq_encode.default"] == 1
+    assert traced["astra.mixed_precision_attention.default"] == 2
 
 
 def test_int8_encoding_changes_few_codes_and_little_output():

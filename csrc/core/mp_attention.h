@@ -114,10 +114,9 @@ class AttentionPlan {
   static constexpr int64_t kTileElements = 128 * 1024;
   // Tables above this size (each) are gathered for several kv heads per task:
   // a table beyond the TLB's and L2's reach costs a TLB and cache miss per
-  // row segment, so longer row segments are read at once. Measured (gather
-  // alone, G = 32, K = 1024, Hkv*d = 768, 768 tokens, fp32, one thread):
-  // 17 ms one kv head at a time, 10-11 ms all 12 at once (~14 GB/s, this
-  // core's streaming bandwidth).
+  // row segment, so longer row segments are read at once: gathered for all kv
+  // heads together, the rows stream at the core's memory bandwidth, one kv
+  // head at a time they do not (benchmarks/RESULTS.md, tuning constants).
   static constexpr int64_t kSharedGatherTableBytes = 4 << 20;
 
   // `kernels` must outlive the plan, and so must the inputs' memory.

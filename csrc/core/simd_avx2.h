@@ -14,7 +14,7 @@ struct SimdAvx2 {
   static constexpr int kWidth = 8;
   // 4 x 2 tile: 8 accumulators + 2 codeword vectors + 1 broadcast in the 16
   // ymm registers; the (min, index) lanes spill, touched only between panels.
-  // Measured (Dg 24..96): 4x2 63-72 GF/s > 2x4 62-68 > 3x2, 2x3 59-60 > 6x1.
+  // The fastest of the tile shapes tried (benchmarks/RESULTS.md, tuning constants).
   static constexpr int kTileRows = 4;
   static constexpr int kTileVectors = 2;
 

@@ -14,9 +14,9 @@ struct SimdAvx512 {
   static constexpr int kWidth = 16;
   // Micro-tile of the fused argmin: rows x vectors of codewords. 8 x 2 = 16
   // accumulators + 2 codeword vectors + 1 broadcast; the 8 rows' (min, index)
-  // lanes are touched only between panels. Measured (Dg 24..4096): 8x2 and
-  // 4x4 tie for Dg <= 256, 8x2 is 3-10 % faster for wide groups (half the
-  // codebook loads per FMA); 6x2, 4x3, 3x4, 5x3, 2x8 are slower.
+  // lanes are touched only between panels. 8x2 ties 4x4 on narrow groups and
+  // wins on wide ones (half the codebook loads per FMA); the other shapes tried
+  // are slower (benchmarks/RESULTS.md, tuning constants).
   static constexpr int kTileRows = 8;
   static constexpr int kTileVectors = 2;
 

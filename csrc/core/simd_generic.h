@@ -10,8 +10,8 @@ namespace {
 
 struct SimdGeneric {
   static constexpr int kWidth = 4;
-  // 2 x 4 tile; measured on x86-64 SSE2 (Dg 24, 64): 25-28 GF/s vs 23-25
-  // for 3x2 and 4x2, 20-21 for 4x1 and 6x1.
+  // 2 x 4 tile: the fastest of the tile shapes tried on x86-64 SSE2
+  // (benchmarks/RESULTS.md, tuning constants).
   static constexpr int kTileRows = 2;
   static constexpr int kTileVectors = 4;
 

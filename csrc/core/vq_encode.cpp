@@ -15,10 +15,10 @@ namespace astra::core {
 namespace {
 
 // GEMM path blocking. Tall GEMM calls amortise the GEMM's packing of the
-// codebook block (MKL sgemm, Dg 768..4096: 145 GF/s at 256 rows, 151-158 at
-// 512-1024); the score buffer (rows x code block, at most kGemmScoreBytes)
-// is read once by the argmin pass, a negligible O(rows * K) next to the
-// O(rows * K * Dg) GEMM even from L3.
+// codebook block (sgemm runs faster at 512-1024 rows than at 256:
+// benchmarks/RESULTS.md, tuning constants); the score buffer (rows x code
+// block, at most kGemmScoreBytes) is read once by the argmin pass, a
+// negligible O(rows * K) next to the O(rows * K * Dg) GEMM even from L3.
 constexpr int64_t kGemmRows = 1024;
 constexpr int64_t kGemmScoreBytes = 4 << 20;
 

@@ -44,25 +44,18 @@ using GemmABt = void (*)(int64_t m, int64_t n, int64_t k, const float* a, int64_
 enum class EncodePath { kFused, kInt8, kInt8Estimate, kBlockedGemm };
 
 // Smallest group width Dg that takes the blocked-GEMM path for the given
-// kernels. Measured single-thread on a Xeon with AVX-512 (N = 64 and 1024,
-// K = 1024, fused kernel vs MKL sgemm + argmin, MKL restricted to the same
-// instruction set with MKL_ENABLE_INSTRUCTIONS for the avx2/generic rows):
-//   avx512   fused faster up to Dg = 1024 (768: 150 vs 146 GF/s); GEMM from
-//            1536 (4096: 142 vs 115 GF/s)                             -> 1536
-//   avx2     fused faster up to Dg = 384 (256: 76 vs 74); GEMM from 512
-//            (768: 77 vs 74)                                          -> 512
-//   generic  equal at Dg = 384..512 (29.5 GF/s); GEMM 5 % faster from 768 -> 512
-// For narrow groups the fused kernel wins by far (Dg = 24: 2x at N = 1024,
-// 5x at N = 64), since a GEMM of inner size Dg is mostly overhead.
+// kernels: where MKL sgemm + argmin overtakes the fused kernel, measured
+// single-thread per instruction set, MKL restricted to the same one
+// (MKL_ENABLE_INSTRUCTIONS; the crossovers: benchmarks/RESULTS.md, tuning
+// constants). For narrow groups the fused kernel wins by far, since a GEMM of
+// inner size Dg is mostly overhead.
 int64_t gemm_min_width(Simd simd);
 
-// Narrowest group that takes the int8 path on kAvx512Vnni. Measured
-// single-thread, K = 1024, 512 unit-normal rows, int8 vs fused fp32 (ms):
-// Dg = 24: 11.4 vs 7.2; 48: 6.2 vs 6.6; 96: 3.6 vs 6.2; 192: 3.0 vs 5.8;
-// 256: 2.7 vs 5.9; 768: 3.4 vs 6.4. Narrow groups pay the per-row quantize /
-// min / re-score passes on too few multiply-adds. At Dg = 1536 the blocked
-// GEMM still wins (1024 rows: 23.3 vs 25.5 ms), and wider groups give the
-// int8 estimates too many candidates (4096: 584 vs 155 ms).
+// Narrowest group that takes the int8 path on kAvx512Vnni, the measured
+// crossover with the fused fp32 kernel (benchmarks/RESULTS.md, tuning
+// constants): narrow groups pay the per-row quantize / min / re-score passes
+// on too few multiply-adds. From gemm_min_width on the blocked GEMM still
+// wins, and wider groups give the int8 estimates too many candidates.
 constexpr int64_t kInt8MinWidth = 64;
 
 EncodePath choose_encode_path(int64_t width, Simd simd);

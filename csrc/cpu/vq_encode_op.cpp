@@ -76,9 +76,10 @@ std::tuple<at::Tensor, at::Tensor> VqEncoder::encode(const at::Tensor& x) const 
   const int64_t blocks_wanted = std::max<int64_t>(1, (threads + groups - 1) / groups);
   // The int8-estimate books are small (ceil(Dg / 4) * K words per group, twice
   // that in the AVX2 kernels' int16 pairs): tasks walk row blocks outside
-  // groups, so a block's rows stay in cache across its groups (ViT-Base,
-  // G = 32: 5.8 vs 6.2 ms). The fp32 panels are 4x larger: each group's stay
-  // in cache across its row blocks instead (8.5 vs 8.8 ms).
+  // groups, so a block's rows stay in cache across its groups. The fp32 panels
+  // are 4x larger: each group's stay in cache across its row blocks instead.
+  // (Each order is the faster one for its path: benchmarks/RESULTS.md, tuning
+  // constants.)
   const core::EncodePath path = plan_->path();
   const bool rows_outer = path == core::EncodePath::kInt8Estimate;
   const int64_t max_rows = path == core::EncodePath::kBlockedGemm ? kMaxGemmTaskRows

@@ -21,7 +21,6 @@ from contextlib import contextmanager
 import torch
 
 import astra_kernels as ak
-from astra_kernels import cost_model
 
 from . import block as B
 from .codebooks import Codebooks, check_quantize
@@ -84,7 +83,7 @@ class AstraEngine:
         codebooks: one codebook per block (:class:`astra.Codebooks`).
         formulation: how remote tokens are attended ("auto": the cost model, or
             "tokens", "codewords", "gather", "gather_int8", "dequantize"; see
-            :mod:`astra_kernels.cost_model`). Blocks with rotary positions use only
+            :func:`astra_kernels.remote_plan`). Blocks with rotary positions use only
             the materialized ones (gather, gather_int8, dequantize), ``quantize="kv"``
             only dequantize (:class:`astra.remote.RemotePlan`).
         backend: astra_kernels backend for every op (None: fastest available).
@@ -98,7 +97,7 @@ class AstraEngine:
     """
 
     def __init__(self, model: torch.nn.Module, codebooks: Codebooks, *, formulation: str = "auto",
-                 backend: str | None = None, table_budget_bytes: int = cost_model.TABLE_BUDGET_BYTES,
+                 backend: str | None = None, table_budget_bytes: int = ak.TABLE_BUDGET_BYTES,
                  encode: str = "auto", quantize: str | None = None):
         if encode not in ENCODINGS:
             raise ValueError(f"encode must be one of {', '.join(ENCODINGS)}, got {encode!r}")

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from astra_kernels import cost_model
+import astra_kernels as ak
 
 from .codebooks import Codebooks
 from .engine import AstraEngine
@@ -60,7 +60,7 @@ class ParallelModel:
 
 def parallelize(model: torch.nn.Module, codebooks: Codebooks, *, transport: str | Transport = "gloo",
                 timeout_s: float = 60.0, formulation: str = "auto", backend: str | None = None,
-                table_budget_bytes: int = cost_model.TABLE_BUDGET_BYTES, encode: str = "auto",
+                table_budget_bytes: int = ak.TABLE_BUDGET_BYTES, encode: str = "auto",
                 quantize: str | None = None) -> ParallelModel:
     """Wrap an unmodified model for this rank of an N-process job.
 

@@ -1,10 +1,10 @@
 """How a block attends to remote tokens it knows only by their VQ codes.
 
-Per block, a :class:`RemotePlan` holds what the formulations of
-:mod:`astra_kernels.cost_model` need: the projected K/V tables (built once,
-only when they fit the memory budget; in half precision for ``gather``) and
-the codebook (for dequantize-then-project). Each call picks the cheapest
-allowed formulation for its shape, unless one is forced.
+Per block, a :class:`RemotePlan` holds what the formulations of the kernels'
+cost model (:func:`astra_kernels.remote_plan`) need: the projected K/V tables
+(built once, only when they fit the memory budget; in half precision for
+``gather``) and the codebook (for dequantize-then-project). Each call picks the
+cheapest allowed formulation for its shape, unless one is forced.
 
 ``codewords`` and ``tokens`` are fused kernels that take the local keys too.
 ``gather``, ``gather_int8`` and ``dequantize`` build the remote keys/values
@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 
 import astra_kernels as ak
-from astra_kernels import backends, cost_model, reference
 
 from . import block as B
 from .codebooks import check_quantize
@@ -38,7 +37,7 @@ from .models.base import BlockWeights
 
 FORMULATIONS = ("auto", "tokens", "codewords", "gather", "gather_int8", "dequantize")
 # Formulations that attend remote keys needing a transform after their projection (rotation, key norm).
-ROTARY_FORMULATIONS = cost_model.MATERIALIZED
+ROTARY_FORMULATIONS = ak.MATERIALIZED
 # The formulation of quantize="kv": decode the keys' and values' codes.
 KV_FORMULATIONS = ("dequantize",)
 
@@ -60,7 +59,7 @@ class RemotePlan:
     """
 
     def __init__(self, block: BlockWeights, codebook: torch.Tensor, formulation: str = "auto",
-                 table_budget_bytes: int = cost_model.TABLE_BUDGET_BYTES, quantize: str = "input"):
+                 table_budget_bytes: int = ak.TABLE_BUDGET_BYTES, quantize: str = "input"):
         if formulation not in FORMULATIONS:
             raise ValueError(f"remote formulation must be one of {', '.join(FORMULATIONS)}, got {formulation!r}")
         check_quantize(quantize)
@@ -104,13 +103,13 @@ class RemotePlan:
                 f"position embedding (nor a per-head key norm), which this block's keys need; use one of "
                 f"{', '.join(self.formulations)} (or auto)")
 
-    def shape(self, batch: int, queries: int, remote: int, backend: str | None = None) -> cost_model.RemoteShape:
+    def shape(self, batch: int, queries: int, remote: int, backend: str | None = None) -> ak.RemoteShape:
         b = self.block
-        kernel = backends.resolve(backend, self.codebook.device, "mixed_precision_attention")
-        return cost_model.RemoteShape(
+        kernel = ak.resolve_backend(backend, self.codebook.device, "mixed_precision_attention")
+        return ak.RemoteShape(
             batch=batch, heads=b.heads, kv_heads=b.kv_heads, head_dim=b.head_dim, queries=queries, remote=remote,
             groups=self.codebook.shape[0], codebook_size=self.codebook.shape[1], model_dim=b.dim,
-            elem_bytes=self.codebook.element_size(), skips_unused=cost_model.skips_unused_codewords(kernel),
+            elem_bytes=self.codebook.element_size(), skips_unused=ak.skips_unused_codewords(kernel),
             int8_gather=int8_gather_available(self.codebook.device),
         )
 
@@ -121,8 +120,8 @@ class RemotePlan:
             return self.formulations[0]
         key = (batch, queries, remote, backend)
         if key not in self._choices:  # asked twice per block (local partial, then attend)
-            self._choices[key] = cost_model.remote_plan(self.shape(batch, queries, remote, backend),
-                                                        self.table_budget_bytes, self.formulations)
+            self._choices[key] = ak.remote_plan(self.shape(batch, queries, remote, backend), self.table_budget_bytes,
+                                                self.formulations)
         return self._choices[key]
 
     def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,14 +138,14 @@ class RemotePlan:
 
     def materializes(self, batch: int, queries: int, remote: int, backend: str | None = None) -> bool:
         """Whether this shape's formulation attends remote tokens apart from the local ones."""
-        return remote > 0 and self.choose(batch, queries, remote, backend) in cost_model.MATERIALIZED
+        return remote > 0 and self.choose(batch, queries, remote, backend) in ak.MATERIALIZED
 
     def gather_table(self) -> torch.Tensor:
-        """(G*K, 2*Hkv*d): each code's K row then V row, in :func:`cost_model.gather_table_dtype`."""
+        """(G*K, 2*Hkv*d): each code's K row then V row, in :func:`astra_kernels.gather_table_dtype`."""
         if self._gather_table is None:
             k_table, v_table = self._project_tables()
             table = torch.cat([k_table, v_table], dim=-1).flatten(0, 1)
-            narrow = table.to(cost_model.gather_table_dtype(table.dtype))
+            narrow = table.to(ak.gather_table_dtype(table.dtype))
             # a projection beyond fp16's range keeps its fp32 table: slower, never wrong
             self._gather_table = narrow if torch.isfinite(narrow).all() else table
         return self._gather_table
@@ -175,10 +174,15 @@ class RemotePlan:
         g, k = self.codebook.shape[:2]
         return (codes.long() + torch.arange(g, device=codes.device) * k).flatten(0, 1)
 
+    def _summed_rows(self, codes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Each token's G rows of a flattened (G*K, W) table, summed (fp32 accumulation for 16-bit tables):
+        codes (B, Tr, G) -> (B, Tr, W) in the table's dtype."""
+        sums = F.embedding_bag(self._table_rows(codes), table, mode="sum")
+        return sums.reshape(codes.shape[0], codes.shape[1], table.shape[-1])
+
     def _gathered_kv(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum each token's G rows of the gather table (fp32 accumulation): each (B, Hkv, Tr, d)."""
-        kv = F.embedding_bag(self._table_rows(codes), self.gather_table(), mode="sum").to(self.codebook.dtype)
-        kv = kv.reshape(codes.shape[0], codes.shape[1], kv.shape[-1])
+        """Sum each token's G rows of the gather table: each (B, Hkv, Tr, d)."""
+        kv = self._summed_rows(codes, self.gather_table()).to(self.codebook.dtype)
         return tuple(self._heads(t) for t in kv.split(self.block.kv_dim, dim=-1))
 
     def _int8_gathered_kv(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,10 +202,8 @@ class RemotePlan:
             k, v = self._gathered_kv(codes)
         elif how == "gather_int8":
             k, v = self._int8_gathered_kv(codes)
-        else:  # the fused formulations' tables
-            k_table, v_table = self.tables()
-            k, v = (self._heads(reference.gather_tables(codes, k_table)),
-                    self._heads(reference.gather_tables(codes, v_table)))
+        else:  # the fused formulations' tables, (G, K, Hkv*d) each
+            k, v = (self._heads(self._summed_rows(codes, table.flatten(0, 1))) for table in self.tables())
         return B.key_norm(self.block, k), v
 
     def remote_kv(self, codes: torch.Tensor, rotation: B.Rotation | None = None, *, queries: int = 1,
@@ -229,7 +231,7 @@ class RemotePlan:
         for this call, if already built; a fused formulation does not need them.
         """
         how = self.choose(q.shape[0], q.shape[2], codes.shape[1], backend)
-        if how in cost_model.MATERIALIZED:
+        if how in ak.MATERIALIZED:
             rk, rv = remote_kv if remote_kv is not None else self.remote_kv(codes, rotation, queries=q.shape[2],
                                                                            backend=backend)
             if local is None:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import astra_kernels as ak
 from astra import models
 from astra.codebooks import QUANTIZE
 from astra.engine import ENCODINGS
@@ -49,7 +50,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="how remote tokens are attended (auto: cost model)")
     p.add_argument("--table-budget-mib", type=float, default=d.table_budget_mib, help=TABLE_BUDGET_HELP)
     p.add_argument("--encode", choices=ENCODINGS, default=d.encode, help=ENCODE_HELP)
-    p.add_argument("--backend", choices=["reference", "cpu", "triton", "cuda"], default=d.backend)
+    p.add_argument("--backend", choices=ak.BACKENDS, default=d.backend)
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds before a silent peer is an error")
     p.add_argument("--seed", type=int, default=d.seed, help="random weights and inputs (and sampling)")
     p.add_argument("--calibration-iters", type=int, default=d.calibration_iters)

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
+import astra_kernels as ak
 from astra import models
 from astra.calibrate import cached_calibration
 from astra.codebooks import Codebooks
@@ -31,7 +32,6 @@ from astra.launch import (
     rank_env,
 )
 from astra.transport import PeerError
-from astra_kernels import cost_model
 
 EXIT_PEER_FAILED = 3
 
@@ -66,7 +66,7 @@ class RunConfig:
     codebooks: str | None = None
     formulation: str = "auto"
     encode: str = "auto"
-    table_budget_mib: float = cost_model.TABLE_BUDGET_BYTES / 2**20
+    table_budget_mib: float = ak.TABLE_BUDGET_BYTES / 2**20
     backend: str | None = None
     timeout: float = 60.0
     seed: int = 0

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+import astra_kernels as ak
 from astra.codebooks import QUANTIZE
 from astra.engine import ENCODINGS
-from astra_kernels.cost_model import TABLE_BUDGET_BYTES
 
 METHODS = ("astra", "single", "sp_fp32", "sp_fp16", "kv_sp", "tp")
 BANDWIDTHS_MBPS = (10, 20, 50, 100, 500, 1000)
@@ -26,7 +26,7 @@ class BenchConfig:
     groups: list[int] = field(default_factory=lambda: [1, 16, 32])
     codebook_size: int = 1024
     quantize: str = "input"  # astra.codebooks.QUANTIZE
-    table_budget_mib: float = TABLE_BUDGET_BYTES / 2**20  # per layer, K and V tables together
+    table_budget_mib: float = ak.TABLE_BUDGET_BYTES / 2**20  # per layer, K and V tables together
     encode: str = "auto"  # astra.engine.ENCODINGS
     transport: str = "gloo"
     topology: str = "star"  # sim, netns and emulated: star (full duplex) or shared (one medium)
