@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+from astra._optional import MissingDependency
 from astra.engine import ENCODINGS
 from astra.remote import FORMULATIONS
 
@@ -116,10 +117,14 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from astra_lab.bench import driver
     from astra_lab.bench.config import BenchConfig
     from astra_lab.links import NetnsError
 
+    try:
+        from astra_lab.bench import driver
+    except MissingDependency as exc:
+        print(f"astra bench: {exc}", file=sys.stderr)
+        return 2
     sizes = args.size
     cfgs = []
     for model in args.model:
@@ -139,7 +144,7 @@ def _bench(args: argparse.Namespace) -> int:
         for cfg in cfgs:
             cfg.validate()
             rows += driver.run(cfg)
-    except (ValueError, NetnsError) as exc:
+    except (ValueError, NetnsError, MissingDependency) as exc:
         print(f"astra bench: {exc}", file=sys.stderr)
         return 2
     driver.write_outputs(cfgs[0], rows)
@@ -175,9 +180,12 @@ def _net(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
     import dataclasses as dc
 
-    from astra_lab.train import fmnist, kjv, minilm, results
-    from astra_lab.train.data import DataMissing
-
+    try:
+        from astra_lab.train import fmnist, kjv, minilm, results
+        from astra_lab.train.data import DataMissing
+    except MissingDependency as exc:
+        print(f"astra train: {exc}", file=sys.stderr)
+        return 2
     module = {"fmnist": fmnist, "kjv": kjv, "minilm": minilm}[args.task]
     cfg_cls = {"fmnist": fmnist.FmnistConfig, "kjv": kjv.KjvConfig, "minilm": minilm.MinilmConfig}[args.task]
     cfg = module.QUICK if args.quick else cfg_cls()
@@ -186,7 +194,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     command = "python -m astra " + " ".join(argv)
     try:
         rows = module.run(cfg, command, progress=not args.no_progress)
-    except DataMissing as exc:
+    except (DataMissing, MissingDependency) as exc:
         print(f"astra train: {exc}", file=sys.stderr)
         return 2
     for r in rows:

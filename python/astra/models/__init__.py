@@ -5,6 +5,7 @@ import os
 
 import torch
 
+from .._optional import require
 from .base import BlockWeights, ModelAdapter, Norm
 from .tiny import TinyAdapter, TinyTransformer
 
@@ -72,7 +73,7 @@ def build(family: str, size: str, *, tokens: int, layers: int | None = None, che
     generate after the prompt). Nothing is downloaded: HF_HUB_OFFLINE is forced on.
     """
     os.environ["HF_HUB_OFFLINE"] = "1"
-    import transformers
+    transformers = require("transformers", extra="hf", purpose="building GPT-2 and ViT models")
 
     n_layer, dim = describe(family, size, layers=layers, checkpoint=checkpoint)
     if checkpoint is not None:

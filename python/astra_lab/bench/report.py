@@ -4,7 +4,9 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-import numpy as np
+from astra._optional import require
+
+np = require("numpy", extra="bench", purpose="benchmark reports")
 
 
 def method_label(method: str, groups: int | None) -> str:
@@ -56,8 +58,7 @@ def markdown(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: str) -> str:
     """Log-log latency vs bandwidth, one panel per (model, ranks, link), one line per method."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", extra="bench", purpose="the latency plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
