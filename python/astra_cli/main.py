@@ -17,8 +17,8 @@ TABLE_BUDGET_HELP = ("MiB per layer for the projected K/V codebook tables (fp32 
                      "gather, 8-bit rows for gather_int8 on CPU; ViT-Base at G=32: 192/96/48.5 MiB); without room, "
                      "remote tokens are dequantized and projected instead")
 
-ENCODE_HELP = ("how tokens are quantized: exact (nearest codeword), int8 (int8-estimated scores: faster, about 3 %% "
-               "of codes near-nearest) or auto (int8 where its AVX-512 VNNI kernels run)")
+ENCODE_HELP = ("how tokens are quantized: exact (nearest codeword), int8 (int8-estimated scores: faster, some "
+               "codes near-nearest) or auto (int8 where its AVX-512 VNNI kernels run)")
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     d = RunConfig()
