@@ -20,6 +20,7 @@ import tempfile
 import torch
 
 from astra import models
+from astra._optional import MissingDependency
 from astra.calibrate import cached_calibration
 from astra.launch import free_port
 
@@ -115,7 +116,10 @@ def _run_setting(cfg, family, size, n, link_mode, bws, methods, books, work) -> 
 
 
 def write_outputs(cfg: BenchConfig, rows: list[dict]) -> dict[str, str]:
-    """JSON (measured + projected rows), Markdown and PNG next to each other; returns their paths."""
+    """JSON (measured + projected rows), Markdown and PNG next to each other; returns their paths.
+
+    The plot comes last and is optional: without matplotlib, or when plotting fails, a warning
+    says why and the JSON and Markdown stand alone (no plot path is returned)."""
     projected = report.project(rows)
     base = os.path.splitext(cfg.json)[0]
     paths = {"json": cfg.json, "markdown": cfg.markdown or base + ".md", "plot": cfg.plot or base + ".png"}
@@ -126,12 +130,27 @@ def write_outputs(cfg: BenchConfig, rows: list[dict]) -> dict[str, str]:
     proj = report.projection_text(projected)
     with open(paths["markdown"], "w") as f:
         f.write(text + ("\n```\n" + proj + "\n```\n" if proj else ""))
-    if any(r["bandwidth_mbps"] is not None and r["method"] != "single" for r in rows):
-        report.plot(rows, paths["plot"])
-    else:
+    shaped = any(r["bandwidth_mbps"] is not None and r["method"] != "single" for r in rows)
+    if not (shaped and _plot(rows, paths["plot"])):
         paths.pop("plot")
     print(text)
     if proj:
         print(proj)
     print("[bench] wrote " + ", ".join(f"{k}: {v}" for k, v in paths.items()), flush=True)
     return paths
+
+
+def _plot(rows: list[dict], path: str) -> bool:
+    """Write the plot; on failure warn, remove what the failed attempt or an earlier run left at ``path``
+    (it would not show these rows), and return False."""
+    try:
+        report.plot(rows, path)
+        return True
+    except MissingDependency as exc:
+        why = str(exc)
+    except Exception as exc:  # whatever breaks the plot, the measurements are written already
+        why = f"plotting failed: {type(exc).__name__}: {exc}"
+    if os.path.exists(path):
+        os.remove(path)
+    print(f"[bench] warning: no plot ({why}); the JSON and Markdown are complete", file=sys.stderr, flush=True)
+    return False
