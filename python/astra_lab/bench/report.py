@@ -6,7 +6,7 @@ from collections import defaultdict
 
 from astra._optional import require
 
-np = require("numpy", extra="bench", purpose="benchmark reports")
+np = require("numpy", extra="bench", purpose="the benchmark report")
 
 
 def method_label(method: str, groups: int | None) -> str:

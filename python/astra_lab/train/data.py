@@ -19,7 +19,7 @@ import torch
 
 from astra._optional import require
 
-np = require("numpy", extra="train", purpose="the accuracy experiments' data")
+np = require("numpy", extra="train", purpose="reading the accuracy experiments' data")
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
