@@ -5,7 +5,7 @@ NATIVE_BUILD ?= build/native
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test native-check pytest bench clean
+.PHONY: setup demo test native-check pytest wheel-test bench clean
 
 setup:
 	@bash scripts/setup_env.sh $(VENV)
@@ -13,7 +13,7 @@ setup:
 demo: setup
 	$(PY) -m astra demo
 
-test: setup native-check pytest
+test: setup native-check pytest wheel-test
 
 # Torch-free C++ core + its unit tests (ctest); compiles every csrc/cuda/*.cu
 # for sm_90 when nvcc is present (a compile check: CI has nvcc but no GPU).
@@ -24,6 +24,11 @@ native-check:
 
 pytest:
 	$(PY) -m pytest -q tests
+
+# A wheel of the tree, installed into a fresh environment that has only torch, checked from outside the
+# tree (imports, every kernel op on the compiled CPU backend, the errors naming missing extras).
+wheel-test:
+	bash tests/packaging/wheel_test.sh $(PY)
 
 # Single-thread CPU microbenchmarks (pytest-benchmark), ratios against baselines of the same run.
 bench: setup

@@ -8,9 +8,15 @@ Environment switches:
 
 Install with ``pip install --no-build-isolation -e .`` so that the already
 installed torch is used: under build isolation pip would fetch another torch.
+
+Object files stay in build/temp.<platform>-<python> for every build, editable
+installs and wheels alike, so ninja recompiles only what changed since the last
+build of any kind (``make clean`` removes them).
 """
 import glob
 import os
+import sys
+import sysconfig
 
 from setuptools import find_packages, setup
 
@@ -37,6 +43,15 @@ def _want_cuda() -> bool:
             )
         return True
     return possible
+
+
+class BuildExtension(cpp_extension.BuildExtension.with_options(use_ninja=True)):
+    """torch's ninja build, its object files in one directory that outlives every build."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        # pip's editable builds would compile in a fresh temporary directory every time
+        self.build_temp = os.path.join(ROOT, "build", f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}")
 
 
 def get_extensions():
@@ -73,5 +88,5 @@ setup(
     # the runtime (astra), the experiment harness (astra_lab) and the command line joining them (astra_cli)
     package_dir={name: f"python/{name}" for name in ("astra", "astra_lab", "astra_cli")},
     ext_modules=get_extensions(),
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtension},
 )

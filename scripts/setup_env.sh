@@ -3,7 +3,9 @@
 # Idempotent: a second run only rebuilds what changed.
 #   scripts/setup_env.sh [VENV]        (default .venv)
 # Installs torch only when it is missing (the CPU wheel torch==2.13.0 here;
-# a machine that already has torch, e.g. a GPU image, keeps its own).
+# a machine that already has torch, e.g. a GPU image, keeps its own), then the
+# project as pyproject.toml declares it: every extra and the test tools,
+# pip install --no-build-isolation -e ".[all,dev]".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-.venv}
@@ -34,20 +36,26 @@ PY="$VENV/bin/python"
 "$PY" -c "import torch" 2>/dev/null || { log "installing $TORCH_SPEC"; "$PY" -m pip install -q "$TORCH_SPEC"; }
 "$PY" -c "import triton" 2>/dev/null || { log "installing $TRITON_SPEC"; "$PY" -m pip install -q "$TRITON_SPEC"; }
 
-stamp="$VENV/.requirements.sha"
-want=$(sha256sum requirements-dev.txt | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  log "installing requirements-dev.txt"
-  "$PY" -m pip install -q -r requirements-dev.txt
-  echo "$want" > "$stamp"
-fi
-
-# Rebuild the extension when a native source or the build script changed.
-stamp="$VENV/.build.sha"
+# Reinstall when the declarations, the build script or a native source changed (ninja then
+# recompiles only the changed sources: setup.py keeps the object files in build/).
+stamp="$VENV/.install.sha"
 want=$(cat setup.py pyproject.toml $(find csrc -type f | sort) | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$PY" -c "import astra_kernels._C" 2>/dev/null; then
-  log "building the extension (pip install --no-build-isolation -e .)"
-  MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --no-build-isolation --no-deps -e .
+  # --no-build-isolation builds with what is installed: the build requirements first
+  read -ra build_requires <<< "$("$PY" -c '
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the copy inside pip
+    from pip._vendor import tomli as tomllib
+print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')"
+  # the torch and triton installed above stay: nothing may resolve them again (an unpinned torch is a CUDA build)
+  pins=$(mktemp)
+  "$PY" -W ignore -c 'import torch, triton; print(f"torch=={torch.__version__}\ntriton=={triton.__version__}")' > "$pins"
+  log "installing the build requirements: ${build_requires[*]}"
+  "$PY" -m pip install -q -c "$pins" "${build_requires[@]}"
+  log "installing the project, its extras and test tools, building the extension (pip install --no-build-isolation -e \".[all,dev]\")"
+  MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q -c "$pins" --no-build-isolation -e ".[all,dev]"
+  rm -f "$pins"
   echo "$want" > "$stamp"
 fi
 log "ready: $("$PY" -c 'import torch, astra_kernels as ak; print("torch", torch.__version__, "backends", ak.available_backends())')"

@@ -8,6 +8,7 @@ import torch
 from runtime_helpers import hf_vit, tiny_lm
 
 import astra
+from astra._optional import MissingDependency
 from astra_lab.train import BlockQuantizer, data, results, simulate
 
 pytestmark = pytest.mark.slow
@@ -17,7 +18,7 @@ def _have(fn):
     try:
         fn()
         return True
-    except data.DataMissing:
+    except (data.DataMissing, MissingDependency):
         return False
 
 

@@ -9,11 +9,10 @@
     finish   attention over the remote tokens (from their codes, after the wait) and the local
              keys (full precision), output projection, MLP
 
-With one group the codes are tiny (under 1 KB per block), the QKV projection
+With one group the codes are tiny (log2 K bits per token), the QKV projection
 alone hides their transfer, and the fused kernels attend both segments in one
-call. With many groups (20 KB per block at G = 32, 16 ms at 10 Mbps) the
-local partial hides the rest, at the price of a log-sum-exp merge (folded
-into the remote pass on CPU). The
+call. With many groups (G times the bits) the local partial hides the rest,
+at the price of a log-sum-exp merge (folded into the remote pass on CPU). The
 distributed runtime and the single-process simulation call exactly these
 functions, in the same order and with the same shapes, so the simulation is
 an exact oracle for the distributed run.

@@ -12,20 +12,25 @@ import hashlib
 import json
 import math
 import os
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-import numpy as np
 import torch
 
+from ._optional import require
 from .codebooks import Codebooks, check_quantize
 from .dense import dense_forward
 from .models import adapt, example_inputs
 
+if TYPE_CHECKING:
+    import numpy as np
+
+PURPOSE = "k-means calibration"
+
 
 def kmeans(samples: np.ndarray, k: int, *, iters: int, seed: int) -> np.ndarray:
     """(N, d) float32 -> (k, d) centroids (faiss; N >= k)."""
-    import faiss
-
+    np = require("numpy", extra="calibrate", purpose=PURPOSE)  # first: faiss imports it
+    faiss = require("faiss", extra="calibrate", purpose=PURPOSE)
     km = faiss.Kmeans(samples.shape[1], k, niter=iters, seed=seed, verbose=False, min_points_per_centroid=1)
     km.train(np.ascontiguousarray(samples, dtype=np.float32))
     return km.centroids
@@ -39,7 +44,8 @@ def calibrate(model: torch.nn.Module, batches: Iterable[torch.Tensor], codebook_
     Every batch is an input of the model (token ids or pixels). Needs at least
     ``codebook_size`` tokens in total. faiss uses as many threads as torch.
     """
-    import faiss
+    np = require("numpy", extra="calibrate", purpose=PURPOSE)  # first: faiss imports it
+    faiss = require("faiss", extra="calibrate", purpose=PURPOSE)
 
     check_quantize(quantize)
     adapter = adapt(model)
@@ -59,8 +65,7 @@ def calibrate(model: torch.nn.Module, batches: Iterable[torch.Tensor], codebook_
     jobs = [(b, g) for b in range(len(adapter.blocks)) for g in range(count)]
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
+        tqdm = require("tqdm.auto", extra="calibrate", purpose="the calibration progress bar").tqdm
         bar = tqdm(total=len(jobs), desc=f"k-means K={codebook_size} G={groups}", unit="codebook", leave=False)
     books = []
     for b, samples in enumerate(collected):

@@ -89,8 +89,8 @@ class AstraEngine:
         backend: astra_kernels backend for every op (None: fastest available).
         encode: how tokens are quantized: "exact" (nearest codeword,
             :func:`astra_kernels.vq_encode`), "int8" (by int8-estimated scores,
-            :func:`astra_kernels.vq_encode_int8`: about 3 % of codes pick a
-            near-nearest codeword) or "auto" (int8 where it is faster than exact,
+            :func:`astra_kernels.vq_encode_int8`: some codes pick a near-nearest
+            codeword, within the rounding bound it states) or "auto" (int8 where it is faster than exact,
             see :func:`astra_kernels.int8_estimate_native`, else exact).
         quantize: what each token sends codes of, "input" or "kv" (:mod:`astra.codebooks`); None: what the
             codebooks were calibrated for. Codebooks of the other kind are an error.

@@ -77,9 +77,9 @@ def pin_cores(index: int, threads: int) -> list[int] | None:
 def keep_freed_memory() -> bool:
     """Ask glibc malloc to keep freed blocks (up to 32 MB each) instead of returning them to the OS.
 
-    Every forward allocates ~100 MB of activations; by default glibc maps and unmaps
-    the large ones each time, and touching the fresh pages costs tens of thousands of
-    page faults per inference (a few percent of the latency, and most of its noise).
+    Every forward allocates large activation buffers; by default glibc maps and unmaps
+    them each time, and touching the fresh pages costs page faults on every inference,
+    which add to the latency and to its run-to-run noise.
     Applied to every measured process alike (ranks and the single-device baseline).
     Returns False where mallopt is not available (non-glibc)."""
     import ctypes

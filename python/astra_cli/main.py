@@ -9,6 +9,7 @@ import sys
 
 import astra_kernels as ak
 from astra import models
+from astra._optional import MissingDependency
 from astra.codebooks import QUANTIZE
 from astra.engine import ENCODINGS
 from astra.remote import FORMULATIONS
@@ -22,8 +23,8 @@ TABLE_BUDGET_HELP = ("MiB per layer for the projected K/V codebook tables (fp32 
 QUANTIZE_HELP = ("what each token sends codes of: input (its attention input, D features) or kv (its keys before "
                  "rotation and its values, Hkv*d features each: 2G codes per token, decoded without a projection)")
 
-ENCODE_HELP = ("how tokens are quantized: exact (nearest codeword), int8 (int8-estimated scores: faster, about 3 %% "
-               "of codes near-nearest) or auto (int8 where its AVX-512 VNNI kernels run)")
+ENCODE_HELP = ("how tokens are quantized: exact (nearest codeword), int8 (int8-estimated scores: faster where "
+               "its SIMD kernels beat the exact search, some codes near-nearest) or auto (int8 where it is faster)")
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     """The model, its inputs, codebooks and ranks: what ``run`` and ``generate`` share."""
@@ -152,10 +153,14 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from astra_lab.bench import driver
     from astra_lab.bench.config import BenchConfig
     from astra_lab.links import NetnsError
 
+    try:
+        from astra_lab.bench import driver
+    except MissingDependency as exc:
+        print(f"astra bench: {exc}", file=sys.stderr)
+        return 2
     sizes = args.size
     cfgs = []
     for model in args.model:
@@ -176,7 +181,7 @@ def _bench(args: argparse.Namespace) -> int:
         for cfg in cfgs:
             cfg.validate()
             rows += driver.run(cfg)
-    except (ValueError, NetnsError) as exc:
+    except (ValueError, NetnsError, MissingDependency) as exc:
         print(f"astra bench: {exc}", file=sys.stderr)
         return 2
     driver.write_outputs(cfgs[0], rows)
@@ -212,9 +217,12 @@ def _net(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
     import dataclasses as dc
 
-    from astra_lab.train import fmnist, kjv, minilm, results
-    from astra_lab.train.data import DataMissing
-
+    try:
+        from astra_lab.train import fmnist, kjv, minilm, results
+        from astra_lab.train.data import DataMissing
+    except MissingDependency as exc:
+        print(f"astra train: {exc}", file=sys.stderr)
+        return 2
     module = {"fmnist": fmnist, "kjv": kjv, "minilm": minilm}[args.task]
     cfg_cls = {"fmnist": fmnist.FmnistConfig, "kjv": kjv.KjvConfig, "minilm": minilm.MinilmConfig}[args.task]
     cfg = module.QUICK if args.quick else cfg_cls()
@@ -225,7 +233,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     command = "python -m astra " + " ".join(argv)
     try:
         rows = module.run(cfg, command, progress=not args.no_progress)
-    except DataMissing as exc:
+    except (DataMissing, MissingDependency) as exc:
         print(f"astra train: {exc}", file=sys.stderr)
         return 2
     for r in rows:

@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import torch
 
+from .._optional import require
 from .base import BlockWeights, ModelAdapter, Norm
 from .tiny import TinyAdapter, TinyTransformer
 
@@ -144,7 +145,7 @@ def build(family: str, size: str, *, tokens: int, layers: int | None = None, che
     generate after the prompt). Nothing is downloaded: HF_HUB_OFFLINE is forced on.
     """
     os.environ["HF_HUB_OFFLINE"] = "1"
-    import transformers
+    transformers = require("transformers", extra="hf", purpose="building GPT-2 and ViT models")
 
     n_layer, dim, _ = describe(family, size, layers=layers, checkpoint=checkpoint)
     if checkpoint is not None:

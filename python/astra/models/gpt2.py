@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._optional import require
 from .base import BlockWeights, ModelAdapter, Norm
 
 
@@ -11,11 +12,10 @@ class GPT2Adapter(ModelAdapter):
     causal = True
 
     def __init__(self, model):
-        from transformers.activations import ACT2FN
-
+        activations = require("transformers.activations", extra="hf", purpose="the GPT-2 adapter")
         super().__init__(model)
         cfg = model.config
-        act = ACT2FN[cfg.activation_function]
+        act = activations.ACT2FN[cfg.activation_function]
         t = model.transformer
         heads = cfg.n_head
         self._blocks = [

@@ -10,10 +10,13 @@ from __future__ import annotations
 import time
 import zlib
 
-import numpy as np
 import torch
 
+from .._optional import MissingDependency, require
 from .base import ExchangeRecord, Handle, PeerError, Transport
+
+PURPOSE = "the MPI transport"
+np = require("numpy", extra="mpi", purpose=PURPOSE)
 
 
 def _tag_number(tag: str) -> int:
@@ -48,9 +51,12 @@ class MPITransport(Transport):
 
     def __init__(self, *, timeout_s: float = 60.0):
         try:
-            from mpi4py import MPI
-        except ImportError as exc:
-            raise RuntimeError("the MPI transport needs mpi4py (pip install mpi4py) and an MPI library") from exc
+            MPI = require("mpi4py.MPI", extra="mpi", purpose=PURPOSE)
+        except MissingDependency:
+            raise
+        except ImportError as exc:  # mpi4py is installed, the MPI library it loads is not
+            raise RuntimeError(f"{PURPOSE} needs an MPI library (Debian: apt-get install openmpi-bin libopenmpi-dev): "
+                               f"{exc}") from exc
         self._comm = MPI.COMM_WORLD
         super().__init__(self._comm.Get_rank(), self._comm.Get_size(), timeout_s)
 

@@ -22,6 +22,7 @@ import tempfile
 import torch
 
 from astra import models
+from astra._optional import MissingDependency
 from astra.calibrate import cached_calibration
 from astra.launch import free_port
 
@@ -126,7 +127,10 @@ def _run_setting(cfg, family, size, n, link_mode, bws, methods, books, work) -> 
 
 
 def write_outputs(cfg: BenchConfig, rows: list[dict]) -> dict[str, str]:
-    """JSON rows, Markdown tables and PNG plots next to each other; returns their paths."""
+    """JSON rows, Markdown tables and PNG plots next to each other; returns their paths.
+
+    The plots come last and are optional: without matplotlib, or when plotting fails, a warning
+    says why and the JSON and Markdown stand alone (no plot path is returned)."""
     base = os.path.splitext(cfg.json)[0]
     paths = {"json": cfg.json, "markdown": cfg.markdown or base + ".md", "plot": cfg.plot or base + ".png",
              "scaling_plot": cfg.scaling_plot or base + "_scaling.png"}
@@ -136,14 +140,27 @@ def write_outputs(cfg: BenchConfig, rows: list[dict]) -> dict[str, str]:
     text = report.markdown(rows)
     with open(paths["markdown"], "w") as f:
         f.write(text)
-    if any(r["bandwidth_mbps"] is not None and r["method"] != "single" for r in rows):
-        report.plot(rows, paths["plot"])
-    else:
+    shaped = any(r["bandwidth_mbps"] is not None and r["method"] != "single" for r in rows)
+    if not (shaped and _plot(report.plot, rows, paths["plot"])):
         paths.pop("plot")
-    if report.scaling_panels(rows):
-        report.scaling_plot(rows, paths["scaling_plot"])
-    else:
+    if not (report.scaling_panels(rows) and _plot(report.scaling_plot, rows, paths["scaling_plot"])):
         paths.pop("scaling_plot")
     print(text)
     print("[bench] wrote " + ", ".join(f"{k}: {v}" for k, v in paths.items()), flush=True)
     return paths
+
+
+def _plot(draw, rows: list[dict], path: str) -> bool:
+    """Write a plot with ``draw(rows, path)``; on failure warn, remove what the failed attempt or an earlier
+    run left at ``path`` (it would not show these rows), and return False."""
+    try:
+        draw(rows, path)
+        return True
+    except MissingDependency as exc:
+        why = str(exc)
+    except Exception as exc:  # whatever breaks the plot, the measurements are written already
+        why = f"plotting failed: {type(exc).__name__}: {exc}"
+    if os.path.exists(path):
+        os.remove(path)
+    print(f"[bench] warning: no plot ({why}); the JSON and Markdown are complete", file=sys.stderr, flush=True)
+    return False

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from astra import models
+from astra._optional import require
 from astra.engine import PhaseTimer
 from astra.launch import keep_freed_memory, local_rank, make_transport, pin_cores
 from astra.transport import Transport
@@ -156,8 +157,7 @@ def main(spec_path: str) -> None:
 
     bar = None
     if rank0:
-        from tqdm.auto import tqdm
-
+        tqdm = require("tqdm.auto", extra="bench", purpose="the benchmark progress bar").tqdm
         bar = tqdm(total=len(spec.bandwidths) * len(methods), unit="point",
                    desc=f"{spec.model}-{spec.size} N={transport.world_size} {spec.link}")
     rows = []

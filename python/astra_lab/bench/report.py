@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+from astra._optional import require
+
 
 def method_label(method: str, groups: int | None) -> str:
     """``astra G=32``, ``single``."""
@@ -55,8 +57,7 @@ def markdown(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: str) -> str:
     """Log-log latency vs bandwidth, one panel per (model, ranks, link), one line per method."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", extra="bench", purpose="the latency plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -133,8 +134,7 @@ def scaling_panels(rows: list[dict]) -> dict[tuple, list[dict]]:
 def scaling_plot(rows: list[dict], path: str) -> str:
     """Speed-up vs ranks N, one panel per (model, link, bandwidth), one line per method; the single device is
     N = 1 (speed-up 1), the ideal line y = N and the paper's 2.64x at N = 4 are marked."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", extra="bench", purpose="the scaling plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import ScalarFormatter

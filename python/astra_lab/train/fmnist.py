@@ -21,10 +21,14 @@ import torch
 import torch.nn.functional as F
 
 from astra import AstraEngine, adapt
+from astra._optional import require
 
 from . import data
 from .loop import Batch, Variant, codebooks_of, cosine_lr, finetune, init_quantizers, variant_name
 from .simulate import simulate
+
+transformers = require("transformers", extra="train", purpose="the Fashion-MNIST experiment")
+tqdm = require("tqdm.auto", extra="train", purpose="the Fashion-MNIST experiment").tqdm
 
 # The runtime check uses the training quantizer's nearest codewords: the rows measure the trained model, and
 # int8-estimated codes are measured on their own (benchmarks/studies/approximation_error.py --fmnist).
@@ -65,8 +69,6 @@ QUICK = FmnistConfig(dim=32, layers=2, heads=2, mlp=64, epochs=1, batch=64, code
 
 
 def build_model(cfg: FmnistConfig):
-    import transformers
-
     torch.manual_seed(cfg.seed)
     config = transformers.ViTConfig(
         image_size=28, patch_size=cfg.patch, num_channels=1, hidden_size=cfg.dim, num_hidden_layers=cfg.layers,
@@ -90,9 +92,6 @@ def _batches(x, y, batch, gen, augment=True):
 
 def train_original(cfg: FmnistConfig, x, y, progress: bool):
     """Train from scratch (plain forward); cached in cfg.out/original."""
-    import transformers
-    from tqdm.auto import tqdm
-
     path = os.path.join(cfg.out, "original")
     meta = os.path.join(path, "astra_train.json")
     want = {k: v for k, v in asdict(cfg).items() if k in ("dim", "layers", "heads", "mlp", "patch", "epochs", "batch",
@@ -182,8 +181,6 @@ def run(cfg: FmnistConfig, command: str, progress: bool = True) -> list[dict]:
 
 def _rank_predict(path: str, limit: int | None, out_dir: str) -> None:
     """One rank of the distributed check: classify the test set, rank 0 saves predictions."""
-    import transformers
-
     from astra.codebooks import Codebooks
     from astra.launch import make_transport
 
@@ -201,8 +198,6 @@ def _rank_predict(path: str, limit: int | None, out_dir: str) -> None:
 
 def distributed_check(path: str, x_test, y_test, cfg: FmnistConfig, command: str) -> list[dict]:
     """Classify the test set with the real runtime (cfg.check_ranks gloo ranks); compare with the simulation."""
-    import transformers
-
     from astra.codebooks import Codebooks
     from astra.launch import spawn_local
 

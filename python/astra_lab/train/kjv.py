@@ -17,10 +17,14 @@ import torch
 import torch.nn.functional as F
 
 from astra import adapt
+from astra._optional import require
 
 from . import data
 from .loop import Batch, Variant, cosine_lr, finetune, init_quantizers, variant_name
 from .simulate import simulate
+
+transformers = require("transformers", extra="train", purpose="the KJV experiment")
+tqdm = require("tqdm.auto", extra="train", purpose="the KJV experiment").tqdm
 
 
 @dataclass
@@ -51,8 +55,6 @@ QUICK = KjvConfig(dim=32, layers=2, heads=2, context=32, steps=4, batch=4, codeb
 
 
 def build_model(cfg: KjvConfig):
-    import transformers
-
     torch.manual_seed(cfg.seed)
     config = transformers.GPT2Config(vocab_size=256, n_positions=cfg.context, n_embd=cfg.dim, n_layer=cfg.layers,
                                      n_head=cfg.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
@@ -71,9 +73,6 @@ def _lm_loss(logits, targets):
 
 
 def train_original(cfg: KjvConfig, train, progress: bool):
-    import transformers
-    from tqdm.auto import tqdm
-
     path = os.path.join(cfg.out, "original")
     meta = os.path.join(path, "astra_train.json")
     want = {k: v for k, v in asdict(cfg).items() if k in ("dim", "layers", "heads", "context", "steps", "batch", "lr", "seed")}

@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from astra._optional import require
 from astra.calibrate import calibrate
 from astra.codebooks import Codebooks
 from astra.models.base import ModelAdapter
@@ -81,8 +82,7 @@ def finetune(model: torch.nn.Module, adapter: ModelAdapter, quantizers: list[Blo
         q.train()
     bar = range(steps)
     if progress:
-        from tqdm.auto import tqdm
-
+        tqdm = require("tqdm.auto", extra="train", purpose="the fine-tuning progress bar").tqdm
         bar = tqdm(bar, desc=desc, unit="step", leave=False)
     for _ in bar:
         batch = next(batches)

@@ -18,10 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from astra import adapt
+from astra._optional import require
 
 from . import data
 from .loop import Batch, Variant, finetune, init_quantizers, variant_name
 from .simulate import simulate
+
+transformers = require("transformers", extra="train", purpose="the MiniLM experiment")
 
 
 @dataclass
@@ -45,8 +48,6 @@ QUICK = MinilmConfig(codebook_size=16, groups=[1, 4], test_sentences=16, calib_s
 
 
 def load():
-    import transformers
-
     os.environ["HF_HUB_OFFLINE"] = "1"
     path = data.minilm_dir()
     return transformers.AutoModel.from_pretrained(path).eval(), transformers.AutoTokenizer.from_pretrained(path)
