@@ -118,7 +118,6 @@ def test_the_mpi_transport_module_names_mpi_for_numpy(monkeypatch):
 @pytest.mark.parametrize(
     "module,package",
     [
-        ("astra_lab.bench.report", "numpy"),
         ("astra_lab.train.data", "numpy"),
         ("astra_lab.train.fmnist", "transformers"),
         ("astra_lab.train.fmnist", "tqdm"),

@@ -27,6 +27,7 @@ import os
 import time
 
 from astra import models
+from astra._optional import require
 from astra.launch import keep_freed_memory, pin_cores
 
 from ..emulation import Program, ReplayTransport, WireModel, capture, replay
@@ -112,7 +113,7 @@ def run_setting(cfg: BenchConfig, model, name: str, n: int, bandwidths: list[flo
 
 def _timed_rounds(cfg: BenchConfig, compared, inputs, n: int, payloads, desc: str) -> list[list]:
     """Per method, its timed runs: seconds (the single device) or the N ranks' programs (the others)."""
-    from tqdm.auto import tqdm
+    tqdm = require("tqdm.auto", extra="bench", purpose="the benchmark progress bar").tqdm
 
     def once(i: int):
         _, _, m = compared[i]
