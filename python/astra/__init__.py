@@ -15,10 +15,11 @@ tokens are attended through codebook lookups (Mixed-Precision Attention).
 from .calibrate import calibrate
 from .codebooks import Codebooks
 from .engine import AstraEngine, KVCache, PhaseTimer
+from .handshake import HandshakeError
 from .models import TinyTransformer, adapt
 from .parallel import ParallelModel, parallelize
 from .partition import Layout
-from .transport import PeerError
+from .transport import PeerError, TransportFailed
 
-__all__ = ["AstraEngine", "Codebooks", "KVCache", "Layout", "ParallelModel", "PeerError", "PhaseTimer",
-           "TinyTransformer", "adapt", "calibrate", "parallelize"]
+__all__ = ["AstraEngine", "Codebooks", "HandshakeError", "KVCache", "Layout", "ParallelModel", "PeerError",
+           "PhaseTimer", "TinyTransformer", "TransportFailed", "adapt", "calibrate", "parallelize"]

@@ -2,16 +2,16 @@
 
 Every rank builds the same model (random weights from a seed, or a local
 checkpoint) and the same codebooks (a file, or deterministic k-means
-calibration, cached), runs warm-up and timed ASTRA forwards, checks its
-outputs against the single-process simulation, and reports to rank 0, which
-prints a summary and writes JSON.
+calibration, cached), checks with the others that they agree (the
+handshake), runs warm-up and timed ASTRA forwards, checks its outputs
+against the single-process simulation, and reports to rank 0, which prints a
+summary and writes JSON. A rank that fails ends with one line naming the
+error and an exit code saying why (:func:`astra.launch.end_rank`).
 """
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -20,18 +20,19 @@ import torch
 from astra import models
 from astra.calibrate import cached_calibration
 from astra.codebooks import Codebooks
+from astra.digest import tensors_digest
 from astra.engine import AstraEngine, PhaseTimer
+from astra.handshake import handshake, setup_digest
 from astra.launch import (
+    SETUP_TIMEOUT_S,
+    end_rank,
     keep_freed_memory,
     local_rank,
     make_transport,
     pin_cores,
     rank_env,
 )
-from astra.transport import PeerError
 from astra_kernels import cost_model
-
-EXIT_PEER_FAILED = 3
 
 
 @dataclass
@@ -58,6 +59,8 @@ class RunConfig:
     table_budget_mib: float = cost_model.TABLE_BUDGET_BYTES / 2**20
     backend: str | None = None
     timeout: float = 60.0
+    setup_timeout: float = SETUP_TIMEOUT_S
+    job_timeout: float = 3600.0
     seed: int = 0
     calibration_iters: int = 10
     json: str | None = None
@@ -67,11 +70,8 @@ def load_codebooks(model, cfg: RunConfig, verbose: bool) -> Codebooks:
     """From ``cfg.codebooks``, else calibrated (and cached) on random inputs of the run's shape."""
     if cfg.codebooks:
         return Codebooks.load(cfg.codebooks)
-    # the model's positions (room to generate) change its random weights: part of the key
-    return cached_calibration(model, key=[cfg.model, cfg.size, cfg.layers, cfg.checkpoint, cfg.tokens + cfg.generate],
-                              tokens=cfg.tokens,
-                              batch=cfg.batch, codebook_size=cfg.codebook_size, groups=cfg.groups,
-                              iters=cfg.calibration_iters, seed=cfg.seed, progress=verbose)
+    return cached_calibration(model, tokens=cfg.tokens, batch=cfg.batch, codebook_size=cfg.codebook_size,
+                              groups=cfg.groups, iters=cfg.calibration_iters, seed=cfg.seed, progress=verbose)
 
 
 def _block_bytes(transport) -> tuple[int, int, int]:
@@ -90,6 +90,8 @@ def measure(cfg: RunConfig, transport) -> dict | None:
     books = load_codebooks(model, cfg, verbose)
     engine = AstraEngine(model, books, formulation=cfg.formulation, backend=cfg.backend,
                          table_budget_bytes=int(cfg.table_budget_mib * 2**20), encode=cfg.encode)
+    handshake(transport, setup_digest(engine, world, inputs=tensors_digest([("inputs", inputs)])[:16]),
+              timeout_s=cfg.setup_timeout)
     layout = engine.layout(inputs, world)
 
     for _ in range(cfg.warmup):
@@ -197,21 +199,21 @@ def summary(report: dict) -> str:
 
 
 def rank_main(cfg: RunConfig) -> None:
-    """Entry point of one rank (spawned, torchrun or mpirun)."""
-    torch.set_num_threads(cfg.threads)
-    keep_freed_memory()
-    transport = make_transport(cfg.transport, cfg.timeout)
-    pin_cores(local_rank(), cfg.threads)  # after the transport: its I/O threads stay free to run anywhere
+    """Entry point of one rank (spawned, torchrun or mpirun); any error ends it through :func:`end_rank`."""
+    transport = None
     try:
+        torch.set_num_threads(cfg.threads)
+        keep_freed_memory()
+        transport = make_transport(cfg.transport, cfg.timeout, cfg.setup_timeout)
+        pin_cores(local_rank(), cfg.threads)  # after the transport: its I/O threads stay free to run anywhere
         report = measure(cfg, transport)
-    except PeerError as exc:
-        print(f"astra run: {exc}", file=sys.stderr, flush=True)
-        os._exit(EXIT_PEER_FAILED)  # peers may be gone: skip collective shutdown
-    if report is not None:
-        print(summary(report), flush=True)
-        if cfg.json:
-            with open(cfg.json, "w") as f:
-                json.dump(report, f, indent=2)
+        if report is not None:
+            print(summary(report), flush=True)
+            if cfg.json:
+                with open(cfg.json, "w") as f:
+                    json.dump(report, f, indent=2)
+    except BaseException as exc:  # noqa: BLE001 - every failure ends the rank the same way
+        end_rank(exc, transport, "astra run")
     transport.close()
 
 
@@ -227,6 +229,10 @@ def check_config(cfg: RunConfig) -> None:
         raise ValueError(f"--repeat must be >= 1, got {cfg.repeat}")
     if cfg.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {cfg.threads}")
+    for flag, seconds in (("--timeout", cfg.timeout), ("--setup-timeout", cfg.setup_timeout),
+                          ("--job-timeout", cfg.job_timeout)):
+        if not seconds > 0:
+            raise ValueError(f"{flag} must be positive, got {seconds}")
     if cfg.table_budget_mib < 0:
         raise ValueError(f"--table-budget-mib must be >= 0, got {cfg.table_budget_mib}")
     if cfg.model == "vit" and round(cfg.tokens**0.5) ** 2 != cfg.tokens:

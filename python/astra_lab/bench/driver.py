@@ -21,15 +21,22 @@ import torch
 
 from astra import models
 from astra.calibrate import cached_calibration
-from astra.launch import free_port
+from astra.launch import SETUP_TIMEOUT_S, LaunchTimeout, free_port, wait_ranks
 
 from ..links import NetnsLink, require_netns
 from . import report
 from .config import BenchConfig, RankSpec
 
 
+def _sweep_deadline_s(spec: RankSpec) -> float:
+    """A backstop for the whole sweep of one setting, far above a healthy one: the setup, then per bandwidth and
+    method (the single device included) its point budget plus the exchange timeout."""
+    methods = 1 + sum(len(spec.groups) if m == "astra" else 1 for m in spec.methods)
+    return SETUP_TIMEOUT_S + len(spec.bandwidths) * methods * (spec.point_budget_s + spec.timeout_s)
+
+
 def _launch(spec: RankSpec, world: int, spec_path: str, link: NetnsLink | None) -> None:
-    """Start the ranks, wait, and fail loudly if any rank failed."""
+    """Start the ranks, wait (a hung rank is terminated, see wait_ranks), and fail loudly if any rank failed."""
     port = 29500 if link is not None else free_port()
     procs = []
     for r in range(world):
@@ -41,7 +48,10 @@ def _launch(spec: RankSpec, world: int, spec_path: str, link: NetnsLink | None) 
             env.update(MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo")
         cmd = [sys.executable, "-m", "astra", "bench-rank", spec_path]
         procs.append(subprocess.Popen((link.exec_prefix(r) if link else []) + cmd, env=env))
-    codes = [p.wait() for p in procs]
+    try:
+        codes = wait_ranks(procs, timeout_s=_sweep_deadline_s(spec), linger_s=spec.timeout_s + 60.0)
+    except LaunchTimeout as exc:
+        raise RuntimeError(f"bench ranks hung: {exc} ({spec.model}-{spec.size}, {spec.link})") from None
     if any(codes):
         raise RuntimeError(f"bench ranks failed with exit codes {codes} ({spec.model}-{spec.size}, {spec.link})")
 
@@ -64,9 +74,8 @@ def run(cfg: BenchConfig) -> list[dict]:
                 if "astra" in cfg.methods:
                     for g in cfg.groups:
                         print(f"[bench] {name}: codebooks K={cfg.codebook_size} G={g}", flush=True)
-                        cb = cached_calibration(model, key=[family, size, cfg.layers, None], tokens=cfg.tokens, batch=1,
-                                                codebook_size=cfg.codebook_size, groups=g, iters=cfg.calibration_iters,
-                                                seed=cfg.seed, progress=True)
+                        cb = cached_calibration(model, tokens=cfg.tokens, batch=1, codebook_size=cfg.codebook_size,
+                                                groups=g, iters=cfg.calibration_iters, seed=cfg.seed, progress=True)
                         books[str(g)] = cb.save(os.path.join(work, f"{name}-G{g}.safetensors"))
                 del model
                 for link_mode in cfg.links:
