@@ -270,7 +270,7 @@ def _grouped_transport(rank, world):
 
     t = object.__new__(TorchDistTransport)  # no process group: the library calls are replaced below
     FramedTransport.__init__(t, rank, world, 2.0)
-    t.name, t.device, t.grouped = "nccl", torch.device("cpu"), True
+    t.name, t.device, t.grouped, t._room = "nccl", torch.device("cpu"), True, False
     return t
 
 
@@ -317,7 +317,7 @@ def test_a_grouped_exchange_that_times_out_names_the_ranks_of_the_group(monkeypa
     t = _grouped_transport(1, 3)
     handle = t.exchange(torch.zeros(3, dtype=torch.uint8), [0, 2], {0: 3, 2: 3}, "block0")
     with pytest.raises(PeerError, match=r"rank 1: a peer failed in exchange 'block0': timed out after 2 s "
-                                        r"\(ranks 0, 2, one NCCL group\)"):
+                                        r"\(ranks 0, 2, one group\)"):
         handle.wait()
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import time
 import zlib
 
@@ -37,9 +38,24 @@ from . import framing
 from .base import FramedTransport, FrameWait, PeerError
 
 
+def _reason(exc: BaseException) -> str:
+    """The library's error in one line, without gloo's source location and advice to check the remote's logs."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return re.sub(r"^\[[^\]]*\] ", "", text).split(" This is typically caused by")[0]
+
+
 def _tag_number(tag: str) -> int:
     # gloo/NCCL tags are ints; both sides derive the same one from the exchange name.
     return zlib.crc32(tag.encode()) & 0x3FFFFFFF
+
+
+def _peer_error(rank: int, peers: list[int], tag: str, reason: str) -> PeerError:
+    """The error of a request with ``peers``: one names its peer; a group (NCCL) completes as one, so its error
+    names every rank in it."""
+    peers = sorted(set(peers))
+    if len(peers) == 1:
+        return PeerError(rank, peers[0], tag, reason)
+    return PeerError(rank, None, tag, f"{reason} (ranks {', '.join(map(str, peers))}, one group)")
 
 
 class _TorchFrames(FrameWait):
@@ -58,16 +74,13 @@ class _TorchFrames(FrameWait):
 
     def _finish(self, work, peers: list[int], deadline: float, timeout_s: float) -> None:
         left = max(deadline - time.monotonic(), 1e-3)
-        peers = sorted(set(peers))
-        peer = peers[0] if len(peers) == 1 else None
-        group = "" if peer is not None else f" (ranks {', '.join(map(str, peers))}, one NCCL group)"
         try:
             completed = work.wait(timeout=datetime.timedelta(seconds=left))
         except RuntimeError as exc:
-            reason = "timed out" if "Timed out" in str(exc) else str(exc).splitlines()[0]
-            raise PeerError(self._t.rank, peer, self._tag, f"{reason} (timeout {timeout_s:g} s){group}") from exc
+            reason = f"timed out after {timeout_s:g} s" if "Timed out" in str(exc) else _reason(exc)
+            raise _peer_error(self._t.rank, peers, self._tag, reason) from exc
         if completed is False:  # NCCL reports a timeout by returning False
-            raise PeerError(self._t.rank, peer, self._tag, f"timed out after {timeout_s:g} s{group}")
+            raise _peer_error(self._t.rank, peers, self._tag, f"timed out after {timeout_s:g} s")
 
 
 class TorchDistTransport(FramedTransport):
@@ -96,17 +109,18 @@ class TorchDistTransport(FramedTransport):
         self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
         #: post each exchange as one batch_isend_irecv group (NCCL needs it; gloo takes either)
         self.grouped = backend == "nccl"
+        self._room = backend == "gloo"  # receive buffers with room behind the frame (NCCL needs exact sizes)
         if self.grouped:
             self.barrier("connect", timeout_s=setup_timeout_s or timeout_s)
 
     def _receive_frames(self, frame_sizes: dict[int, int], tag: str):
         if self.grouped:  # posted with the exchange's sends, as one group
-            return {src: (None, framing.receive_buffer(size, device=self.device, room=False))
+            return {src: (None, framing.receive_buffer(size, device=self.device, room=self._room))
                     for src, size in frame_sizes.items()}
         recvs = {}
         for src, size in frame_sizes.items():
-            buf = framing.receive_buffer(size)
-            recvs[src] = (self._call(dist.irecv, buf, src, tag), buf)
+            buf = framing.receive_buffer(size, room=self._room)
+            recvs[src] = (self._call(dist.irecv, buf, [src], tag), buf)
         return recvs
 
     def _send_frames(self, frames: dict[int, torch.Tensor], receives, tag: str) -> FrameWait:
@@ -117,22 +131,22 @@ class TorchDistTransport(FramedTransport):
             peers = [src for src in receives] + [dst for dst in frames]
             ops = [dist.P2POp(dist.irecv, buf, src, tag=_tag_number(tag)) for src, buf in buffers.items()]
             ops += [dist.P2POp(dist.isend, frame, dst, tag=_tag_number(tag)) for dst, frame in frames.items()]
-            works = self._call(dist.batch_isend_irecv, ops, None, tag) if ops else []
+            works = self._call(dist.batch_isend_irecv, ops, peers, tag) if ops else []
             parts = [([p], w) for p, w in zip(peers, works)] if len(works) == len(ops) else [(peers, w) for w in works]
         else:
             parts = [([src], work) for src, (work, _) in receives.items()]
-            parts += [([dst], self._call(dist.isend, frame, dst, tag)) for dst, frame in frames.items()]
+            parts += [([dst], self._call(dist.isend, frame, [dst], tag)) for dst, frame in frames.items()]
         return _TorchFrames(self, tag, parts, buffers, frames)
 
-    def _call(self, op, tensor, peer: int | None, tag: str):
-        """Post ``op`` (irecv/isend to ``peer``, or batch_isend_irecv of the op list ``tensor``); a library error
-        (e.g. a peer's closed connection) is a PeerError."""
+    def _call(self, op, tensor, peers: list[int], tag: str):
+        """Post ``op`` (irecv/isend with the one peer, or batch_isend_irecv of the op list ``tensor`` with
+        ``peers``); a library error (e.g. a peer's closed connection) is a PeerError naming them."""
         try:
-            if peer is None:
+            if op is dist.batch_isend_irecv:
                 return op(tensor)
-            return op(tensor, peer, tag=_tag_number(tag))
+            return op(tensor, peers[0], tag=_tag_number(tag))
         except RuntimeError as exc:
-            raise PeerError(self.rank, peer, tag, str(exc).splitlines()[0]) from exc
+            raise _peer_error(self.rank, peers, tag, _reason(exc)) from exc
 
     def close(self) -> None:
         if dist.is_initialized():
