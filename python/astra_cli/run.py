@@ -212,9 +212,9 @@ def rank_main(cfg: RunConfig) -> None:
             if cfg.json:
                 with open(cfg.json, "w") as f:
                     json.dump(report, f, indent=2)
+        transport.close()
     except BaseException as exc:  # noqa: BLE001 - every failure ends the rank the same way
         end_rank(exc, transport, "astra run")
-    transport.close()
 
 
 def check_config(cfg: RunConfig) -> None:
