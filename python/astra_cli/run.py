@@ -213,7 +213,7 @@ def rank_main(cfg: RunConfig) -> None:
                 with open(cfg.json, "w") as f:
                     json.dump(report, f, indent=2)
         transport.close()
-    except BaseException as exc:  # noqa: BLE001 - every failure ends the rank the same way
+    except (Exception, KeyboardInterrupt) as exc:  # every failure ends the rank the same way
         end_rank(exc, transport, "astra run")
 
 
