@@ -224,7 +224,9 @@ def end_rank(exc: BaseException, transport: Transport | None, prog: str = "astra
     message = message[len(prefix):] if message.startswith(prefix) else message
     if os.environ.get("ASTRA_DEBUG", "0") not in ("", "0"):
         traceback.print_exception(exc, file=sys.stderr)
-    print(f"{prog}: rank {rank}: {type(exc).__name__}: {message}", file=sys.stderr, flush=True)
+    # one write: the lines of ranks that share a stderr do not interleave
+    sys.stderr.write(f"{prog}: rank {rank}: {type(exc).__name__}: {message}\n")
+    sys.stderr.flush()
     if isinstance(exc, (PeerError, TransportFailed)):
         code = EXIT_PEER_FAILED
     elif isinstance(exc, HandshakeError):
