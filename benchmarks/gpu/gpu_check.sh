@@ -5,7 +5,9 @@
 #      extension, bf16 included;
 #   3. benchmark vq_encode/vq_decode and mixed-precision attention against torch baselines
 #      (do_bench; TFLOP/s and GB/s against the card's roofline);
-#   4. a functional ASTRA run on the GPU (2 ranks), with the NCCL transport attempted.
+#   4. a functional ASTRA run on the GPU (2 ranks), with the NCCL transport attempted;
+#   5. the wire fault tests on NCCL (bad frames, codes >= K, handshake refusals, hung and dead peers; they
+#      need two GPUs and are skipped, saying so, on one).
 # Usage: bash benchmarks/gpu/gpu_check.sh [OUT_DIR]   (default $OUT, else runs/gpu)
 # Carried wheels in .whl/ (e.g. faiss-cpu for calibration) are installed first.
 set -uo pipefail
@@ -55,6 +57,9 @@ if $PY -c "import faiss" 2>/dev/null; then
 else
   echo "faiss is not installed here (carry a faiss-cpu wheel in .whl/ for calibration): skipping astra run"
 fi
+
+stage "wire faults on NCCL (two GPUs; skipped on one)"
+run 300 wire_faults_nccl.log $PY -m pytest -q -rs -p no:cacheprovider tests/test_wire_faults.py -k nccl
 
 stage "summary"
 grep -h -E "passed|failed|error" "$OUT_DIR/tests.log" | tail -3

@@ -44,8 +44,8 @@ def relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 def measure(family: str, size: str, tokens: int, groups: int, ranks: int, seed: int) -> list[dict]:
     model = models.build(family, size, tokens=tokens, seed=seed, positions=tokens)
     inputs = models.example_inputs(model, tokens, 1, seed=seed)
-    books = cached_calibration(model, key=[family, size, None, None, tokens], tokens=tokens, batch=1,
-                               codebook_size=1024, groups=groups, iters=10, seed=seed, progress=True)
+    books = cached_calibration(model, tokens=tokens, batch=1, codebook_size=1024, groups=groups, iters=10, seed=seed,
+                               progress=True)
     original = adapt(model).reference_forward(inputs)
     exact = AstraEngine(model, books, encode="exact", formulation="dequantize").forward(inputs, ranks)
     row = dict(model=f"{family}-{size}", tokens=tokens, groups=groups, ranks=ranks)

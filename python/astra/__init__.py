@@ -16,10 +16,11 @@ from .calibrate import calibrate
 from .codebooks import Codebooks
 from .engine import AstraEngine, KVCache, PhaseTimer
 from .generate import Sampling
+from .handshake import HandshakeError
 from .models import TinyTransformer, adapt
 from .parallel import ParallelModel, parallelize
 from .partition import Layout
-from .transport import PeerError
+from .transport import PeerError, TransportFailed
 
-__all__ = ["AstraEngine", "Codebooks", "KVCache", "Layout", "ParallelModel", "PeerError", "PhaseTimer", "Sampling",
-           "TinyTransformer", "adapt", "calibrate", "parallelize"]
+__all__ = ["AstraEngine", "Codebooks", "HandshakeError", "KVCache", "Layout", "ParallelModel", "PeerError",
+           "PhaseTimer", "Sampling", "TinyTransformer", "TransportFailed", "adapt", "calibrate", "parallelize"]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import torch
 
+from . import digest
 from ._optional import require
 from .codebooks import Codebooks, check_quantize
 from .dense import dense_forward
@@ -89,20 +90,27 @@ def cache_dir() -> str:
     return os.environ.get("ASTRA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "astra"))
 
 
-def cached_calibration(model: torch.nn.Module, *, key: list, tokens: int, batch: int, codebook_size: int, groups: int,
+def cached_calibration(model: torch.nn.Module, *, tokens: int, batch: int, codebook_size: int, groups: int,
                        iters: int, seed: int, progress: bool, quantize: str = "input") -> Codebooks:
     """Codebooks calibrated on random inputs of shape (batch, tokens), cached on disk.
 
-    ``key`` identifies the model (family, size, layers, checkpoint); random
-    weights come from ``seed``, so a cached file is valid for every process
-    that builds the same model. Calibration uses at least 2K vectors per block.
+    The cache is keyed by the content of everything the codebooks depend on:
+    the model's weights and configuration (:mod:`astra.digest`), the
+    calibration inputs themselves, K, G, the k-means iterations and seed. Two
+    processes that hold the same model share an entry whatever path or seed
+    the model came from, and a changed checkpoint never reuses a stale one.
+    Calibration uses at least 2K vectors per block.
     """
-    ident = json.dumps([*key, tokens, batch, seed, codebook_size, groups, iters, quantize])
+    count = max(2, math.ceil(2 * codebook_size / (tokens * batch)))
+    batches = [example_inputs(model, tokens, batch, seed=seed + 1 + i) for i in range(count)]
+    ident = json.dumps({
+        "format": 2, "model": digest.config_digest(model), "weights": digest.weights_digest(model),
+        "inputs": digest.tensors_digest((f"batch.{i}", b) for i, b in enumerate(batches)),
+        "codebook_size": codebook_size, "groups": groups, "iters": iters, "seed": seed, "quantize": quantize,
+    }, sort_keys=True)
     path = os.path.join(cache_dir(), "codebooks", hashlib.sha256(ident.encode()).hexdigest()[:20] + ".safetensors")
     if os.path.exists(path):
         return Codebooks.load(path)
-    count = max(2, math.ceil(2 * codebook_size / (tokens * batch)))
-    batches = [example_inputs(model, tokens, batch, seed=seed + 1 + i) for i in range(count)]
     books = calibrate(model, batches, codebook_size, groups, iters=iters, seed=seed, progress=progress,
                       quantize=quantize)
     os.makedirs(os.path.dirname(path), exist_ok=True)

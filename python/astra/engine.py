@@ -236,6 +236,7 @@ class AstraEngine:
                     shapes = [(batch, layout.size(s), per_token) for s in srcs]
                     remote_codes = torch.cat([ak.unpack_codes(parts[s].to(h.device), bits, shape, backend=self.backend)
                                               for s, shape in zip(srcs, shapes)], dim=1)
+                    self._check_codes(remote_codes, srcs, layout, transport, f"block{i}")
             with timer("finish"):
                 remote_kv = None
                 if cache is not None:
@@ -249,6 +250,25 @@ class AstraEngine:
             parts = transport.allgather(mine.view(torch.uint8).reshape(-1), [mine.numel() * 4] * transport.world_size, "class")
             states = [mine if r == rank else parts[r].view(torch.float32).reshape(mine.shape) for r in range(transport.world_size)]
             return self.adapter.class_outputs(torch.stack(states).mean(0).to(h.dtype))
+
+    def _check_codes(self, codes: torch.Tensor, srcs: list[int], layout: Layout, transport: Transport,
+                     tag: str) -> None:
+        """Every received code (B, T_remote, G) must index a codeword: a peer's code outside [0, K) fails the
+        transport with a PeerError naming that peer (one min/max over all sources; per source only to name it)."""
+        k = self.codebooks.codebook_size
+        if not codes.numel():
+            return
+        lo, hi = torch.aminmax(codes)
+        if bool((lo >= 0) & (hi < k)):
+            return
+        start = 0
+        for s in srcs:
+            part = codes[:, start: start + layout.size(s)]
+            start += layout.size(s)
+            bad = part[(part < 0) | (part >= k)]
+            if bad.numel():
+                raise transport.fail(s, tag, f"sent code {int(bad[0])} outside [0, {k}) "
+                                             f"({bad.numel()} of {part.numel()} codes)")
 
     # --- all ranks in one process ------------------------------------------
 

@@ -11,7 +11,9 @@ Multi-node: ``torchrun --nnodes=M --nproc-per-node=P --node-rank=k
 GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME to the interface that links the nodes.
 
 ``astra run --ranks N`` without a launcher starts N local processes itself
-(or re-executes itself under mpirun for ``--transport mpi``).
+(or re-executes itself under mpirun for ``--transport mpi``). Every wait for
+ranks has a deadline (:func:`wait_ranks`), and a rank that fails ends with
+one line and an exit code saying why (:func:`end_rank`).
 """
 from __future__ import annotations
 
@@ -19,11 +21,22 @@ import multiprocessing as mp
 import os
 import shutil
 import socket
+import subprocess
 import sys
+import time
+import traceback
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NoReturn
 
-from .transport import Transport
+from .handshake import HandshakeError
+from .transport import PeerError, Transport, TransportFailed
+
+#: seconds the ranks wait for each other while setting up (rendezvous, model build, calibration, handshake):
+#: one rank calibrating cold must not time the others out
+SETUP_TIMEOUT_S = 1800.0
+#: exit codes of a rank that failed: a peer failed (or a transport refused after one); the handshake refused;
+#: anything else
+EXIT_PEER_FAILED, EXIT_HANDSHAKE_REFUSED, EXIT_FAILED = 3, 4, 1
 
 
 @dataclass(frozen=True)
@@ -95,8 +108,10 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
-def make_transport(name: str, timeout_s: float) -> Transport:
-    """The transport of this rank: "gloo" / "nccl" (torch.distributed) or "mpi" (mpi4py)."""
+def make_transport(name: str, timeout_s: float, setup_timeout_s: float = SETUP_TIMEOUT_S) -> Transport:
+    """The transport of this rank: "gloo" / "nccl" (torch.distributed) or "mpi" (mpi4py).
+
+    ``timeout_s`` bounds every exchange, ``setup_timeout_s`` the rendezvous of the ranks."""
     if name == "mpi":
         from .transport.mpi import MPITransport
 
@@ -112,7 +127,7 @@ def make_transport(name: str, timeout_s: float) -> Transport:
         for var in ("MASTER_ADDR", "MASTER_PORT"):
             if var not in os.environ:
                 raise RuntimeError(f"{name}: {var} is not set; launch with torchrun or `astra run --ranks N`")
-        return TorchDistTransport(name, timeout_s=timeout_s)
+        return TorchDistTransport(name, timeout_s=timeout_s, setup_timeout_s=setup_timeout_s)
     raise ValueError(f"unknown transport {name!r}; choose gloo, nccl or mpi")
 
 
@@ -130,17 +145,97 @@ def _child(rank: int, world_size: int, port: int, target: Callable, args: tuple)
     target(*args)
 
 
-def spawn_local(world_size: int, target: Callable, args: tuple = ()) -> list[int]:
-    """Run ``target(*args)`` in ``world_size`` fresh local processes (gloo/NCCL env set); returns exit codes."""
+def spawn_local(world_size: int, target: Callable, args: tuple = (), *, timeout_s: float = 3600.0,
+                linger_s: float = 120.0) -> list[int]:
+    """Run ``target(*args)`` in ``world_size`` fresh local processes (gloo/NCCL env set); returns exit codes.
+
+    Waits as :func:`wait_ranks` does: at most ``timeout_s`` in all, at most ``linger_s`` after a rank failed."""
     ctx = mp.get_context("spawn")
     port = free_port()
     procs = [ctx.Process(target=_child, args=(r, world_size, port, target, args), name=f"astra-rank{r}")
              for r in range(world_size)]
     for p in procs:
         p.start()
+    return wait_ranks(procs, timeout_s=timeout_s, linger_s=linger_s)
+
+
+class LaunchTimeout(RuntimeError):
+    """Ranks did not finish in time; they were terminated."""
+
+
+def _exit_code(proc) -> int | None:
+    return proc.poll() if isinstance(proc, subprocess.Popen) else proc.exitcode
+
+
+def _stop(procs: list) -> None:
+    """Terminate, then kill what is left after a few seconds."""
     for p in procs:
-        p.join()
-    return [p.exitcode for p in procs]
+        p.terminate()
+    deadline = time.monotonic() + 5.0
+    for p in procs:
+        while _exit_code(p) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _exit_code(p) is None:
+            p.kill()
+        if isinstance(p, subprocess.Popen):
+            p.wait()
+        else:
+            p.join()
+
+
+def wait_ranks(procs: list, *, timeout_s: float, linger_s: float, names: list[str] | None = None) -> list[int]:
+    """Exit codes of ``procs`` (``multiprocessing.Process`` or ``subprocess.Popen``, one per rank) once all ended.
+
+    Waits at most ``timeout_s`` in all, and at most ``linger_s`` after the first rank failed (exit code != 0):
+    a failed rank's peers fail within their exchange timeout, so one still running after that is hung. On
+    either deadline the processes still running are terminated and :class:`LaunchTimeout` names them
+    (``names[i]``, default "rank i")."""
+    names = names or [f"rank {r}" for r in range(len(procs))]
+    deadline = time.monotonic() + timeout_s
+    failed_at, first_failed = None, None
+    while True:
+        codes = [_exit_code(p) for p in procs]
+        running = [i for i, c in enumerate(codes) if c is None]
+        if not running:
+            return codes
+        if first_failed is None:
+            first_failed = next((i for i, c in enumerate(codes) if c not in (None, 0)), None)
+            if first_failed is not None:
+                failed_at = time.monotonic()
+        now = time.monotonic()
+        lingered = failed_at is not None and now - failed_at > linger_s
+        if now > deadline or lingered:
+            _stop([procs[i] for i in running])
+            why = (f"within {linger_s:g} s after {names[first_failed]} failed (exit code {codes[first_failed]})"
+                   if lingered else f"within {timeout_s:g} s")
+            raise LaunchTimeout(f"{', '.join(names[i] for i in running)} did not finish {why}; terminated")
+        time.sleep(0.05)
+
+
+def end_rank(exc: BaseException, transport: Transport | None, prog: str = "astra") -> NoReturn:
+    """End this rank after ``exc``: one line on stderr (type, message, rank; the traceback too with ASTRA_DEBUG=1),
+    ``MPI_Abort`` under MPI so that the other ranks end too, and an exit code by kind (EXIT_*).
+
+    Exits with ``os._exit``: the peers may be gone, and a collective shutdown could hang."""
+    place = rank_env()
+    rank = transport.rank if transport is not None else (place.rank if place is not None else 0)
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    prefix = f"rank {rank}: "
+    message = message[len(prefix):] if message.startswith(prefix) else message
+    if os.environ.get("ASTRA_DEBUG", "0") not in ("", "0"):
+        traceback.print_exception(exc, file=sys.stderr)
+    # one write: the lines of ranks that share a stderr do not interleave
+    sys.stderr.write(f"{prog}: rank {rank}: {type(exc).__name__}: {message}\n")
+    sys.stderr.flush()
+    if isinstance(exc, (PeerError, TransportFailed)):
+        code = EXIT_PEER_FAILED
+    elif isinstance(exc, HandshakeError):
+        code = EXIT_HANDSHAKE_REFUSED
+    else:
+        code = EXIT_FAILED
+    if transport is not None:
+        transport.abort(code)
+    os._exit(code)
 
 
 def mpirun_command(world_size: int, argv: list[str]) -> list[str]:

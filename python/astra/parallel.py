@@ -20,7 +20,8 @@ import astra_kernels as ak
 from .codebooks import Codebooks
 from .engine import AstraEngine
 from .generate import Generation, Sampling, generate
-from .launch import make_transport
+from .handshake import handshake, setup_digest
+from .launch import SETUP_TIMEOUT_S, make_transport
 from .transport import Transport
 
 
@@ -59,10 +60,13 @@ class ParallelModel:
 
 
 def parallelize(model: torch.nn.Module, codebooks: Codebooks, *, transport: str | Transport = "gloo",
-                timeout_s: float = 60.0, formulation: str = "auto", backend: str | None = None,
-                table_budget_bytes: int = ak.TABLE_BUDGET_BYTES, encode: str = "auto",
-                quantize: str | None = None) -> ParallelModel:
+                timeout_s: float = 60.0, setup_timeout_s: float = SETUP_TIMEOUT_S, formulation: str = "auto",
+                backend: str | None = None, table_budget_bytes: int = ak.TABLE_BUDGET_BYTES,
+                encode: str = "auto", quantize: str | None = None) -> ParallelModel:
     """Wrap an unmodified model for this rank of an N-process job.
+
+    Every rank then checks with the others that they hold the same setup (:mod:`astra.handshake`: weights,
+    codebooks, G, K, model, version, ...) and raises :class:`astra.HandshakeError` on all ranks if not.
 
     Args:
         model: any model :func:`astra.adapt` supports (GPT-2, ViT, BERT, Llama, Mistral, Qwen2, Qwen3, Tiny).
@@ -70,10 +74,19 @@ def parallelize(model: torch.nn.Module, codebooks: Codebooks, *, transport: str 
         transport: "gloo", "nccl" or "mpi" (the launcher's environment names rank and world size),
             or an already created :class:`astra.transport.Transport` (then ``timeout_s`` is unused).
         timeout_s: a silent peer becomes a :class:`astra.PeerError` after this long.
+        setup_timeout_s: how long the ranks wait for each other to arrive (the rendezvous and the handshake):
+            ranks that calibrate their codebooks may arrive minutes apart.
         formulation, backend, table_budget_bytes, encode, quantize: as :class:`astra.AstraEngine`.
     """
     astra_engine = AstraEngine(model, codebooks, formulation=formulation, backend=backend,
                                table_budget_bytes=table_budget_bytes, encode=encode, quantize=quantize)
-    if isinstance(transport, str):
-        transport = make_transport(transport, timeout_s)
+    created = isinstance(transport, str)
+    if created:
+        transport = make_transport(transport, timeout_s, setup_timeout_s)
+    try:
+        handshake(transport, setup_digest(astra_engine, transport.world_size), timeout_s=setup_timeout_s)
+    except BaseException:
+        if created:
+            transport.close()
+        raise
     return ParallelModel(astra_engine, transport)

@@ -9,17 +9,14 @@ timings.
 from __future__ import annotations
 
 import json
-import os
-import sys
 from dataclasses import asdict
 
 import torch
 
 from astra.generate import generate
-from astra.launch import keep_freed_memory, local_rank, make_transport, pin_cores
-from astra.transport import PeerError
+from astra.launch import end_rank, keep_freed_memory, local_rank, make_transport, pin_cores
 
-from .run import EXIT_PEER_FAILED, RunConfig, load_tokenizer, prepare
+from .run import RunConfig, load_tokenizer, prepare
 
 
 class TokenPrinter:
@@ -44,28 +41,28 @@ class TokenPrinter:
 
 
 def rank_main(cfg: RunConfig) -> None:
-    """Entry point of one rank (spawned, torchrun or mpirun)."""
-    torch.set_num_threads(cfg.threads)
-    keep_freed_memory()
-    transport = make_transport(cfg.transport, cfg.timeout)
-    pin_cores(local_rank(), cfg.threads)  # after the transport: its I/O threads stay free to run anywhere
-    last = transport.rank == transport.world_size - 1
+    """Entry point of one rank (spawned, torchrun or mpirun); any error ends it through :func:`end_rank`."""
+    transport = None
     try:
-        engine, inputs = prepare(cfg, transport.rank == 0)
+        torch.set_num_threads(cfg.threads)
+        keep_freed_memory()
+        transport = make_transport(cfg.transport, cfg.timeout, cfg.setup_timeout)
+        pin_cores(local_rank(), cfg.threads)  # after the transport: its I/O threads stay free to run anywhere
+        last = transport.rank == transport.world_size - 1
+        engine, inputs = prepare(cfg, transport, transport.rank == 0)
         printer = TokenPrinter(load_tokenizer(cfg.checkpoint), inputs) if last else None
         transport.barrier()
         gen = generate(engine, inputs, transport, cfg.generate, cfg.sampling, printer)
-    except PeerError as exc:
-        print(f"astra generate: {exc}", file=sys.stderr, flush=True)
-        os._exit(EXIT_PEER_FAILED)  # peers may be gone: skip collective shutdown
-    if gen is not None:
-        print(f"\nprefill over {transport.world_size} ranks: {gen.prefill_s:.4f} s on rank {transport.rank}, time to "
-              f"first token {gen.first_token_s:.4f} s, decode {gen.decode_tokens_per_s:.1f} tokens/s "
-              f"({cfg.generate} tokens, {'sampled' if cfg.temperature else 'greedy'})", flush=True)
-        if cfg.json:
-            report = {**{k: v for k, v in asdict(cfg).items() if k != "json"}, "generated": gen.tokens.tolist(),
-                      "text": printer.text(), "prefill_s": gen.prefill_s, "time_to_first_token_s": gen.first_token_s,
-                      "decode_tokens_per_s": gen.decode_tokens_per_s}
-            with open(cfg.json, "w") as f:
-                json.dump(report, f, indent=2)
-    transport.close()
+        if gen is not None:
+            print(f"\nprefill over {transport.world_size} ranks: {gen.prefill_s:.4f} s on rank {transport.rank}, time "
+                  f"to first token {gen.first_token_s:.4f} s, decode {gen.decode_tokens_per_s:.1f} tokens/s "
+                  f"({cfg.generate} tokens, {'sampled' if cfg.temperature else 'greedy'})", flush=True)
+            if cfg.json:
+                report = {**{k: v for k, v in asdict(cfg).items() if k != "json"}, "generated": gen.tokens.tolist(),
+                          "text": printer.text(), "prefill_s": gen.prefill_s,
+                          "time_to_first_token_s": gen.first_token_s, "decode_tokens_per_s": gen.decode_tokens_per_s}
+                with open(cfg.json, "w") as f:
+                    json.dump(report, f, indent=2)
+        transport.close()
+    except (Exception, KeyboardInterrupt) as exc:  # every failure ends the rank the same way
+        end_rank(exc, transport, "astra generate")

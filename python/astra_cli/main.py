@@ -53,6 +53,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encode", choices=ENCODINGS, default=d.encode, help=ENCODE_HELP)
     p.add_argument("--backend", choices=ak.BACKENDS, default=d.backend)
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds before a silent peer is an error")
+    p.add_argument("--setup-timeout", type=float, default=d.setup_timeout,
+                   help="seconds the ranks wait for each other to build the model and codebooks and shake hands")
+    p.add_argument("--job-timeout", type=float, default=d.job_timeout,
+                   help="seconds the whole job may take before its ranks are terminated")
     p.add_argument("--seed", type=int, default=d.seed, help="random weights and inputs (and sampling)")
     p.add_argument("--calibration-iters", type=int, default=d.calibration_iters)
 
@@ -85,7 +89,7 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace, argv: list[str], rank_main, command: str) -> int:
     """Start the ranks of ``astra run`` or ``astra generate`` (or be one of them, when a launcher started us)."""
-    from astra.launch import mpirun_command, rank_env, spawn_local
+    from astra.launch import LaunchTimeout, mpirun_command, rank_env, spawn_local, wait_ranks
 
     from .run import check_config, resolve
 
@@ -100,9 +104,17 @@ def _run(args: argparse.Namespace, argv: list[str], rank_main, command: str) -> 
     if rank_env() is not None:  # torchrun / mpirun / srun started this process as one rank
         rank_main(cfg)
         return 0
-    if cfg.transport == "mpi":
-        return subprocess.call(mpirun_command(cfg.ranks, argv))
-    codes = spawn_local(cfg.ranks, rank_main, (cfg,))
+    # a rank's peers fail within --timeout of it: one still running well after that is hung
+    linger = cfg.timeout + 30.0
+    try:
+        if cfg.transport == "mpi":
+            ranks = f"ranks 0-{cfg.ranks - 1}" if cfg.ranks > 1 else "rank 0"
+            return wait_ranks([subprocess.Popen(mpirun_command(cfg.ranks, argv))], timeout_s=cfg.job_timeout,
+                              linger_s=linger, names=[f"mpirun ({ranks})"])[0]
+        codes = spawn_local(cfg.ranks, rank_main, (cfg,), timeout_s=cfg.job_timeout, linger_s=linger)
+    except LaunchTimeout as exc:
+        print(f"astra {command}: {exc}", file=sys.stderr)
+        return 1
     failed = [(r, c) for r, c in enumerate(codes) if c != 0]
     for r, c in failed:
         print(f"astra {command}: rank {r} exited with code {c}", file=sys.stderr)

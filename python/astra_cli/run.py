@@ -2,17 +2,18 @@
 
 Every rank builds the same model (random weights from a seed, or a local
 checkpoint) and the same codebooks (a file, or deterministic k-means
-calibration, cached), runs warm-up and timed ASTRA forwards, checks its
-outputs against the single-process simulation, and reports to rank 0, which
-prints a summary and writes JSON. The inputs are random token ids (or pixels),
-or ``--prompt`` tokenized by the checkpoint's tokenizer.
+calibration, cached), checks with the others that they agree (the
+handshake), runs warm-up and timed ASTRA forwards, checks its outputs
+against the single-process simulation, and reports to rank 0, which prints a
+summary and writes JSON. The inputs are random token ids (or pixels), or
+``--prompt`` tokenized by the checkpoint's tokenizer. A rank that fails ends
+with one line naming the error and an exit code saying why
+(:func:`astra.launch.end_rank`).
 """
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -22,19 +23,19 @@ import astra_kernels as ak
 from astra import models
 from astra.calibrate import cached_calibration
 from astra.codebooks import Codebooks
+from astra.digest import tensors_digest
 from astra.engine import AstraEngine, PhaseTimer
 from astra.generate import Sampling, generate
+from astra.handshake import handshake, setup_digest
 from astra.launch import (
+    SETUP_TIMEOUT_S,
+    end_rank,
     keep_freed_memory,
     local_rank,
     make_transport,
     pin_cores,
     rank_env,
 )
-from astra.transport import PeerError
-
-EXIT_PEER_FAILED = 3
-
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -69,6 +70,8 @@ class RunConfig:
     table_budget_mib: float = ak.TABLE_BUDGET_BYTES / 2**20
     backend: str | None = None
     timeout: float = 60.0
+    setup_timeout: float = SETUP_TIMEOUT_S
+    job_timeout: float = 3600.0
     seed: int = 0
     calibration_iters: int = 10
     json: str | None = None
@@ -114,15 +117,14 @@ def load_codebooks(model, cfg: RunConfig, verbose: bool) -> Codebooks:
     """From ``cfg.codebooks``, else calibrated (and cached) on random inputs of the run's shape."""
     if cfg.codebooks:
         return Codebooks.load(cfg.codebooks)
-    # the model's positions (room to generate) change its random weights: part of the key
-    return cached_calibration(model, key=[cfg.model, cfg.size, cfg.layers, cfg.checkpoint, cfg.tokens + cfg.generate,
-                                          cfg.dtype],
-                              tokens=cfg.tokens, batch=cfg.batch, codebook_size=cfg.codebook_size, groups=cfg.groups,
-                              iters=cfg.calibration_iters, seed=cfg.seed, progress=verbose, quantize=cfg.quantize)
+    return cached_calibration(model, tokens=cfg.tokens, batch=cfg.batch, codebook_size=cfg.codebook_size,
+                              groups=cfg.groups, iters=cfg.calibration_iters, seed=cfg.seed, progress=verbose,
+                              quantize=cfg.quantize)
 
 
-def prepare(cfg: RunConfig, verbose: bool) -> tuple[AstraEngine, torch.Tensor]:
-    """Every rank's same model, inputs (the prompt, or random ids / pixels) and codebooks: (engine, inputs)."""
+def prepare(cfg: RunConfig, transport, verbose: bool) -> tuple[AstraEngine, torch.Tensor]:
+    """Every rank's same model, inputs (the prompt, or random ids / pixels) and codebooks, checked against the
+    other ranks' (the handshake): (engine, inputs)."""
     model = models.build(cfg.model, cfg.size, tokens=cfg.tokens, layers=cfg.layers, checkpoint=cfg.checkpoint,
                          seed=cfg.seed, positions=cfg.tokens + cfg.generate).to(cfg.device, DTYPES[cfg.dtype])
     if cfg.prompt is not None:
@@ -134,6 +136,8 @@ def prepare(cfg: RunConfig, verbose: bool) -> tuple[AstraEngine, torch.Tensor]:
     books = load_codebooks(model, cfg, verbose)
     engine = AstraEngine(model, books, formulation=cfg.formulation, backend=cfg.backend,
                          table_budget_bytes=int(cfg.table_budget_mib * 2**20), encode=cfg.encode, quantize=cfg.quantize)
+    handshake(transport, setup_digest(engine, transport.world_size, inputs=tensors_digest([("inputs", inputs)])[:16]),
+              timeout_s=cfg.setup_timeout)
     return engine, inputs
 
 
@@ -146,7 +150,7 @@ def _block_bytes(transport) -> tuple[int, int, int]:
 def measure(cfg: RunConfig, transport) -> dict | None:
     """Run the job on this rank; rank 0 returns the report, the others None."""
     rank, world = transport.rank, transport.world_size
-    engine, inputs = prepare(cfg, rank == 0)
+    engine, inputs = prepare(cfg, transport, rank == 0)
     books = engine.codebooks
     layout = engine.layout(inputs, world)
 
@@ -255,22 +259,22 @@ def summary(report: dict) -> str:
 
 
 def rank_main(cfg: RunConfig) -> None:
-    """Entry point of one rank (spawned, torchrun or mpirun)."""
-    torch.set_num_threads(cfg.threads)
-    keep_freed_memory()
-    transport = make_transport(cfg.transport, cfg.timeout)
-    pin_cores(local_rank(), cfg.threads)  # after the transport: its I/O threads stay free to run anywhere
+    """Entry point of one rank (spawned, torchrun or mpirun); any error ends it through :func:`end_rank`."""
+    transport = None
     try:
+        torch.set_num_threads(cfg.threads)
+        keep_freed_memory()
+        transport = make_transport(cfg.transport, cfg.timeout, cfg.setup_timeout)
+        pin_cores(local_rank(), cfg.threads)  # after the transport: its I/O threads stay free to run anywhere
         report = measure(cfg, transport)
-    except PeerError as exc:
-        print(f"astra run: {exc}", file=sys.stderr, flush=True)
-        os._exit(EXIT_PEER_FAILED)  # peers may be gone: skip collective shutdown
-    if report is not None:
-        print(summary(report), flush=True)
-        if cfg.json:
-            with open(cfg.json, "w") as f:
-                json.dump(report, f, indent=2)
-    transport.close()
+        if report is not None:
+            print(summary(report), flush=True)
+            if cfg.json:
+                with open(cfg.json, "w") as f:
+                    json.dump(report, f, indent=2)
+        transport.close()
+    except (Exception, KeyboardInterrupt) as exc:  # every failure ends the rank the same way
+        end_rank(exc, transport, "astra run")
 
 
 def check_config(cfg: RunConfig) -> None:
@@ -287,6 +291,10 @@ def check_config(cfg: RunConfig) -> None:
         raise ValueError(f"--repeat must be >= 1, got {cfg.repeat}")
     if cfg.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {cfg.threads}")
+    for flag, seconds in (("--timeout", cfg.timeout), ("--setup-timeout", cfg.setup_timeout),
+                          ("--job-timeout", cfg.job_timeout)):
+        if not seconds > 0:
+            raise ValueError(f"{flag} must be positive, got {seconds}")
     if cfg.table_budget_mib < 0:
         raise ValueError(f"--table-budget-mib must be >= 0, got {cfg.table_budget_mib}")
     if cfg.generate < 0:

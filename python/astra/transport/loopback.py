@@ -1,9 +1,9 @@
 """In-process transport: ranks as threads of one process.
 
 Every rank's exchange goes through a shared mailbox of queues, with the same
-accounting and the same timeout behaviour as a real transport. Runs the real
-per-rank code path (packing, exchange, unpacking) without processes or
-sockets: cheap tests and examples.
+framing, checks, accounting and timeout behaviour as a real transport. Runs
+the real per-rank code path (packing, exchange, unpacking) without processes
+or sockets: cheap tests and examples.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from .base import ExchangeRecord, Handle, PeerError, Transport
+from .base import FramedTransport, FrameWait, PeerError
 
 
 class LoopbackHub:
@@ -25,6 +25,7 @@ class LoopbackHub:
         self._lock = threading.Lock()
 
     def box(self, tag: str, src: int, dst: int) -> queue.Queue:
+        """The queue of messages (1-D uint8 tensors) from ``src`` to ``dst`` in exchange ``tag``."""
         with self._lock:
             return self._boxes.setdefault((tag, src, dst), queue.Queue())
 
@@ -32,36 +33,33 @@ class LoopbackHub:
         return [LoopbackTransport(self, r, timeout_s) for r in range(self.world_size)]
 
 
-class _LoopbackHandle(Handle):
-    def __init__(self, transport: "LoopbackTransport", record, timeout_s, recv_sizes):
-        super().__init__(record, timeout_s)
-        self._t, self._recv_sizes = transport, recv_sizes
+class _LoopbackFrames(FrameWait):
+    def __init__(self, transport: "LoopbackTransport", tag: str, sources: list[int]):
+        self._t, self._tag, self._sources = transport, tag, sources
 
-    def _wait(self) -> dict[int, torch.Tensor]:
-        deadline = time.monotonic() + self.timeout_s
+    def wait(self, timeout_s: float) -> dict[int, tuple[torch.Tensor, int | None]]:
+        deadline = time.monotonic() + timeout_s
         out = {}
-        for src, size in self._recv_sizes.items():
+        for src in self._sources:
             try:
-                data = self._t.hub.box(self.record.tag, src, self._t.rank).get(timeout=max(deadline - time.monotonic(), 0))
+                data = self._t.hub.box(self._tag, src, self._t.rank).get(timeout=max(deadline - time.monotonic(), 0))
             except queue.Empty:
-                raise PeerError(self._t.rank, src, self.record.tag, f"timed out after {self.timeout_s:g} s") from None
-            if data.numel() != size:
-                raise PeerError(self._t.rank, src, self.record.tag, f"expected {size} bytes, got {data.numel()}")
-            out[src] = data
+                raise PeerError(self._t.rank, src, self._tag, f"timed out after {timeout_s:g} s") from None
+            out[src] = (data, data.numel())
         return out
 
 
-class LoopbackTransport(Transport):
+class LoopbackTransport(FramedTransport):
     name = "loopback"
 
     def __init__(self, hub: LoopbackHub, rank: int, timeout_s: float = 30.0):
         super().__init__(rank, hub.world_size, timeout_s)
         self.hub = hub
 
-    def _post_receives(self, recv_sizes: dict[int, int], tag: str):
-        return recv_sizes  # the mailbox holds messages until they are read
+    def _receive_frames(self, frame_sizes: dict[int, int], tag: str):
+        return list(frame_sizes)  # the mailbox holds messages until they are read
 
-    def _post(self, payload, send_to, receives, record: ExchangeRecord, timeout_s: float) -> Handle:
-        for dst in send_to:
-            self.hub.box(record.tag, self.rank, dst).put(payload.clone())
-        return _LoopbackHandle(self, record, timeout_s, receives or {})
+    def _send_frames(self, frames: dict[int, torch.Tensor], receives, tag: str) -> FrameWait:
+        for dst, frame in frames.items():
+            self.hub.box(tag, self.rank, dst).put(frame)
+        return _LoopbackFrames(self, tag, receives or [])

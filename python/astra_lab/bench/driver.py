@@ -24,7 +24,7 @@ import torch
 from astra import models
 from astra._optional import MissingDependency
 from astra.calibrate import cached_calibration
-from astra.launch import free_port
+from astra.launch import SETUP_TIMEOUT_S, LaunchTimeout, free_port, wait_ranks
 
 from .. import baselines
 from ..links import NetnsLink, require_netns
@@ -32,8 +32,15 @@ from . import emulated, report
 from .config import BenchConfig, RankSpec
 
 
+def _sweep_deadline_s(spec: RankSpec) -> float:
+    """A backstop for the whole sweep of one setting, far above a healthy one: the setup, then per bandwidth and
+    method (the single device included) its point budget plus the exchange timeout."""
+    methods = 1 + sum(len(spec.groups) if m == "astra" else 1 for m in spec.methods)
+    return SETUP_TIMEOUT_S + len(spec.bandwidths) * methods * (spec.point_budget_s + spec.timeout_s)
+
+
 def _launch(spec: RankSpec, world: int, spec_path: str, link: NetnsLink | None) -> None:
-    """Start the ranks, wait, and fail loudly if any rank failed."""
+    """Start the ranks, wait (a hung rank is terminated, see wait_ranks), and fail loudly if any rank failed."""
     port = 29500 if link is not None else free_port()
     procs = []
     for r in range(world):
@@ -45,7 +52,10 @@ def _launch(spec: RankSpec, world: int, spec_path: str, link: NetnsLink | None) 
             env.update(MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo")
         cmd = [sys.executable, "-m", "astra", "bench-rank", spec_path]
         procs.append(subprocess.Popen((link.exec_prefix(r) if link else []) + cmd, env=env))
-    codes = [p.wait() for p in procs]
+    try:
+        codes = wait_ranks(procs, timeout_s=_sweep_deadline_s(spec), linger_s=spec.timeout_s + 60.0)
+    except LaunchTimeout as exc:
+        raise RuntimeError(f"bench ranks hung: {exc} ({spec.model}-{spec.size}, {spec.link})") from None
     if any(codes):
         raise RuntimeError(f"bench ranks failed with exit codes {codes} ({spec.model}-{spec.size}, {spec.link})")
 
@@ -72,9 +82,8 @@ def run(cfg: BenchConfig) -> list[dict]:
                     for g in cfg.groups:
                         print(f"[bench] {name}: codebooks K={cfg.codebook_size} G={g}", flush=True)
                         books[str(g)] = cached_calibration(
-                            model, key=[family, size, cfg.layers, None], tokens=cfg.tokens, batch=1,
-                            codebook_size=cfg.codebook_size, groups=g, iters=cfg.calibration_iters, seed=cfg.seed,
-                            progress=True, quantize=cfg.quantize)
+                            model, tokens=cfg.tokens, batch=1, codebook_size=cfg.codebook_size, groups=g,
+                            iters=cfg.calibration_iters, seed=cfg.seed, progress=True, quantize=cfg.quantize)
                         files[str(g)] = books[str(g)].save(os.path.join(work, f"{name}-G{g}.safetensors"))
                 for link_mode in cfg.links:
                     bws = [None] if link_mode == "real" else sorted(cfg.bandwidths, reverse=True)
