@@ -234,7 +234,7 @@ def test_the_quantize_mode_is_part_of_the_handshake():
     engines = [astra.AstraEngine(model, books) for _ in range(2)]
     engines[1].quantize = "kv"
     digests = [astra.handshake.setup_digest(e, 2) for e in engines]
-    assert astra.handshake.mismatches(digests) == ["quantize: rank 0 has None, rank 1 has 'kv'"]
+    assert astra.handshake.mismatches(digests) == ["quantize: rank 0 has 'input', rank 1 has 'kv'"]
 
 
 def test_a_rank_that_never_arrives_is_a_peer_error_after_the_setup_timeout():

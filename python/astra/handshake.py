@@ -44,7 +44,7 @@ def setup_digest(engine, world_size: int, **extra) -> dict:
         "groups": books.groups,
         "codebook_size": books.codebook_size,
         "bits": books.bits,
-        "quantize": getattr(engine, "quantize", None),
+        "quantize": engine.quantize,
         "formulation": sorted({p.formulation for p in engine.plans}),
         **extra,
     }

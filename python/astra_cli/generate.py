@@ -16,7 +16,7 @@ import torch
 from astra.generate import generate
 from astra.launch import end_rank, keep_freed_memory, local_rank, make_transport, pin_cores
 
-from .run import RunConfig, load_tokenizer, prepare
+from .run import RunConfig, agree, load_tokenizer, prepare
 
 
 class TokenPrinter:
@@ -49,7 +49,8 @@ def rank_main(cfg: RunConfig) -> None:
         transport = make_transport(cfg.transport, cfg.timeout, cfg.setup_timeout)
         pin_cores(local_rank(), cfg.threads)  # after the transport: its I/O threads stay free to run anywhere
         last = transport.rank == transport.world_size - 1
-        engine, inputs = prepare(cfg, transport, transport.rank == 0)
+        engine, inputs = prepare(cfg, transport.rank == 0)
+        agree(transport, engine, inputs, cfg)
         printer = TokenPrinter(load_tokenizer(cfg.checkpoint), inputs) if last else None
         transport.barrier()
         gen = generate(engine, inputs, transport, cfg.generate, cfg.sampling, printer)

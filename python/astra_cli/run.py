@@ -122,9 +122,8 @@ def load_codebooks(model, cfg: RunConfig, verbose: bool) -> Codebooks:
                               quantize=cfg.quantize)
 
 
-def prepare(cfg: RunConfig, transport, verbose: bool) -> tuple[AstraEngine, torch.Tensor]:
-    """Every rank's same model, inputs (the prompt, or random ids / pixels) and codebooks, checked against the
-    other ranks' (the handshake): (engine, inputs)."""
+def prepare(cfg: RunConfig, verbose: bool) -> tuple[AstraEngine, torch.Tensor]:
+    """Every rank's same model, inputs (the prompt, or random ids / pixels) and codebooks: (engine, inputs)."""
     model = models.build(cfg.model, cfg.size, tokens=cfg.tokens, layers=cfg.layers, checkpoint=cfg.checkpoint,
                          seed=cfg.seed, positions=cfg.tokens + cfg.generate).to(cfg.device, DTYPES[cfg.dtype])
     if cfg.prompt is not None:
@@ -136,9 +135,13 @@ def prepare(cfg: RunConfig, transport, verbose: bool) -> tuple[AstraEngine, torc
     books = load_codebooks(model, cfg, verbose)
     engine = AstraEngine(model, books, formulation=cfg.formulation, backend=cfg.backend,
                          table_budget_bytes=int(cfg.table_budget_mib * 2**20), encode=cfg.encode, quantize=cfg.quantize)
+    return engine, inputs
+
+
+def agree(transport, engine: AstraEngine, inputs: torch.Tensor, cfg: RunConfig) -> None:
+    """The handshake: every rank's engine and inputs are the same, or every rank refuses to start."""
     handshake(transport, setup_digest(engine, transport.world_size, inputs=tensors_digest([("inputs", inputs)])[:16]),
               timeout_s=cfg.setup_timeout)
-    return engine, inputs
 
 
 def _block_bytes(transport) -> tuple[int, int, int]:
@@ -150,7 +153,8 @@ def _block_bytes(transport) -> tuple[int, int, int]:
 def measure(cfg: RunConfig, transport) -> dict | None:
     """Run the job on this rank; rank 0 returns the report, the others None."""
     rank, world = transport.rank, transport.world_size
-    engine, inputs = prepare(cfg, transport, rank == 0)
+    engine, inputs = prepare(cfg, rank == 0)
+    agree(transport, engine, inputs, cfg)
     books = engine.codebooks
     layout = engine.layout(inputs, world)
 
