@@ -14,9 +14,9 @@ from dataclasses import asdict
 import torch
 
 from astra.generate import generate
-from astra.launch import end_rank, keep_freed_memory, local_rank, make_transport, pin_cores
+from astra.launch import end_rank
 
-from .run import RunConfig, agree, load_tokenizer, prepare
+from .run import RunConfig, agree, load_tokenizer, prepare, start_rank
 
 
 class TokenPrinter:
@@ -44,10 +44,7 @@ def rank_main(cfg: RunConfig) -> None:
     """Entry point of one rank (spawned, torchrun or mpirun); any error ends it through :func:`end_rank`."""
     transport = None
     try:
-        torch.set_num_threads(cfg.threads)
-        keep_freed_memory()
-        transport = make_transport(cfg.transport, cfg.timeout, cfg.setup_timeout)
-        pin_cores(local_rank(), cfg.threads)  # after the transport: its I/O threads stay free to run anywhere
+        transport = start_rank(cfg)
         last = transport.rank == transport.world_size - 1
         engine, inputs = prepare(cfg, transport.rank == 0)
         agree(transport, engine, inputs, cfg)

@@ -262,14 +262,20 @@ def summary(report: dict) -> str:
     return "\n".join(lines)
 
 
+def start_rank(cfg: RunConfig):
+    """This process as one rank of the job: its threads, its allocator and its transport, pinned to its cores."""
+    torch.set_num_threads(cfg.threads)
+    keep_freed_memory()
+    transport = make_transport(cfg.transport, cfg.timeout, cfg.setup_timeout)
+    pin_cores(local_rank(), cfg.threads)  # after the transport: its I/O threads stay free to run anywhere
+    return transport
+
+
 def rank_main(cfg: RunConfig) -> None:
     """Entry point of one rank (spawned, torchrun or mpirun); any error ends it through :func:`end_rank`."""
     transport = None
     try:
-        torch.set_num_threads(cfg.threads)
-        keep_freed_memory()
-        transport = make_transport(cfg.transport, cfg.timeout, cfg.setup_timeout)
-        pin_cores(local_rank(), cfg.threads)  # after the transport: its I/O threads stay free to run anywhere
+        transport = start_rank(cfg)
         report = measure(cfg, transport)
         if report is not None:
             print(summary(report), flush=True)
