@@ -172,5 +172,4 @@ def test_astra_run_under_mpi_aborts_the_job_when_a_peer_hangs(tmp_path):
     assert proc.returncode == 3, proc.stdout + proc.stderr  # MPI_Abort's code: the peer failed
     assert ("astra run: rank 0: PeerError: peer rank 1 failed in exchange 'block1': timed out after 2 s"
             in proc.stderr.splitlines())
-    assert "MPI_ABORT was invoked on rank 0" in proc.stderr
     assert seconds < 300  # rank 1 sleeps an hour: MPI_Abort ended it

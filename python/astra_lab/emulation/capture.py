@@ -15,34 +15,35 @@ import time
 import torch
 
 from astra.transport import ExchangeRecord, Handle, LoopbackHub, LoopbackTransport, PeerError
+from astra.transport.base import FrameWait
 
 from .program import Payloads
 
 POLL_S = 0.1  # how often a waiting rank checks whether another rank failed
 
 
-class _CaptureHandle(Handle):
-    def __init__(self, transport: "CaptureTransport", record, timeout_s, recv_sizes):
-        super().__init__(record, timeout_s)
-        self._t, self._sizes = transport, recv_sizes
+class _CaptureFrames(FrameWait):
+    """The loopback mailbox's wait, which also gives up once another rank of the capture failed."""
 
-    def _wait(self) -> dict[int, torch.Tensor]:
+    def __init__(self, transport: "CaptureTransport", tag: str, sources: list[int]):
+        self._t, self._tag, self._sources = transport, tag, sources
+
+    def wait(self, timeout_s: float) -> dict[int, tuple[torch.Tensor, int | None]]:
         t = self._t
-        deadline = time.monotonic() + self.timeout_s
+        deadline = time.monotonic() + timeout_s
         out = {}
-        for src, size in self._sizes.items():
-            box = t.hub.box(self.record.tag, src, t.rank)
+        for src in self._sources:
+            box = t.hub.box(self._tag, src, t.rank)
             while src not in out:
                 if t.failed.is_set():
-                    raise PeerError(t.rank, None, self.record.tag, "another rank of the capture failed")
+                    raise PeerError(t.rank, None, self._tag, "another rank of the capture failed")
                 if time.monotonic() > deadline:
-                    raise PeerError(t.rank, src, self.record.tag, f"timed out after {self.timeout_s:g} s")
+                    raise PeerError(t.rank, src, self._tag, f"timed out after {timeout_s:g} s")
                 try:
-                    out[src] = box.get(timeout=POLL_S)
+                    frame = box.get(timeout=POLL_S)
                 except queue.Empty:
                     continue
-            if out[src].numel() != size:
-                raise PeerError(t.rank, src, self.record.tag, f"expected {size} bytes, got {out[src].numel()}")
+                out[src] = (frame, frame.numel())
         return out
 
 
@@ -57,11 +58,12 @@ class CaptureTransport(LoopbackTransport):
         self.payloads, self.failed = payloads, failed
 
     def _post(self, payload, send_to, receives, record: ExchangeRecord, timeout_s: float) -> Handle:
-        kept = payload.detach().cpu().clone()
-        self.payloads.put(record.tag, self.rank, list(send_to), kept)
-        for dst in send_to:
-            self.hub.box(record.tag, self.rank, dst).put(kept)
-        return _CaptureHandle(self, record, timeout_s, receives or {})
+        self.payloads.put(record.tag, self.rank, list(send_to), payload.detach().cpu().clone())
+        return super()._post(payload, send_to, receives, record, timeout_s)
+
+    def _send_frames(self, frames: dict[int, torch.Tensor], receives, tag: str) -> FrameWait:
+        super()._send_frames(frames, receives, tag)  # into the mailbox; the wait is the capture's own
+        return _CaptureFrames(self, tag, receives or [])
 
 
 def capture(method, inputs: torch.Tensor, world_size: int, *, timeout_s: float = 600.0) -> Payloads:

@@ -156,6 +156,7 @@ class ReplayTransport(Transport):
             raise RuntimeError(f"rank {self.rank}: receives of {sorted(self._preposted)} are still posted from "
                                "the last run")
         self._ops, self._taken, self._exchanges = [], {}, 0
+        self._failure = None  # a new run: its peers are recordings, with no state left from a failed run
         self.stats.clear()
         self._mark = self.clock()
 
