@@ -30,6 +30,29 @@ from .remote import RemotePlan
 from .transport import Transport
 
 ENCODINGS = ("auto", "exact", "int8")
+MAX_EXCHANGE_PARTS = 4  # past this the MLP's parts get too small to run at full speed
+MIN_PART_BYTES = 1024  # a part's 32-byte frame header stays near 3 % of it
+
+
+def part_bounds(tokens: int, parts: int) -> list[tuple[int, int]]:
+    """``tokens`` split into ``parts`` contiguous [start, stop) ranges, the first ``tokens % parts`` one longer
+    (some empty when tokens < parts)."""
+    base, extra = divmod(tokens, parts)
+    bounds, start = [], 0
+    for j in range(parts):
+        stop = start + base + (j < extra)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def _output_parts(bw: B.BlockWeights, h: torch.Tensor, out: torch.Tensor, rows_of_parts: list[slice],
+                  timer: "PhaseTimer", outputs: list[torch.Tensor]):
+    """Yields a block's output (:func:`astra.block.residual`) part by part, each also appended to ``outputs``."""
+    for rows in rows_of_parts:
+        with timer("finish"):
+            outputs.append(B.residual(bw, h[:, rows], out[:, :, rows]))
+        yield outputs[-1]
 
 
 class PhaseTimer:
@@ -94,13 +117,22 @@ class AstraEngine:
             see :func:`astra_kernels.int8_estimate_native`, else exact).
         quantize: what each token sends codes of, "input" or "kv" (:mod:`astra.codebooks`); None: what the
             codebooks were calibrated for. Codebooks of the other kind are an error.
+        exchange_parts: how many messages carry a rank's codes of one block to each peer (None: as many as
+            keep each part at least ``MIN_PART_BYTES``, at most ``MAX_EXCHANGE_PARTS``). The block before
+            computes its output part by part and sends each part's codes as soon as they exist, so the link
+            carries the first parts while the rest are computed (:meth:`exchange_parts_for`).
     """
 
     def __init__(self, model: torch.nn.Module, codebooks: Codebooks, *, formulation: str = "auto",
                  backend: str | None = None, table_budget_bytes: int = ak.TABLE_BUDGET_BYTES,
-                 encode: str = "auto", quantize: str | None = None):
+                 encode: str = "auto", quantize: str | None = None, exchange_parts: int | None = None):
         if encode not in ENCODINGS:
             raise ValueError(f"encode must be one of {', '.join(ENCODINGS)}, got {encode!r}")
+        if exchange_parts is not None and (isinstance(exchange_parts, bool) or not isinstance(exchange_parts, int)
+                                           or exchange_parts < 1):
+            raise ValueError(f"exchange_parts must be a count >= 1 (or None: chosen per layout), got "
+                             f"{exchange_parts!r}")
+        self.exchange_parts = exchange_parts
         self.adapter = adapt(model)
         blocks = self.adapter.blocks
         self.quantize = check_quantize(codebooks.quantize if quantize is None else quantize)
@@ -134,6 +166,33 @@ class AstraEngine:
     def payload_bytes(self, batch: int, tokens: int) -> int:
         """Bytes of one rank's packed codes for one block (``codebooks.codes_per_token`` codes per token)."""
         return self.codebooks.payload_bytes(batch * tokens)
+
+    def exchange_parts_for(self, batch: int, layout: Layout) -> int:
+        """The parts each block's codes travel in: ``exchange_parts``, or the most (up to
+        ``MAX_EXCHANGE_PARTS``) that keep a rank of the smallest chunk sending ``MIN_PART_BYTES`` per part.
+        A function of the layout alone, so every rank agrees on it."""
+        if self.exchange_parts is not None:
+            return self.exchange_parts
+        smallest = layout.tokens // layout.world_size
+        return max(1, min(MAX_EXCHANGE_PARTS, self.payload_bytes(batch, smallest) // MIN_PART_BYTES))
+
+    def _own_rows(self, tokens: int, parts: int) -> list[slice]:
+        """Per part, its rows of a rank's hidden states (B, c + tokens, D); the class tokens go with the first."""
+        c = self.adapter.class_tokens
+        return [slice(0 if j == 0 else c + a, c + b) for j, (a, b) in enumerate(part_bounds(tokens, parts))]
+
+    def _part_inputs(self, bw: B.BlockWeights, h: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
+        """One part's attention inputs z (B, t, D) and, with ``quantize="kv"`` (its keys and values are what is
+        encoded), its projections q, k, v (B, H|Hkv, t, d); else None."""
+        z = B.attention_input(bw, h)
+        return z, (B.project(bw, z) if self.quantize == "kv" else None)
+
+    def _joined(self, parts: list[tuple[torch.Tensor, tuple | None]]) -> tuple[torch.Tensor, tuple | None]:
+        """The parts' (z, qkv) along their tokens."""
+        if len(parts) == 1:
+            return parts[0]
+        z = torch.cat([p[0] for p in parts], dim=1)
+        return z, (tuple(torch.cat(t, dim=2) for t in zip(*(p[1] for p in parts))) if self.quantize == "kv" else None)
 
     def _embed(self, inputs: torch.Tensor, layout: Layout, rank: int) -> torch.Tensor:
         start, stop = layout.bounds(rank)
@@ -204,45 +263,71 @@ class AstraEngine:
             rotation, remote_rotation = self._rotations(layout, rank)
         batch, start = h.shape[0], layout.bounds(rank)[0]
         blocks = self.adapter.blocks
-        sizes = {s: self.payload_bytes(batch, layout.size(s)) for s in srcs}
+        parts = self.exchange_parts_for(batch, layout)
+        tags = [[f"block{i}" if parts == 1 else f"block{i}/{j}" for j in range(parts)] for i in range(len(blocks))]
+        counts = {s: [b - a for a, b in part_bounds(layout.size(s), parts)] for s in srcs}  # tokens, by part
+        sizes = [{s: self.payload_bytes(batch, counts[s][j]) for s in srcs} for j in range(parts)]  # bytes, by part
         remote = sum(layout.size(s) for s in srcs)
-        transport.prepost(sizes, "block0")
-        for i, (bw, plan) in enumerate(zip(blocks, self.plans)):
-            handle, qkv = None, None
+        own = self._own_rows(layout.size(rank), parts)
+
+        def send(i: int, j: int, z: torch.Tensor, qkv: tuple[torch.Tensor, ...] | None):
+            """Encode and post part j of block i's codes (``z``, ``qkv``: that part's rows)."""
+            if not (dests or srcs):
+                return None
             with timer("encode"):
-                z = B.attention_input(bw, h)
-                if self.quantize == "kv":  # the keys and values are what is sent: projected before encoding
-                    qkv = B.project(bw, z)
                 payload = torch.empty(0, dtype=torch.uint8)
-                if dests:
-                    codes, _ = self._encoders[i](self._quantized(z, qkv)[:, c:])
+                features = self._quantized(z, qkv)[:, c if j == 0 else 0:]
+                if dests and features.shape[1]:
+                    codes, _ = self._encoders[i](features)
                     payload = ak.pack_codes(codes, bits, backend=self.backend)
-            if dests or srcs:
-                handle = transport.exchange(payload, dests, sizes, tag=f"block{i}")
+            return transport.exchange(payload, dests, sizes[j], tag=tags[i][j])
+
+        def post(i: int, rows_of_parts):
+            """Block i's inputs, part by part as ``rows_of_parts`` yields each part's hidden rows; each part's
+            codes are posted at once. Returns (z, qkv, handles)."""
+            nexts, handles = [], []
+            for j, rows in enumerate(rows_of_parts):
+                with timer("encode"):
+                    nexts.append(self._part_inputs(blocks[i], rows))
+                handles.append(send(i, j, *nexts[-1]))
+            return (*self._joined(nexts), handles)
+
+        for j in range(parts):
+            transport.prepost(sizes[j], tags[0][j])
+        z, qkv, handles = post(0, (h[:, rows] for rows in own))
+        for i, (bw, plan) in enumerate(zip(blocks, self.plans)):
             with timer("project"):
                 q, k, v = qkv or B.project(bw, z)
                 q, k = B.rotate(q, rotation), B.rotate(k, rotation)
             with timer("local"):
                 local = B.local_partial(plan, q, k, v, remote, self.causal, self.backend)
             remote_codes = None
-            if handle is not None:
+            if handles[0] is not None:
                 with timer("wait"):
-                    parts = handle.wait()
+                    received = [handle.wait() for handle in handles]
                 # the next block's receives, posted before computing: its codes flow meanwhile
                 if i + 1 < len(blocks):
-                    transport.prepost(sizes, f"block{i + 1}")
+                    for j in range(parts):
+                        transport.prepost(sizes[j], tags[i + 1][j])
                 if srcs:
                     per_token = self.codebooks.codes_per_token
-                    shapes = [(batch, layout.size(s), per_token) for s in srcs]
-                    remote_codes = torch.cat([ak.unpack_codes(parts[s].to(h.device), bits, shape, backend=self.backend)
-                                              for s, shape in zip(srcs, shapes)], dim=1)
+                    remote_codes = torch.cat([
+                        ak.unpack_codes(received[j][s].to(h.device), bits, (batch, n, per_token),
+                                        backend=self.backend)
+                        for s in srcs for j, n in enumerate(counts[s])], dim=1)
                     self._check_codes(remote_codes, srcs, layout, transport, f"block{i}")
             with timer("finish"):
                 remote_kv = None
                 if cache is not None:
                     remote_kv = self._record(cache, i, plan, q, k, v, remote_codes, remote_rotation, start)
                 out = B.attend(plan, q, k, v, remote_codes, self.causal, self.backend, local, remote_rotation, remote_kv)
-                h = B.residual(bw, h, out)
+            outputs: list[torch.Tensor] = []
+            computed = _output_parts(bw, h, out, own, timer, outputs)
+            if i + 1 < len(blocks):
+                z, qkv, handles = post(i + 1, computed)  # each part's codes leave before the next part is computed
+            else:
+                outputs = list(computed)
+            h = torch.cat(outputs, dim=1) if parts > 1 else outputs[0]
         with timer("head"):
             if not c:
                 return self._outputs(h, logits_to_keep)
@@ -288,10 +373,14 @@ class AstraEngine:
         layout = self.layout(inputs, world_size)
         c, last = self.adapter.class_tokens, world_size - 1
         hs = [self._embed(inputs, layout, r) for r in range(world_size)]
+        parts = self.exchange_parts_for(hs[0].shape[0], layout)
+        rows = [self._own_rows(layout.size(r), parts) for r in range(world_size)]  # each rank's rows, by part
         rotations = [self._rotations(layout, r) for r in range(world_size)]
         for i, (bw, plan) in enumerate(zip(self.adapter.blocks, self.plans)):
-            zs = [B.attention_input(bw, h) for h in hs]
-            projections = [B.project(bw, z) for z in zs]
+            # part by part, as run_rank computes them (the rows meet in other matrix-product shapes)
+            block_inputs = [self._joined([self._part_inputs(bw, h[:, p]) for p in rows[r]]) for r, h in enumerate(hs)]
+            zs = [z for z, _ in block_inputs]
+            projections = [qkv or B.project(bw, z) for z, qkv in block_inputs]
             codes = {
                 r: self._encoders[i](self._quantized(zs[r], projections[r])[:, c:])[0]
                 for r in range(world_size)
@@ -307,7 +396,7 @@ class AstraEngine:
                 if cache is not None and r == last:
                     remote_kv = self._record(cache, i, plan, q, k, v, remote, remote_rotation, layout.bounds(r)[0])
                 out = B.attend(plan, q, k, v, remote, self.causal, self.backend, local, remote_rotation, remote_kv)
-                hs[r] = B.residual(bw, hs[r], out)
+                hs[r] = torch.cat([B.residual(bw, hs[r][:, p], out[:, :, p]) for p in rows[r]], dim=1)
         if not c:
             return [self._outputs(h, logits_to_keep) for h in hs]
         pooled = torch.stack([h[:, 0].float() for h in hs]).mean(0).to(hs[0].dtype)

@@ -46,6 +46,7 @@ def setup_digest(engine, world_size: int, **extra) -> dict:
         "bits": books.bits,
         "quantize": engine.quantize,
         "formulation": sorted({p.formulation for p in engine.plans}),
+        "exchange_parts": engine.exchange_parts,
         **extra,
     }
 

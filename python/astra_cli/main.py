@@ -23,6 +23,8 @@ TABLE_BUDGET_HELP = ("MiB per layer for the projected K/V codebook tables (fp32 
 QUANTIZE_HELP = ("what each token sends codes of: input (its attention input, D features) or kv (its keys before "
                  "rotation and its values, Hkv*d features each: 2G codes per token, decoded without a projection)")
 
+EXCHANGE_PARTS_HELP = ("messages that carry a rank's codes of one block to each peer; the block before sends each "
+                       "part as soon as it is computed (default: as many as keep a part >= 1 KiB, at most 4)")
 ENCODE_HELP = ("how tokens are quantized: exact (nearest codeword), int8 (int8-estimated scores: faster where "
                "its SIMD kernels beat the exact search, some codes near-nearest) or auto (int8 where it is faster)")
 
@@ -51,6 +53,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="how remote tokens are attended (auto: cost model)")
     p.add_argument("--table-budget-mib", type=float, default=d.table_budget_mib, help=TABLE_BUDGET_HELP)
     p.add_argument("--encode", choices=ENCODINGS, default=d.encode, help=ENCODE_HELP)
+    p.add_argument("--exchange-parts", type=int, default=d.exchange_parts, help=EXCHANGE_PARTS_HELP)
     p.add_argument("--backend", choices=ak.BACKENDS, default=d.backend)
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds before a silent peer is an error")
     p.add_argument("--setup-timeout", type=float, default=d.setup_timeout,
@@ -150,6 +153,7 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", choices=QUANTIZE, default=d.quantize, help=QUANTIZE_HELP)
     p.add_argument("--table-budget-mib", type=float, default=d.table_budget_mib, help=TABLE_BUDGET_HELP)
     p.add_argument("--encode", choices=ENCODINGS, default=d.encode, help=ENCODE_HELP)
+    p.add_argument("--exchange-parts", type=int, default=d.exchange_parts, help=EXCHANGE_PARTS_HELP)
     p.add_argument("--topology", choices=["star", "shared"], default=d.topology)
     p.add_argument("--latency-ms", type=float, default=d.latency_ms,
                    help="per-message latency: sim's, or added to emulated's modelled one")
@@ -183,7 +187,7 @@ def _bench(args: argparse.Namespace) -> int:
             models=[model], sizes=sizes or [models.DEFAULT_SIZES[model]], tokens=args.tokens, layers=args.layers,
             ranks=args.ranks, bandwidths=args.bandwidth, links=args.link, methods=args.methods, groups=args.groups,
             codebook_size=args.codebook_size, quantize=args.quantize, table_budget_mib=args.table_budget_mib,
-            encode=args.encode,
+            encode=args.encode, exchange_parts=args.exchange_parts,
             topology=args.topology, latency_ms=args.latency_ms, repeat=args.repeat,
             point_budget_s=args.point_budget, threads=args.threads, seed=args.seed, net_name=args.net_name,
             json=args.json, markdown=args.markdown, plot=args.plot, scaling_plot=args.scaling_plot,

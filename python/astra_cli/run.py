@@ -67,6 +67,7 @@ class RunConfig:
     codebooks: str | None = None
     formulation: str = "auto"
     encode: str = "auto"
+    exchange_parts: int | None = None
     table_budget_mib: float = ak.TABLE_BUDGET_BYTES / 2**20
     backend: str | None = None
     timeout: float = 60.0
@@ -134,7 +135,8 @@ def prepare(cfg: RunConfig, verbose: bool) -> tuple[AstraEngine, torch.Tensor]:
         inputs = inputs.to(DTYPES[cfg.dtype])
     books = load_codebooks(model, cfg, verbose)
     engine = AstraEngine(model, books, formulation=cfg.formulation, backend=cfg.backend,
-                         table_budget_bytes=int(cfg.table_budget_mib * 2**20), encode=cfg.encode, quantize=cfg.quantize)
+                         table_budget_bytes=int(cfg.table_budget_mib * 2**20), encode=cfg.encode, quantize=cfg.quantize,
+                         exchange_parts=cfg.exchange_parts)
     return engine, inputs
 
 
@@ -145,9 +147,11 @@ def agree(transport, engine: AstraEngine, inputs: torch.Tensor, cfg: RunConfig) 
 
 
 def _block_bytes(transport) -> tuple[int, int, int]:
-    """(blocks, bytes sent, bytes received) of the block exchanges of the last run."""
+    """(blocks, bytes sent, bytes received) of the block exchanges of the last run (a block's codes may travel
+    in parts: exchanges "block3/0", "block3/1", ...)."""
     blocks = [r for r in transport.stats.records if r.tag.startswith("block")]
-    return len(blocks), sum(r.bytes_sent for r in blocks), sum(r.bytes_received for r in blocks)
+    return (len({r.tag.split("/")[0] for r in blocks}), sum(r.bytes_sent for r in blocks),
+            sum(r.bytes_received for r in blocks))
 
 
 def measure(cfg: RunConfig, transport) -> dict | None:
@@ -202,6 +206,7 @@ def measure(cfg: RunConfig, transport) -> dict | None:
         "codes_per_token": books.codes_per_token,
         "remote_formulation": engine.remote_formulations(inputs, world),
         "encoding": engine.encode,
+        "exchange_parts_used": engine.exchange_parts_for(cfg.batch, layout),
         "latency_s": statistics.median(per_run),
         "latency_runs_s": per_run,
         "tokens_per_rank": [r["tokens"] for r in everyone],
@@ -305,6 +310,8 @@ def check_config(cfg: RunConfig) -> None:
                           ("--job-timeout", cfg.job_timeout)):
         if not seconds > 0:
             raise ValueError(f"{flag} must be positive, got {seconds}")
+    if cfg.exchange_parts is not None and cfg.exchange_parts < 1:
+        raise ValueError(f"--exchange-parts must be >= 1, got {cfg.exchange_parts}")
     if cfg.table_budget_mib < 0:
         raise ValueError(f"--table-budget-mib must be >= 0, got {cfg.table_budget_mib}")
     if cfg.generate < 0:

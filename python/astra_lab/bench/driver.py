@@ -115,7 +115,8 @@ def _run_setting(cfg, family, size, n, link_mode, bws, methods, books, work) -> 
     spec = RankSpec(
         model=family, size=size, tokens=cfg.tokens, layers=cfg.layers, seed=cfg.seed, threads=cfg.threads,
         methods=methods, groups=cfg.groups, codebooks=books,
-        table_budget_bytes=int(cfg.table_budget_mib * 2**20), encode=cfg.encode, bandwidths=bws, link=link_mode, topology=cfg.topology,
+        table_budget_bytes=int(cfg.table_budget_mib * 2**20), encode=cfg.encode,
+        exchange_parts=cfg.exchange_parts, bandwidths=bws, link=link_mode, topology=cfg.topology,
         latency_ms=cfg.latency_ms, net_name=cfg.net_name, net_ranks=n, repeat=cfg.repeat,
         point_budget_s=cfg.point_budget_s, timeout_s=max(600.0, 4 * cfg.point_budget_s),
         medium_path=os.path.join(work, f"medium-{n}") if cfg.topology == "shared" else None, rows_path=rows_path,

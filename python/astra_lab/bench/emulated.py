@@ -65,7 +65,8 @@ def run_setting(cfg: BenchConfig, model, name: str, n: int, bandwidths: list[flo
     """Rows of every method (and the single device) at every bandwidth, for ``n`` emulated ranks."""
     inputs = models.example_inputs(model, cfg.tokens, 1, seed=cfg.seed)
     compared = bench_methods.build(model, methods, cfg.groups, books,
-                                   table_budget_bytes=int(cfg.table_budget_mib * 2**20), encode=cfg.encode)
+                                   table_budget_bytes=int(cfg.table_budget_mib * 2**20), encode=cfg.encode,
+                                   exchange_parts=cfg.exchange_parts)
     wire = wire_model(cfg)
     keep_freed_memory()
     print(f"[bench] {name}: {n} emulated ranks ({cfg.topology}), bandwidths {bandwidths} Mbps, methods {methods}",
@@ -105,7 +106,7 @@ def run_setting(cfg: BenchConfig, model, name: str, n: int, bandwidths: list[flo
                 "groups": groups, "bandwidth_mbps": bw, "link": "emulated", "topology": cfg.topology,
                 "tokens": cfg.tokens, "layers": layers, **fields,
                 **({"remote_formulation": m.remote_formulations(inputs, n), "encoding": m.encode,
-                    "quantize": m.quantize}
+                    "quantize": m.quantize, "exchange_parts": m.exchange_parts_for(1, m.layout(inputs, n))}
                    if method == "astra" else {}),
             })
     return rows

@@ -27,7 +27,7 @@ class SingleDevice:
 
 
 def build(model, names: list[str], groups: list[int], codebooks: dict[str, str | Codebooks], *,
-          table_budget_bytes: int, encode: str) -> list[tuple[str, int | None, object]]:
+          table_budget_bytes: int, encode: str, exchange_parts: int | None = None) -> list[tuple[str, int | None, object]]:
     """(name, groups, method) of the single device and of every method in ``names`` ("astra" once per G;
     ``codebooks[str(G)]`` is a codebook file or :class:`Codebooks`)."""
     out = [("single", None, SingleDevice(model))]
@@ -37,7 +37,7 @@ def build(model, names: list[str], groups: list[int], codebooks: dict[str, str |
                 books = codebooks[str(g)]
                 books = books if isinstance(books, Codebooks) else Codebooks.load(books)
                 out.append(("astra", g, AstraEngine(model, books, table_budget_bytes=table_budget_bytes,
-                                                    encode=encode)))
+                                                    encode=encode, exchange_parts=exchange_parts)))
         elif name != "single":
             out.append((name, None, baselines.build(name, model)))
     return out

@@ -146,7 +146,8 @@ def main(spec_path: str) -> None:
     model = models.build(spec.model, spec.size, tokens=spec.tokens, layers=spec.layers, seed=spec.seed)
     inputs = models.example_inputs(model, spec.tokens, 1, seed=spec.seed)
     methods = bench_methods.build(model, spec.methods, spec.groups, spec.codebooks,
-                                  table_budget_bytes=spec.table_budget_bytes, encode=spec.encode)
+                                  table_budget_bytes=spec.table_budget_bytes, encode=spec.encode,
+                                  exchange_parts=spec.exchange_parts)
     rank0 = transport.rank == 0
 
     fastest = max((b for b in spec.bandwidths if b is not None), default=None)
@@ -178,7 +179,9 @@ def main(spec_path: str) -> None:
                     "groups": groups, "bandwidth_mbps": bw, "link": spec.link, "topology": spec.topology,
                     "tokens": spec.tokens, "layers": len(models.adapt(model).blocks), **row, **probe,
                     **({"remote_formulation": method.remote_formulations(inputs, transport.world_size),
-                        "encoding": method.encode, "quantize": method.quantize} if name == "astra" else {}),
+                        "encoding": method.encode, "quantize": method.quantize,
+                        "exchange_parts": method.exchange_parts_for(1, method.layout(inputs, transport.world_size))}
+                       if name == "astra" else {}),
                 })
     if rank0:
         bar.close()
