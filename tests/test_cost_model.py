@@ -84,9 +84,10 @@ def test_gather_tables_are_half_precision_only_for_fp32_models(dtype, stored):
         # with fp16 tables, 2 ranks; 13.7 vs 17.6 ms in the G = 32 microbenchmark)
         (dict(groups=32, queries=513, remote=512, int8_gather=True), 96 << 20, "gather_int8"),
         (dict(groups=32, queries=513, remote=512, int8_gather=True), 49 << 20, "gather_int8"),
-        # the default budget keeps 96 MiB of fp16 (192 MiB of fp32) tables out, and 48.5 MiB of 8-bit ones
+        # the default budget keeps 96 MiB of fp16 (192 MiB of fp32) tables out, and lets 48.5 MiB of 8-bit ones in
         (dict(groups=32), cm.TABLE_BUDGET_BYTES, "dequantize"),
-        (dict(groups=32, int8_gather=True), cm.TABLE_BUDGET_BYTES, "dequantize"),
+        (dict(groups=32, int8_gather=True), cm.TABLE_BUDGET_BYTES, "gather_int8"),
+        (dict(groups=32, int8_gather=True), 16 << 20, "dequantize"),
     ],
 )
 def test_measured_choices(kw, budget, want):
