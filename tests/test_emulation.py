@@ -207,14 +207,14 @@ def test_capture_raises_the_failing_ranks_error_without_hanging():
 
 def test_wire_model_counts_frames_acks_and_gloo_framing():
     w = WireModel()
-    # 640 B of codes: one data frame (48 B preamble), the send-ready notice and the ACK of the
-    # receiver's notice forward; one ACK of the two frames and the recv-ready notice back
-    assert w.frames(640) == 1 and w.frames(1400) == 1 and w.frames(1401) == 2
-    assert w.forward_bytes(640) == 640 + 48 + 66 + (48 + 66) + 66
+    # 640 B of codes: one data frame (48 B gloo preamble, 32 B astra frame header), the send-ready notice and
+    # the ACK of the receiver's notice forward; one ACK of the two frames and the recv-ready notice back
+    assert w.frames(640) == 1 and w.frames(1368) == 1 and w.frames(1369) == 2
+    assert w.forward_bytes(640) == 640 + 32 + 48 + 66 + (48 + 66) + 66
     assert w.reverse_bytes(640) == 66 + (48 + 66)
-    assert w.forward_bytes(0) == 48 + 66 + 48 + 2 * 66  # an empty message still costs its frames
-    big = 1448 * 1000 - 48  # exactly 1000 data frames
-    assert w.forward_bytes(big) == big + 48 + 66 * 1000 + 48 + 2 * 66
+    assert w.forward_bytes(0) == 32 + 48 + 66 + 48 + 2 * 66  # an empty message still costs its frames
+    big = 1448 * 1000 - 48 - 32  # exactly 1000 data frames
+    assert w.forward_bytes(big) == big + 32 + 48 + 66 * 1000 + 48 + 2 * 66
     assert w.reverse_bytes(big) == 66 * math.ceil(1001 / 2) + 48 + 66
     # bulk: (1448 + 66 + 33) / 1448 L2 bytes per payload byte, what the netns counters show
     ratio = (w.forward_bytes(10**8) + w.reverse_bytes(10**8)) / 10**8

@@ -24,6 +24,9 @@ come from:
     gloo's TCP framing: every operation on a pair starts with a preamble of six
     64-bit fields (nbytes, opcode, slot, offset, length, roffset). A payload
     travels as one preamble plus the bytes.
+``frame_header = 32``
+    astra's own frame around every payload (:mod:`astra.transport.framing`:
+    magic, checksum, sequence, exchange, source, length), inside gloo's.
 ``notices = True``
     gloo's rendezvous for unbound buffers: the sender announces each message
     (a send-ready notice) and the receiver each posted receive (a recv-ready
@@ -64,6 +67,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from astra.transport.framing import HEADER_BYTES
+
 TOPOLOGIES = ("star", "shared")
 
 Link = tuple  # ("up", rank), ("down", rank) or ("medium",)
@@ -77,6 +82,7 @@ class WireModel:
     frame_bytes: int = 66
     segments_per_ack: int = 2
     message_header: int = 48
+    frame_header: int = HEADER_BYTES
     notices: bool = True
     latency_s: float = 100e-6
     rendezvous: bool = True
@@ -84,9 +90,9 @@ class WireModel:
     def __post_init__(self):
         if self.mss < 1:
             raise ValueError(f"mss must be >= 1 byte, got {self.mss}")
-        if self.frame_bytes < 0 or self.message_header < 0:
-            raise ValueError(f"frame_bytes and message_header must be >= 0, got {self.frame_bytes}, "
-                             f"{self.message_header}")
+        if self.frame_bytes < 0 or self.message_header < 0 or self.frame_header < 0:
+            raise ValueError(f"frame_bytes, message_header and frame_header must be >= 0, got {self.frame_bytes}, "
+                             f"{self.message_header}, {self.frame_header}")
         if self.segments_per_ack < 1:
             raise ValueError(f"segments_per_ack must be >= 1, got {self.segments_per_ack}")
         if not self.latency_s >= 0 or math.isinf(self.latency_s):
@@ -95,18 +101,20 @@ class WireModel:
     @classmethod
     def payload_only(cls, latency_s: float = 0.0, rendezvous: bool = False) -> "WireModel":
         """The paper's accounting: a message costs its payload bytes and nothing else."""
-        return cls(frame_bytes=0, message_header=0, notices=False, latency_s=latency_s, rendezvous=rendezvous)
+        return cls(frame_bytes=0, message_header=0, frame_header=0, notices=False, latency_s=latency_s,
+                   rendezvous=rendezvous)
 
     def frames(self, payload: int) -> int:
-        """Data frames of one message: its preamble and payload cut into ``mss``-byte segments."""
-        return math.ceil((payload + self.message_header) / self.mss)
+        """Data frames of one message: its preamble, astra's frame header and payload cut into ``mss``-byte
+        segments."""
+        return math.ceil((payload + self.message_header + self.frame_header) / self.mss)
 
     def forward_bytes(self, payload: int) -> int:
         """Bytes on the sender -> receiver path: data frames (and the send-ready notice, the ACK of the
         receiver's notice)."""
         if payload < 0:
             raise ValueError(f"payload must be >= 0 bytes, got {payload}")
-        out = payload + self.message_header + self.frame_bytes * self.frames(payload)
+        out = payload + self.frame_header + self.message_header + self.frame_bytes * self.frames(payload)
         if self.notices:
             out += self.message_header + 2 * self.frame_bytes
         return out
