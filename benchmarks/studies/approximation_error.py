@@ -12,7 +12,8 @@ time: int8-estimated codes (``--encode int8``), fp16 tables (``gather``), 8-bit 
 all LM logits) to the exact run and to the original model: an approximation can move the
 outputs (a changed code is another, about as near, codeword) without making them worse.
 With ``--fmnist DIR`` (a checkpoint of ``python -m astra train fmnist``) it also classifies
-the Fashion-MNIST test set with exact and with int8-estimated codes.
+the Fashion-MNIST test set with the exact choices and with each approximation (``--models ""``:
+only that).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from astra import AstraEngine, adapt, models  # noqa: E402
 from astra.calibrate import cached_calibration  # noqa: E402
 
+EXACT = "exact (nearest codes, fp32 projection)"
 VARIANTS = [  # (label, engine options): one approximation at a time
     ("int8 codes (--encode int8)", dict(encode="int8", formulation="dequantize")),
     ("fp16 tables (gather)", dict(encode="exact", formulation="gather")),
@@ -49,7 +51,7 @@ def measure(family: str, size: str, tokens: int, groups: int, ranks: int, seed: 
     original = adapt(model).reference_forward(inputs)
     exact = AstraEngine(model, books, encode="exact", formulation="dequantize").forward(inputs, ranks)
     row = dict(model=f"{family}-{size}", tokens=tokens, groups=groups, ranks=ranks)
-    rows = [dict(row, variant="exact (nearest codes, fp32 projection)", vs_exact=0.0,
+    rows = [dict(row, variant=EXACT, vs_exact=0.0,
                  vs_original=relative_l2(exact, original))]
     for label, options in VARIANTS:
         got = AstraEngine(model, books, **options).forward(inputs, ranks)
@@ -61,7 +63,7 @@ def measure(family: str, size: str, tokens: int, groups: int, ranks: int, seed: 
 
 @torch.no_grad()
 def fmnist_accuracy(path: str, ranks: int) -> list[dict]:
-    """Test accuracy of a fine-tuned ASTRA ViT with exact and with int8-estimated codes."""
+    """Test accuracy of a fine-tuned ASTRA ViT with the exact choices and with each approximation."""
     import transformers
 
     from astra.codebooks import Codebooks
@@ -71,13 +73,13 @@ def fmnist_accuracy(path: str, ranks: int) -> list[dict]:
     books = Codebooks.load(path)
     x, y = data.fashion_mnist("test")
     preds = {}
-    for encode in ("exact", "int8"):
-        engine = AstraEngine(model, books, encode=encode)
-        preds[encode] = torch.cat([engine.forward(x[i: i + 500], ranks).argmax(-1) for i in range(0, len(x), 500)])
-        print(f"fmnist {encode} codes: accuracy {(preds[encode] == y).float().mean().item():.2%}", flush=True)
+    for label, options in [(EXACT, dict(encode="exact", formulation="dequantize")), *VARIANTS]:
+        engine = AstraEngine(model, books, **options)
+        preds[label] = torch.cat([engine.forward(x[i: i + 500], ranks).argmax(-1) for i in range(0, len(x), 500)])
+        print(f"fmnist {label}: accuracy {(preds[label] == y).float().mean().item():.2%}", flush=True)
     row = dict(model="fmnist-vit (fine-tuned)", groups=books.groups, ranks=ranks)
-    return [dict(row, variant=f"{e} codes", accuracy=(p == y).float().mean().item(),
-                 agreement_with_exact=(p == preds["exact"]).float().mean().item()) for e, p in preds.items()]
+    return [dict(row, variant=label, accuracy=(p == y).float().mean().item(),
+                 agreement_with_exact=(p == preds[EXACT]).float().mean().item()) for label, p in preds.items()]
 
 
 def main() -> None:
@@ -91,7 +93,7 @@ def main() -> None:
     p.add_argument("--json", default=None)
     args = p.parse_args()
     rows = []
-    for name in args.models.split(","):
+    for name in filter(None, args.models.split(",")):
         family, size = name.split("-")
         rows += measure(family, size, args.tokens, args.groups, args.ranks, args.seed)
     print("\n| model | variant | relative L2 to exact | relative L2 to original |\n|---|---|---:|---:|")

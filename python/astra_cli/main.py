@@ -246,6 +246,11 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         cfg = dc.replace(cfg, ranks=args.ranks)
     if args.quantize is not None:
         cfg = dc.replace(cfg, quantize=args.quantize)
+    if args.groups is not None:
+        if not args.groups or any(g < 1 for g in args.groups):
+            print(f"astra train: --groups must list counts >= 1, got {args.groups}", file=sys.stderr)
+            return 2
+        cfg = dc.replace(cfg, groups=args.groups)
     command = "python -m astra " + " ".join(argv)
     try:
         rows = module.run(cfg, command, progress=not args.no_progress)
@@ -300,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("task", choices=["fmnist", "kjv", "minilm"])
     train.add_argument("--quick", action="store_true", help="a tiny version (seconds), for tests")
     train.add_argument("--ranks", type=int, default=None, help="simulated ranks N (default: the task's)")
+    train.add_argument("--groups", type=_csv(int), default=None,
+                       help="the VQ groups G to fine-tune for (default: the task's; Fashion-MNIST runs its ablations "
+                            "only where their G is among them)")
     train.add_argument("--quantize", choices=QUANTIZE, default=None, help=QUANTIZE_HELP + " (default: the task's)")
     train.add_argument("--record", action="store_true", help="merge the rows into the accuracy record")
     train.add_argument("--record-json", default="benchmarks/results/accuracy.json")

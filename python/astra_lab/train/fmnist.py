@@ -154,8 +154,10 @@ def run(cfg: FmnistConfig, command: str, progress: bool = True) -> list[dict]:
 
     variants = [Variant("astra", g, cfg.noise, cfg.beta) for g in cfg.groups]
     a = cfg.ablation_groups
-    variants += [Variant("astra_no_noise", a, 0.0, cfg.beta), Variant("astra_single_cls", a, cfg.noise, cfg.beta, "single")]
-    variants += [Variant(f"astra_beta{b:g}", a, cfg.noise, b) for b in cfg.ablation_betas]
+    if a in cfg.groups:
+        variants += [Variant("astra_no_noise", a, 0.0, cfg.beta),
+                     Variant("astra_single_cls", a, cfg.noise, cfg.beta, "single")]
+        variants += [Variant(f"astra_beta{b:g}", a, cfg.noise, b) for b in cfg.ablation_betas]
     calib = [x_train[i: i + 256] for i in range(0, min(cfg.calib_images, x_train.shape[0]), 256)]
     for v in variants:
         model = copy.deepcopy(original)
@@ -171,11 +173,12 @@ def run(cfg: FmnistConfig, command: str, progress: bool = True) -> list[dict]:
                  desc=f"fmnist: NAVQ fine-tune {v.name} G={v.groups}", progress=progress)
         acc = accuracy(adapter, quantizers, x_test, y_test, cfg.ranks, v.class_token)
         rows.append(dict(row, ranks=cfg.ranks, groups=v.groups, variant=variant_name(v.name, cfg.quantize), value=acc))
-        if v.name == "astra" and v.groups == a:
+        if v.name == "astra":  # the fine-tuned model and its codebooks, for the runtime (and the studies)
             path = os.path.join(cfg.out, f"astra-G{v.groups}")
             model.save_pretrained(path)
             codebooks_of(quantizers).save(path)
-            rows += distributed_check(path, x_test, y_test, cfg, command)
+            if v.groups == a:
+                rows += distributed_check(path, x_test, y_test, cfg, command)
     return rows
 
 
