@@ -13,7 +13,8 @@ all LM logits) to the exact run and to the original model: an approximation can 
 outputs (a changed code is another, about as near, codeword) without making them worse.
 With ``--fmnist DIR`` (a checkpoint of ``python -m astra train fmnist``) it also classifies
 the Fashion-MNIST test set with the exact choices and with each approximation (``--models ""``:
-only that).
+only that); with ``--kjv DIR`` (of ``python -m astra train kjv``) it computes the KJV test
+perplexity the same ways.
 """
 from __future__ import annotations
 
@@ -82,6 +83,27 @@ def fmnist_accuracy(path: str, ranks: int) -> list[dict]:
                  agreement_with_exact=(p == preds[EXACT]).float().mean().item()) for label, p in preds.items()]
 
 
+@torch.no_grad()
+def kjv_perplexity(path: str, ranks: int) -> list[dict]:
+    """KJV test perplexity of a fine-tuned ASTRA byte-level LM with the exact choices and with each approximation."""
+    import transformers
+
+    from astra.codebooks import Codebooks
+    from astra_lab.train import data, kjv
+
+    model = transformers.GPT2LMHeadModel.from_pretrained(path).eval()
+    books = Codebooks.load(path)
+    windows = kjv.test_windows(data.kjv_bytes()[1], model.config.n_positions, kjv.KjvConfig.test_windows)
+    row = dict(model="kjv-gpt2 (fine-tuned)", groups=books.groups, ranks=ranks)
+    rows = []
+    for label, options in [(EXACT, dict(encode="exact", formulation="dequantize")), *VARIANTS]:
+        engine = AstraEngine(model, books, **options)
+        rows.append(dict(row, variant=label, perplexity=kjv.perplexity_of(lambda x, e=engine: e.forward(x, ranks),
+                                                                           windows)))
+        print(f"kjv {label}: perplexity {rows[-1]['perplexity']:.4f}", flush=True)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="vit-base,gpt2-small", help="family-size list")
@@ -90,6 +112,7 @@ def main() -> None:
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fmnist", default=None, metavar="DIR", help="also: Fashion-MNIST accuracy of this checkpoint")
+    p.add_argument("--kjv", default=None, metavar="DIR", help="also: KJV test perplexity of this checkpoint")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     rows = []
@@ -105,6 +128,12 @@ def main() -> None:
         for r in accuracy:
             print(f"| {r['model']} | {r['variant']} | {r['accuracy']:.2%} | {r['agreement_with_exact']:.2%} |")
         rows += accuracy
+    if args.kjv:
+        ppl = kjv_perplexity(args.kjv, args.ranks)
+        print("\n| model | variant | perplexity |\n|---|---|---:|")
+        for r in ppl:
+            print(f"| {r['model']} | {r['variant']} | {r['perplexity']:.4f} |")
+        rows += ppl
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -20,7 +20,7 @@ from astra import adapt
 from astra._optional import require
 
 from . import data
-from .loop import Batch, Variant, cosine_lr, finetune, init_quantizers, variant_name
+from .loop import Batch, Variant, codebooks_of, cosine_lr, finetune, init_quantizers, variant_name
 from .simulate import simulate
 
 transformers = require("transformers", extra="train", purpose="the KJV experiment")
@@ -100,17 +100,26 @@ def train_original(cfg: KjvConfig, train, progress: bool):
     return model
 
 
+def test_windows(test: torch.Tensor, context: int, count: int) -> torch.Tensor:
+    """Up to ``count`` non-overlapping windows (n, context + 1) of the test bytes: inputs and next-byte targets."""
+    n = min(count, (test.numel() - 1) // context)
+    return torch.stack([test[i * context: (i + 1) * context + 1] for i in range(n)])
+
+
 @torch.no_grad()
-def perplexity(adapter, quantizers, test, cfg: KjvConfig, ranks: int) -> float:
-    """exp(mean next-byte cross-entropy) over non-overlapping test windows."""
-    n = min(cfg.test_windows, (test.numel() - 1) // cfg.context)
-    windows = torch.stack([test[i * cfg.context: (i + 1) * cfg.context + 1] for i in range(n)])
+def perplexity_of(logits_of, windows: torch.Tensor) -> float:
+    """exp(mean next-byte cross-entropy) of ``logits_of(inputs (b, T)) -> (b, T, 256)`` over ``windows``."""
     total = 0.0
-    for i in range(0, n, 16):
+    for i in range(0, windows.shape[0], 16):
         w = windows[i: i + 16]
-        logits = simulate(adapter, quantizers, w[:, :-1], ranks).outputs
-        total += _lm_loss(logits, w[:, 1:]).item() * w.shape[0]
-    return math.exp(total / n)
+        total += _lm_loss(logits_of(w[:, :-1]), w[:, 1:]).item() * w.shape[0]
+    return math.exp(total / windows.shape[0])
+
+
+def perplexity(adapter, quantizers, test, cfg: KjvConfig, ranks: int) -> float:
+    """Test perplexity of the N-rank training simulation (no quantizers: the model itself)."""
+    return perplexity_of(lambda x: simulate(adapter, quantizers, x, ranks).outputs,
+                         test_windows(test, cfg.context, cfg.test_windows))
 
 
 def run(cfg: KjvConfig, command: str, progress: bool = True) -> list[dict]:
@@ -143,4 +152,8 @@ def run(cfg: KjvConfig, command: str, progress: bool = True) -> list[dict]:
                  desc=f"kjv: NAVQ fine-tune {v.name} G={v.groups}", progress=progress)
         rows.append(dict(row, ranks=cfg.ranks, groups=v.groups, variant=variant_name(v.name, cfg.quantize),
                          value=perplexity(adapter, quantizers, test, cfg, cfg.ranks)))
+        if v.name == "astra":  # the fine-tuned model and its codebooks, for the runtime (and the studies)
+            path = os.path.join(cfg.out, f"astra-G{v.groups}")
+            model.save_pretrained(path)
+            codebooks_of(quantizers).save(path)
     return rows
