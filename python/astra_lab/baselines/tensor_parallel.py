@@ -9,6 +9,11 @@ vocabulary-parallel (each rank computes V/N logits); a classifier head runs on
 rank 0. Outputs equal the unmodified model's. A gated MLP splits its gate
 columns with fc1's; per-head q/k norms and rotary positions apply per head,
 as on one device.
+
+``q80=True`` (``tp_int8``) sends the all-reduces' partial sums as 8-bit
+row-quantized blocks, as distributed-llama's Q80 sync does
+(:func:`~astra_lab.baselines.collectives.q80_quantize`): about a quarter of
+the fp32 volume, and outputs within its rounding of the model's.
 """
 from __future__ import annotations
 
@@ -75,10 +80,9 @@ def _shard(bw: BlockWeights, rank: int, n: int) -> _Shard:
 
 
 class TensorParallel:
-    name = "tp"
-
-    def __init__(self, model: torch.nn.Module, backend: str | None = None):
-        self.adapter, self.backend = adapt(model), backend
+    def __init__(self, model: torch.nn.Module, backend: str | None = None, q80: bool = False):
+        self.adapter, self.backend, self.q80 = adapt(model), backend, q80
+        self.name = "tp_int8" if q80 else "tp"
         self._shards: dict[tuple[int, int], list[_Shard]] = {}
 
     def check_ranks(self, n: int) -> None:
@@ -97,8 +101,15 @@ class TensorParallel:
         return self._shards[key]
 
     @torch.no_grad()
-    def run_rank(self, inputs: torch.Tensor, transport: Transport, *, timer: PhaseTimer | None = None):
-        """LM: this rank's vocabulary slice of the logits (B, T, V/N); classifier: logits on rank 0, None elsewhere."""
+    def run_rank(self, inputs: torch.Tensor, transport: Transport, *, timer: PhaseTimer | None = None,
+                 logits_to_keep: int | None = None):
+        """LM: this rank's vocabulary slice of the logits (B, T, V/N); classifier: logits on rank 0, None elsewhere.
+
+        ``logits_to_keep`` (LM): instead, the whole vocabulary's logits of the last n positions (B, n, V), from
+        this rank alone (every rank holds every position's hidden state; 0: none)."""
+        if logits_to_keep is not None and (self.adapter.class_tokens or logits_to_keep < 0):
+            raise ValueError(f"logits_to_keep={logits_to_keep}: a count >= 0 of per-token outputs, for models "
+                             "without a class token")
         timer = timer or PhaseTimer()
         a, rank, n = self.adapter, transport.rank, transport.world_size
         shards = self.shards(rank, n)
@@ -118,18 +129,20 @@ class TensorParallel:
                                     causal=a.causal, backend=self.backend)
                 partial = F.linear(B.merge_heads(o), sh.w_out)
             with timer("wait"):
-                attn = ring_allreduce(partial, transport, f"block{i}/attn")
+                attn = ring_allreduce(partial, transport, f"block{i}/attn", self.q80)
             with timer("local"):
                 attn = attn if bw.b_out is None else attn + bw.b_out
                 h = h + attn if bw.norm_first else bw.norm1(h + attn)
                 z2 = bw.norm2(h) if bw.norm_first else h
                 partial = sh.mlp(bw, z2)
             with timer("wait"):
-                mlp = ring_allreduce(partial, transport, f"block{i}/mlp")
+                mlp = ring_allreduce(partial, transport, f"block{i}/mlp", self.q80)
             with timer("local"):
                 mlp = mlp if bw.b_fc2 is None else mlp + bw.b_fc2
                 h = h + mlp if bw.norm_first else bw.norm2(h + mlp)
         with timer("head"):
             if a.class_tokens:
                 return a.class_outputs(h[:, 0]) if rank == 0 else None
+            if logits_to_keep is not None:
+                return a.token_outputs(h[:, max(0, h.shape[1] - logits_to_keep):])
             return a.token_outputs_slice(h, rank, n)
