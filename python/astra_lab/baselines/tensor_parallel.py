@@ -1,9 +1,10 @@
 """Megatron-style tensor parallelism: the baseline with two all-reduces per block.
 
-Every rank holds the whole sequence and 1/N of each block: H/N attention
-heads (column-parallel QKV, row-parallel output projection) and F/N MLP
-columns (column-parallel fc1, row-parallel fc2). The partial outputs of the
-attention and of the MLP are summed by a ring all-reduce each, which puts
+Every rank holds the whole sequence and about 1/N of each block: a
+near-equal share of the kv heads with their query heads (column-parallel
+QKV, row-parallel output projection; e.g. 2 and 1 of SmolLM2's 3 kv heads
+over 2 ranks) and of the MLP columns (column-parallel fc1, row-parallel
+fc2). The partial outputs of the attention and of the MLP are summed by a ring all-reduce each, which puts
 2 * 2 (N-1)/N * T * D values per block on each rank's link. The LM head is
 vocabulary-parallel (each rank computes V/N logits); a classifier head runs on
 rank 0. Outputs equal the unmodified model's. A gated MLP splits its gate
@@ -54,28 +55,33 @@ class _Shard:
         return F.linear(hidden, self.w_fc2)
 
 
+def _share(total: int, rank: int, n: int) -> range:
+    """Rank ``rank``'s near-equal share [r*total/n, (r+1)*total/n) of ``total`` heads or columns."""
+    return range(rank * total // n, (rank + 1) * total // n)
+
+
 def _shard(bw: BlockWeights, rank: int, n: int) -> _Shard:
-    d = bw.head_dim
-    h, hkv = bw.heads // n, bw.kv_heads // n
+    d, group = bw.head_dim, bw.heads // bw.kv_heads
+    kv = _share(bw.kv_heads, rank, n)  # whole GQA groups: each rank's query heads are those of its kv heads
     q0, k0, v0 = 0, bw.heads * d, (bw.heads + bw.kv_heads) * d
     rows = torch.cat([
-        torch.arange(q0 + rank * h * d, q0 + (rank + 1) * h * d),
-        torch.arange(k0 + rank * hkv * d, k0 + (rank + 1) * hkv * d),
-        torch.arange(v0 + rank * hkv * d, v0 + (rank + 1) * hkv * d),
+        torch.arange(q0 + kv.start * group * d, q0 + kv.stop * group * d),
+        torch.arange(k0 + kv.start * d, k0 + kv.stop * d),
+        torch.arange(v0 + kv.start * d, v0 + kv.stop * d),
     ]).to(bw.w_qkv.device)
-    f = bw.w_fc1.shape[0] // n
-    cols = slice(rank * f, (rank + 1) * f)
+    f = _share(bw.w_fc1.shape[0], rank, n)
+    cols = slice(f.start, f.stop)
     return _Shard(
         w_qkv=bw.w_qkv[rows],
         b_qkv=None if bw.b_qkv is None else bw.b_qkv[rows],
-        w_out=bw.w_out[:, rank * h * d : (rank + 1) * h * d].contiguous(),
+        w_out=bw.w_out[:, kv.start * group * d : kv.stop * group * d].contiguous(),
         w_fc1=bw.w_fc1[cols],
         b_fc1=None if bw.b_fc1 is None else bw.b_fc1[cols],
         w_fc2=bw.w_fc2[:, cols].contiguous(),
         w_gate=None if bw.w_gate is None else bw.w_gate[cols],
         b_gate=None if bw.b_gate is None else bw.b_gate[cols],
-        heads=h,
-        kv_heads=hkv,
+        heads=len(kv) * group,
+        kv_heads=len(kv),
     )
 
 
@@ -86,12 +92,10 @@ class TensorParallel:
         self._shards: dict[tuple[int, int], list[_Shard]] = {}
 
     def check_ranks(self, n: int) -> None:
-        """Raise ValueError unless every block splits over ``n`` ranks."""
+        """Raise ValueError unless every rank gets at least one kv head (with its query heads) of every block."""
         for bw in self.adapter.blocks:
-            f = bw.w_fc1.shape[0]
-            if bw.kv_heads % n or f % n:
-                raise ValueError(f"tensor parallelism over {n} ranks needs kv heads ({bw.kv_heads}) and MLP width "
-                                 f"({f}) divisible by {n}")
+            if bw.kv_heads < n:
+                raise ValueError(f"tensor parallelism over {n} ranks needs at least {n} kv heads, got {bw.kv_heads}")
 
     def shards(self, rank: int, n: int) -> list[_Shard]:
         key = (rank, n)

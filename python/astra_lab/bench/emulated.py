@@ -34,7 +34,6 @@ from ..emulation import Program, ReplayTransport, WireModel, capture, replay
 from . import methods as bench_methods
 from .config import BenchConfig
 from .rank import row_fields
-from .report import method_label
 
 
 def _time_single(single: bench_methods.SingleDevice, inputs) -> float:
@@ -65,7 +64,8 @@ def run_setting(cfg: BenchConfig, model, name: str, n: int, bandwidths: list[flo
     """Rows of every method (and the single device) at every bandwidth, for ``n`` emulated ranks."""
     inputs = models.example_inputs(model, cfg.tokens, 1, seed=cfg.seed)
     compared = bench_methods.build(model, methods, cfg.groups, books,
-                                   table_budget_bytes=int(cfg.table_budget_mib * 2**20), encode=cfg.encode)
+                                   table_budget_bytes=int(cfg.table_budget_mib * 2**20), encode=cfg.encode,
+                                   tokens=cfg.tokens)
     wire = wire_model(cfg)
     keep_freed_memory()
     print(f"[bench] {name}: {n} emulated ranks ({cfg.topology}), bandwidths {bandwidths} Mbps, methods {methods}",
@@ -83,6 +83,11 @@ def run_setting(cfg: BenchConfig, model, name: str, n: int, bandwidths: list[flo
         if affinity is not None:
             os.sched_setaffinity(0, affinity)
     del payloads
+    decoding = [None] * len(compared)
+    if bench_methods.first_token(model):  # decoding is on one device: not replayed, timed once per method
+        decoding = [m.decode_tokens_per_s(inputs) if method == "single" else
+                    bench_methods.astra_decode_tokens_per_s_simulated(m, inputs, n) if method == "astra" else None
+                    for method, _, m in compared]
 
     layers = len(models.adapt(model).blocks)
     rows = []
@@ -104,9 +109,8 @@ def run_setting(cfg: BenchConfig, model, name: str, n: int, bandwidths: list[flo
                 "model": name, "method": method, "ranks": 1 if method == "single" else n, "setting_ranks": n,
                 "groups": groups, "bandwidth_mbps": bw, "link": "emulated", "topology": cfg.topology,
                 "tokens": cfg.tokens, "layers": layers, **fields,
-                **({"remote_formulation": m.remote_formulations(inputs, n), "encoding": m.encode,
-                    "quantize": m.quantize}
-                   if method == "astra" else {}),
+                **bench_methods.row_fields(method, m, inputs, n),
+                **({} if decoding[i] is None else {"decode_tokens_per_s": decoding[i]}),
             })
     return rows
 
@@ -126,17 +130,18 @@ def _timed_rounds(cfg: BenchConfig, compared, inputs, n: int, payloads, desc: st
         once(i)
     bar = tqdm(total=len(compared), unit="method", desc=desc)
     runs, firsts = [], []
-    for i, (method, groups, _) in enumerate(compared):
-        bar.set_postfix_str(method_label(method, groups), refresh=False)
+    labels = [bench_methods.label(method, groups, m) for method, groups, m in compared]
+    for i in range(len(compared)):
+        bar.set_postfix_str(labels[i], refresh=False)
         result, seconds = once(i)
         runs.append([result])
         firsts.append(seconds)
         bar.update(1)
     counts = [max(1, min(cfg.repeat, int(cfg.point_budget_s // max(f, 1e-9)))) for f in firsts]
     for k in range(1, max(counts)):
-        for i, (method, groups, _) in enumerate(compared):
+        for i in range(len(compared)):
             if k < counts[i]:
-                bar.set_postfix_str(f"{method_label(method, groups)}, run {k + 1}/{counts[i]}")
+                bar.set_postfix_str(f"{labels[i]}, run {k + 1}/{counts[i]}")
                 runs[i].append(once(i)[0])
     bar.close()
     return runs
