@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-
 from runtime_helpers import hf_decoder
 
 import astra

@@ -83,9 +83,9 @@ class PipelineParallel:
         first, last = rank == 0, rank == n - 1
         cache = KVCache(tokens) if len(bounds) > 1 else None  # several chunks: a causal model, no class token
         dtype = mine[0].w_qkv.dtype
-        if not first:  # each chunk's receive is posted before the previous chunk is computed
-            transport.prepost({rank - 1: self._bytes(batch, bounds[0][1] - bounds[0][0] + extra[0])},
-                              f"stage{rank - 1}/chunk0")
+        if not first:  # every chunk's receive is posted up front: each can flow while this stage computes
+            for j, (start, stop) in enumerate(bounds):
+                transport.prepost({rank - 1: self._bytes(batch, stop - start + extra[j])}, f"stage{rank - 1}/chunk{j}")
         sends, outs = [], []
         for j, (start, stop) in enumerate(bounds):
             width = stop - start + extra[j]
@@ -96,11 +96,9 @@ class PipelineParallel:
                         h = torch.cat([a.class_token(batch).to(h.dtype), h], dim=1)
             else:
                 with timer("wait"):
-                    got = transport.exchange(torch.empty(0, dtype=torch.uint8), [], {rank - 1: self._bytes(batch, width)},
-                                             f"stage{rank - 1}/chunk{j}").wait()[rank - 1]
-                if j + 1 < len(bounds):
-                    nxt = bounds[j + 1]
-                    transport.prepost({rank - 1: self._bytes(batch, nxt[1] - nxt[0])}, f"stage{rank - 1}/chunk{j + 1}")
+                    got = transport.exchange(torch.empty(0, dtype=torch.uint8), [],
+                                             {rank - 1: self._bytes(batch, width)}, f"stage{rank - 1}/chunk{j}")
+                    got = got.wait()[rank - 1]
                 h = got.view(self.wire_dtype).reshape(batch, width, a.dim).to(dtype)
             with timer("local"):
                 rotation = a.rotary(torch.arange(start, stop))

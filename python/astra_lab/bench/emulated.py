@@ -16,6 +16,11 @@ spawned ranks), in four steps:
    (:func:`astra_lab.emulation.replay`); a method's row is its median run, as
    on the other links.
 
+A decoder LLM's runs end at the first generated token
+(:mod:`astra_lab.bench.methods`); ASTRA's and the single device's decoding
+rates are timed once, on the pinned core after the rounds: ASTRA's from the
+last rank's cache after the simulated prefill.
+
 A program does not depend on the link, so each run is timed once and replayed
 at every bandwidth, and the single device's runs serve every bandwidth. The
 memory held beyond the model is the captured payloads: one run's
@@ -77,17 +82,17 @@ def run_setting(cfg: BenchConfig, model, name: str, n: int, bandwidths: list[flo
 
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     pin_cores(0, cfg.threads)
+    decoding = [None] * len(compared)
     try:
         runs = _timed_rounds(cfg, compared, inputs, n, payloads, f"{name} N={n} emulated")
+        if bench_methods.first_token(model):  # decoding runs on one device: timed once per method, not replayed
+            decoding = [m.decode_tokens_per_s(inputs) if method == "single" else
+                        bench_methods.astra_decode_tokens_per_s_simulated(m, inputs, n) if method == "astra" else None
+                        for method, _, m in compared]
     finally:
         if affinity is not None:
             os.sched_setaffinity(0, affinity)
     del payloads
-    decoding = [None] * len(compared)
-    if bench_methods.first_token(model):  # decoding is on one device: not replayed, timed once per method
-        decoding = [m.decode_tokens_per_s(inputs) if method == "single" else
-                    bench_methods.astra_decode_tokens_per_s_simulated(m, inputs, n) if method == "astra" else None
-                    for method, _, m in compared]
 
     layers = len(models.adapt(model).blocks)
     rows = []

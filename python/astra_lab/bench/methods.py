@@ -73,6 +73,8 @@ class FirstToken:
         self.method = method
 
     def __getattr__(self, name):
+        if name == "method":  # not set yet (e.g. while copying): no recursion
+            raise AttributeError(name)
         return getattr(self.method, name)
 
     def run_rank(self, inputs, transport: Transport, *, timer: PhaseTimer | None = None):

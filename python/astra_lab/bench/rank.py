@@ -6,6 +6,8 @@ lockstep (barriers between runs); rank 0 changes the link rate, probes the
 achieved rate, and writes the rows. At each rate the methods' timed runs are
 interleaved (single, astra, ..., single, astra, ...), so a slow spell of the
 shared host hits every method's runs alike instead of one method's point.
+For a decoder LLM, after the sweep, ASTRA decodes on the last rank after a
+distributed prefill and the single device on rank 0, each timed once.
 """
 from __future__ import annotations
 
