@@ -76,6 +76,8 @@ def test_cli_bench_unknown_method_exits_2(tmp_path):
         (["--model", "bert"], "unknown model 'bert'"),
         (["--ranks", "1"], "nothing to compare"),
         (["--methods", "single"], "nothing to compare"),
+        (["--model", "llama", "--layers", "1", "--tokens", "16", "--methods", "pp"],
+         "pipeline parallelism over 2 ranks needs at least 2 blocks, got 1"),
     ],
 )
 def test_cli_bench_bad_input_exits_2_in_process(argv, match, tmp_path, capsys):
@@ -268,3 +270,27 @@ def test_astra_bench_llm_first_token_pp_and_tp_int8_on_sim_links(tmp_path):
     assert tp["bytes_sent_per_rank"] == [layers * 2 * 2 * q80_bytes(tokens * d // 2)] * 2
     md = (tmp_path / "b.md").read_text()
     assert f"| pp c={best['pp_chunks']} (best) |" in md and "| tp_int8 |" in md
+
+
+def test_llm_methods_end_at_the_models_first_token():
+    """Every bench method of a decoder LLM returns, on its last rank alone, the argmax of the model's last
+    logits (ASTRA with lossless codebooks, pp at every chunk count, tp_int8 within its rounding)."""
+    from runtime_helpers import exact_codebooks, hf_decoder, run_threads
+
+    from astra_lab.bench import methods as bench_methods
+
+    model = hf_decoder("llama", layers=4, dim=64, heads=4, kv_heads=2)
+    x = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(3))
+    want = model(x).logits[:, -1].argmax(-1, keepdim=True)
+    built = bench_methods.build(model, ["astra", "sp_fp16", "tp", "tp_int8", "pp"], [1],
+                                {"1": exact_codebooks(model, x)}, table_budget_bytes=0, encode="exact", tokens=24)
+    assert [bench_methods.label(*m) for m in built] == [
+        "single", "astra G=1", "sp_fp16", "tp", "tp_int8", "pp c=1", "pp c=2", "pp c=4", "pp c=8", "pp c=16"]
+    single = built[0][2]
+    assert torch.equal(single.forward(x), want) and single.decode_tokens_per_s(x, 3) > 0
+    for name, groups, method in built[1:]:
+        outs, _ = run_threads(method, x, 2)
+        assert outs[0] is None and torch.equal(outs[1], want), bench_methods.label(name, groups, method)
+        fields = bench_methods.row_fields(name, method, x, 2)
+        assert fields["latency_of"] == "first_token" and fields.get("pp_chunks") == getattr(method, "pp_chunks", None)
+    assert bench_methods.row_fields("single", single, x, 2) == {"latency_of": "first_token"}
