@@ -270,6 +270,9 @@ def test_astra_bench_llm_first_token_pp_and_tp_int8_on_sim_links(tmp_path):
     assert tp["bytes_sent_per_rank"] == [layers * 2 * 2 * q80_bytes(tokens * d // 2)] * 2
     md = (tmp_path / "b.md").read_text()
     assert f"| pp c={best['pp_chunks']} (best) |" in md and "| tp_int8 |" in md
+    decoding = {r["method"]: r["decode_tokens_per_s"] for r in rows if "decode_tokens_per_s" in r}
+    assert (f"Latency: time to the first generated token. Decoding after the prefill: astra G=1 "
+            f"{decoding['astra']:.1f} tokens/s, single {decoding['single']:.1f} tokens/s.") in md
 
 
 def test_llm_methods_end_at_the_models_first_token():

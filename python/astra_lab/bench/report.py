@@ -48,8 +48,9 @@ def _setting(row: dict) -> tuple:
 
 
 def markdown(rows: list[dict]) -> str:
-    """One table per (model, ranks, link), rows sorted by bandwidth then method; then, where the sweep ran
-    points on both netns and emulated links, a table of their latencies side by side."""
+    """One table per (model, ranks, link), rows sorted by bandwidth then method (for the decoder LLMs, timed to
+    the first token, followed by the decoding rates); then, where the sweep ran points on both netns and emulated
+    links, a table of their latencies side by side."""
     out = []
     groups = defaultdict(list)
     for r in rows:
@@ -75,6 +76,14 @@ def markdown(rows: list[dict]) -> str:
                 line += f" {r['achieved_mbps']:.2f} |" if "achieved_mbps" in r else " |"
             out.append(line)
         out.append("")
+        if any(r.get("latency_of") == "first_token" for r in items):
+            out.append("Latency: time to the first generated token.")
+            rates = {method_label(r["method"], r.get("groups")): r["decode_tokens_per_s"]
+                     for r in items if "decode_tokens_per_s" in r}
+            if rates:
+                out[-1] += " Decoding after the prefill: " + ", ".join(
+                    f"{label} {rate:.1f} tokens/s" for label, rate in sorted(rates.items())) + "."
+            out.append("")
     out += _validation(rows)
     return "\n".join(out)
 
