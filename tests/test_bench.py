@@ -294,6 +294,6 @@ def test_llm_methods_end_at_the_models_first_token():
     for name, groups, method in built[1:]:
         outs, _ = run_threads(method, x, 2)
         assert outs[0] is None and torch.equal(outs[1], want), bench_methods.label(name, groups, method)
-        fields = bench_methods.row_fields(name, method, x, 2)
+        fields = bench_methods.method_fields(name, method, x, 2)
         assert fields["latency_of"] == "first_token" and fields.get("pp_chunks") == getattr(method, "pp_chunks", None)
-    assert bench_methods.row_fields("single", single, x, 2) == {"latency_of": "first_token"}
+    assert bench_methods.method_fields("single", single, x, 2) == {"latency_of": "first_token"}

@@ -114,7 +114,7 @@ def run_setting(cfg: BenchConfig, model, name: str, n: int, bandwidths: list[flo
                 "model": name, "method": method, "ranks": 1 if method == "single" else n, "setting_ranks": n,
                 "groups": groups, "bandwidth_mbps": bw, "link": "emulated", "topology": cfg.topology,
                 "tokens": cfg.tokens, "layers": layers, **fields,
-                **bench_methods.row_fields(method, m, inputs, n),
+                **bench_methods.method_fields(method, m, inputs, n),
                 **({} if decoding[i] is None else {"decode_tokens_per_s": decoding[i]}),
             })
     return rows

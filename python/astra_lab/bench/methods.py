@@ -114,7 +114,7 @@ def label(name: str, groups: int | None, method) -> str:
     return method_label(name, groups, getattr(method, "pp_chunks", None))
 
 
-def row_fields(name: str, method, inputs: torch.Tensor, world: int) -> dict:
+def method_fields(name: str, method, inputs: torch.Tensor, world: int) -> dict:
     """The fields of a row that describe its method: ASTRA's formulations, encoding and quantization, ``pp``'s
     chunk count, and ``latency_of`` ("first_token") where the latency is the time to the first token."""
     fields = {}

@@ -197,7 +197,7 @@ def main(spec_path: str) -> None:
                     "ranks": 1 if name == "single" else transport.world_size, "setting_ranks": transport.world_size,
                     "groups": groups, "bandwidth_mbps": bw, "link": spec.link, "topology": spec.topology,
                     "tokens": spec.tokens, "layers": len(models.adapt(model).blocks), **row, **probe,
-                    **bench_methods.row_fields(name, method, inputs, transport.world_size),
+                    **bench_methods.method_fields(name, method, inputs, transport.world_size),
                 })
     decoding = _decode_rates(methods, inputs, transport) if bench_methods.first_token(model) else None
     if rank0:
