@@ -15,6 +15,7 @@ from bench_rows import synthetic_rows
 import astra_cli as cli
 import astra_kernels as ak
 from astra.transport import LoopbackHub
+from astra_lab.baselines.collectives import q80_bytes
 from astra_lab.bench import driver, report
 from astra_lab.bench.config import METHODS, BenchConfig
 
@@ -75,6 +76,8 @@ def test_cli_bench_unknown_method_exits_2(tmp_path):
         (["--model", "bert"], "unknown model 'bert'"),
         (["--ranks", "1"], "nothing to compare"),
         (["--methods", "single"], "nothing to compare"),
+        (["--model", "llama", "--layers", "1", "--tokens", "16", "--methods", "pp"],
+         "pipeline parallelism over 2 ranks needs at least 2 blocks, got 1"),
     ],
 )
 def test_cli_bench_bad_input_exits_2_in_process(argv, match, tmp_path, capsys):
@@ -231,3 +234,66 @@ def test_astra_bench_on_sim_links_end_to_end(tmp_path):
     png = (tmp_path / "b.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert not (tmp_path / "b_scaling.png").exists()  # one ranks value: nothing to scale
+
+
+@pytest.mark.slow
+def test_astra_bench_llm_first_token_pp_and_tp_int8_on_sim_links(tmp_path):
+    """``--model llama``: every method is timed to its first token, pp once per chunk count (the fastest marked),
+    tp_int8 splits SmolLM2's 3 kv heads over 2 ranks, and ASTRA and the single device report decoding rates."""
+    tokens, layers, d = 64, 2, 576  # smollm2-135m's width; one block per pipeline stage
+    out = tmp_path / "b.json"
+    cmd = [sys.executable, "-m", "astra", "bench", "--model", "llama", "--size", "smollm2-135m", "--layers",
+           str(layers), "--tokens", str(tokens), "--ranks", "2", "--bandwidth", "10", "--link", "sim",
+           "--methods", "astra,single,pp,tp_int8", "--groups", "1", "--codebook-size", "16", "--repeat", "1",
+           "--json", str(out)]
+    env = dict(ENV, ASTRA_CACHE=str(tmp_path / "cache"), TMPDIR=str(tmp_path))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    rows = json.loads(out.read_text())
+    assert [(r["method"], r.get("pp_chunks")) for r in rows] == [
+        ("single", None), ("astra", None), *(("pp", c) for c in (1, 2, 4, 8, 16)), ("tp_int8", None)]
+    for r in rows:
+        assert r["model"] == "llama-smollm2-135m" and r["layers"] == layers and r["bandwidth_mbps"] == 10.0
+        assert r["latency_of"] == "first_token" and r["latency_s"] > 0
+        assert ("decode_tokens_per_s" in r) == (r["method"] in ("single", "astra"))
+    assert all(r["decode_tokens_per_s"] > 0 for r in rows if "decode_tokens_per_s" in r)
+    pp = [r for r in rows if r["method"] == "pp"]
+    assert [r["pp_best"] for r in pp].count(True) == 1
+    best = next(r for r in pp if r["pp_best"])
+    assert best["latency_s"] == min(r["latency_s"] for r in pp)
+    for r in pp:  # stage 0 sends the prompt's fp16 hidden states once, whatever the chunk count
+        assert r["bytes_sent_per_rank"] == [tokens * d * 2, 0]
+        assert r["latency_s"] >= tokens * d * 2 * 8 / 10e6  # the sim link's wire time of those bytes
+    tp = next(r for r in rows if r["method"] == "tp_int8")
+    # two all-reduces per block, each one reduce-scatter and one all-gather step of half the (T, D) partial sums
+    assert tp["bytes_sent_per_rank"] == [layers * 2 * 2 * q80_bytes(tokens * d // 2)] * 2
+    md = (tmp_path / "b.md").read_text()
+    assert f"| pp c={best['pp_chunks']} (best) |" in md and "| tp_int8 |" in md
+    decoding = {r["method"]: r["decode_tokens_per_s"] for r in rows if "decode_tokens_per_s" in r}
+    assert (f"Latency: time to the first generated token. Decoding after the prefill: astra G=1 "
+            f"{decoding['astra']:.1f} tokens/s, single {decoding['single']:.1f} tokens/s.") in md
+
+
+def test_llm_methods_end_at_the_models_first_token():
+    """Every bench method of a decoder LLM returns, on its last rank alone, the argmax of the model's last
+    logits (ASTRA with lossless codebooks, pp at every chunk count, tp_int8 within its rounding)."""
+    from runtime_helpers import exact_codebooks, hf_decoder, run_threads
+
+    from astra_lab.bench import methods as bench_methods
+
+    model = hf_decoder("llama", layers=4, dim=64, heads=4, kv_heads=2)
+    x = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(3))
+    want = model(x).logits[:, -1].argmax(-1, keepdim=True)
+    built = bench_methods.build(model, ["astra", "sp_fp16", "tp", "tp_int8", "pp"], [1],
+                                {"1": exact_codebooks(model, x)}, table_budget_bytes=0, encode="exact", tokens=24)
+    assert [bench_methods.label(*m) for m in built] == [
+        "single", "astra G=1", "sp_fp16", "tp", "tp_int8", "pp c=1", "pp c=2", "pp c=4", "pp c=8", "pp c=16"]
+    single = built[0][2]
+    assert torch.equal(single.forward(x), want) and single.decode_tokens_per_s(x, 3) > 0
+    for name, groups, method in built[1:]:
+        outs, _ = run_threads(method, x, 2)
+        assert outs[0] is None and torch.equal(outs[1], want), bench_methods.label(name, groups, method)
+        fields = bench_methods.method_fields(name, method, x, 2)
+        assert fields["latency_of"] == "first_token" and fields.get("pp_chunks") == getattr(method, "pp_chunks", None)
+    assert bench_methods.method_fields("single", single, x, 2) == {"latency_of": "first_token"}

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from runtime_helpers import hf_decoder
 
 import astra
 import astra_kernels as ak
@@ -170,8 +171,37 @@ def test_emulated_run_setting_in_process():
         sent = [chunks[(r - s) % 4] for s in range(3)] + [chunks[(r - s + 1) % 4] for s in range(3)]
         assert tp[10.0]["bytes_sent_per_rank"][r] == 2 * 2 * sum(sent)
     assert tp[10.0]["latency_s"] > tp[100.0]["latency_s"]
-    assert [name for name, _, _ in bench_methods.build(model, ["single", "sp_fp16"], [], {}, table_budget_bytes=0,
-                                                       encode="exact")] == ["single", "sp_fp16"]
+    assert [name for name, _, _ in bench_methods.build(model, ["single", "sp_fp16", "pp"], [], {}, table_budget_bytes=0,
+                                                       encode="exact", tokens=24)] == ["single", "sp_fp16", "pp"]
+
+
+def test_emulated_llm_rows_time_the_first_token_and_try_every_pp_chunk_count():
+    """A decoder LLM: every method runs to its first token (latency_of), pp once per chunk count (pp_chunks), and
+    ASTRA and the single device report their decoding rate."""
+    model = hf_decoder("llama", layers=4, dim=64)
+    x = astra.models.example_inputs(model, 24, 1, seed=0)
+    books = {"1": astra.calibrate(model, [x], 8, 1, progress=False)}
+    methods = ["astra", "pp", "tp_int8"]
+    cfg = BenchConfig(tokens=24, ranks=[2], links=["emulated"], methods=methods, groups=[1], repeat=1,
+                      bandwidths=[1.0])
+    rows = emulated.run_setting(cfg, model, "llama-tiny", 2, [1.0], methods, books)
+    assert [(r["method"], r.get("pp_chunks")) for r in rows] == [
+        ("single", None), ("astra", None), *(("pp", c) for c in (1, 2, 4, 8, 16)), ("tp_int8", None)]
+    for r in rows:
+        assert r["latency_of"] == "first_token"
+        assert ("decode_tokens_per_s" in r) == (r["method"] in ("single", "astra"))
+        assert r.get("decode_tokens_per_s", 1.0) > 0
+    pp = {r["pp_chunks"]: r for r in rows if r["method"] == "pp"}
+    for r in pp.values():  # the whole prompt's fp16 hidden states, however it is cut
+        assert r["bytes_sent_per_rank"] == [24 * 64 * 2, 0]
+        assert r["latency_s"] >= 24 * 64 * 2 * 8 / 1e6  # no chunk count hides the transfer itself
+    report.mark_best_pp(rows)
+    best = [r for r in rows if r.get("pp_best")]
+    assert len(best) == 1 and best[0]["latency_s"] == min(r["latency_s"] for r in pp.values())
+    assert all(r["pp_best"] is False for r in pp.values() if r is not best[0])
+    assert "pp_best" not in rows[0]
+    md = report.markdown(rows)
+    assert f"| pp c={best[0]['pp_chunks']} (best) |" in md and "| pp c=16 |" in md.replace(" (best)", "")
 
 
 # --------------------------------------------------------------------------- reports

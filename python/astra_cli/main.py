@@ -134,7 +134,8 @@ def _csv(kind):
 
 
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
-    from astra_lab.bench.config import BenchConfig
+    from astra_lab.baselines.pipeline_parallel import PP_CHUNKS
+    from astra_lab.bench.config import METHODS, BenchConfig
 
     d = BenchConfig()
     p.add_argument("--model", type=_csv(str), default=d.models, help=",".join(models.FAMILIES))
@@ -147,7 +148,9 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--link", type=_csv(str), default=d.links,
                    help="sim,netns,real,emulated (emulated: each rank timed alone, the schedule replayed over "
                         "modelled links; any --ranks)")
-    p.add_argument("--methods", type=_csv(str), default=d.methods, help=",".join(d.methods))
+    p.add_argument("--methods", type=_csv(str), default=d.methods,
+                   help=f"{','.join(METHODS)} (default {','.join(d.methods)}; pp runs every chunk count of "
+                        f"{','.join(map(str, PP_CHUNKS))} up to --tokens)")
     p.add_argument("--groups", type=_csv(int), default=d.groups, help="ASTRA VQ groups G")
     p.add_argument("--codebook-size", type=int, default=d.codebook_size)
     p.add_argument("--quantize", choices=QUANTIZE, default=d.quantize, help=QUANTIZE_HELP)

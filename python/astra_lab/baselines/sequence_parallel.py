@@ -45,10 +45,15 @@ class SequenceParallel:
         return data.view(self.wire_dtype).reshape(shape).to(dtype)
 
     @torch.no_grad()
-    def run_rank(self, inputs: torch.Tensor, transport: Transport, *, timer: PhaseTimer | None = None):
-        """This rank's outputs: LM logits of its positions, class logits on rank 0 (None elsewhere)."""
+    def run_rank(self, inputs: torch.Tensor, transport: Transport, *, timer: PhaseTimer | None = None,
+                 logits_to_keep: int | None = None):
+        """This rank's outputs: LM logits of its positions (of its last ``logits_to_keep`` ones only, if given),
+        class logits on rank 0 (None elsewhere)."""
         timer = timer or PhaseTimer()
         a = self.adapter
+        if logits_to_keep is not None and (a.class_tokens or logits_to_keep < 0):
+            raise ValueError(f"logits_to_keep={logits_to_keep}: a count >= 0 of per-token outputs, for models "
+                             "without a class token")
         layout = Layout(a.num_tokens(inputs), transport.world_size, a.causal)
         rank = transport.rank
         dests, srcs = layout.destinations(rank), layout.sources(rank)
@@ -101,5 +106,5 @@ class SequenceParallel:
                 h = B.residual(bw, h, out)
         with timer("head"):
             if not a.class_tokens:
-                return a.token_outputs(h)
+                return a.token_outputs(h if logits_to_keep is None else h[:, max(0, h.shape[1] - logits_to_keep):])
             return a.class_outputs(h[:, 0]) if rank == 0 else None

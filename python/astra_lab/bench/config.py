@@ -8,7 +8,8 @@ import astra_kernels as ak
 from astra.codebooks import QUANTIZE
 from astra.engine import ENCODINGS
 
-METHODS = ("astra", "single", "sp_fp32", "sp_fp16", "kv_sp", "tp")
+METHODS = ("astra", "single", "sp_fp32", "sp_fp16", "kv_sp", "tp", "tp_int8", "pp")
+DEFAULT_METHODS = ("astra", "single", "sp_fp32", "sp_fp16", "kv_sp", "tp")  # without --methods
 BANDWIDTHS_MBPS = (10, 20, 50, 100, 500, 1000)
 LINKS = ("sim", "netns", "real", "emulated")  # emulated: astra_lab.bench.emulated
 
@@ -22,7 +23,7 @@ class BenchConfig:
     ranks: list[int] = field(default_factory=lambda: [2])
     bandwidths: list[float] = field(default_factory=lambda: list(BANDWIDTHS_MBPS))
     links: list[str] = field(default_factory=lambda: ["sim"])  # LINKS
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     groups: list[int] = field(default_factory=lambda: [1, 16, 32])
     codebook_size: int = 1024
     quantize: str = "input"  # astra.codebooks.QUANTIZE

@@ -27,6 +27,7 @@ from astra.calibrate import cached_calibration
 from astra.launch import SETUP_TIMEOUT_S, LaunchTimeout, free_port, wait_ranks
 
 from .. import baselines
+from ..baselines.pipeline_parallel import chunk_counts, stage_blocks
 from ..links import NetnsLink, require_netns
 from . import emulated, report
 from .config import BenchConfig, RankSpec
@@ -35,7 +36,8 @@ from .config import BenchConfig, RankSpec
 def _sweep_deadline_s(spec: RankSpec) -> float:
     """A backstop for the whole sweep of one setting, far above a healthy one: the setup, then per bandwidth and
     method (the single device included) its point budget plus the exchange timeout."""
-    methods = 1 + sum(len(spec.groups) if m == "astra" else 1 for m in spec.methods)
+    runs = {"astra": len(spec.groups), "pp": len(chunk_counts(spec.tokens, causal=True))}
+    methods = 1 + sum(runs.get(m, 1) for m in spec.methods)
     return SETUP_TIMEOUT_S + len(spec.bandwidths) * methods * (spec.point_budget_s + spec.timeout_s)
 
 
@@ -74,9 +76,11 @@ def run(cfg: BenchConfig) -> list[dict]:
             for size in cfg.sizes:
                 model = models.build(family, size, tokens=cfg.tokens, layers=cfg.layers, seed=cfg.seed)
                 name = f"{family}-{size}"
-                if "tp" in distributed:  # before any rank starts
-                    for n in (n for n in cfg.ranks if n > 1):
-                        baselines.build("tp", model).check_ranks(n)
+                for n in (n for n in cfg.ranks if n > 1):  # before any rank starts
+                    for tp in {"tp", "tp_int8"} & set(distributed):
+                        baselines.build(tp, model).check_ranks(n)
+                    if "pp" in distributed:
+                        stage_blocks(len(models.adapt(model).blocks), 0, n)
                 books, files = {}, {}
                 if "astra" in cfg.methods:
                     for g in cfg.groups:
@@ -96,6 +100,7 @@ def run(cfg: BenchConfig) -> list[dict]:
                             rows += _run_setting(cfg, family, size, n, link_mode, bws, distributed, files, work)
                 del model, books
     _speedups(rows)
+    report.mark_best_pp(rows)
     if "single" not in cfg.methods:
         rows = [r for r in rows if r["method"] != "single"]
     return rows

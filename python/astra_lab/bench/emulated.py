@@ -16,6 +16,11 @@ spawned ranks), in four steps:
    (:func:`astra_lab.emulation.replay`); a method's row is its median run, as
    on the other links.
 
+A decoder LLM's runs end at the first generated token
+(:mod:`astra_lab.bench.methods`); ASTRA's and the single device's decoding
+rates are timed once, on the pinned core after the rounds: ASTRA's from the
+last rank's cache after the simulated prefill.
+
 A program does not depend on the link, so each run is timed once and replayed
 at every bandwidth, and the single device's runs serve every bandwidth. The
 memory held beyond the model is the captured payloads: one run's
@@ -34,7 +39,6 @@ from ..emulation import Program, ReplayTransport, WireModel, capture, replay
 from . import methods as bench_methods
 from .config import BenchConfig
 from .rank import row_fields
-from .report import method_label
 
 
 def _time_single(single: bench_methods.SingleDevice, inputs) -> float:
@@ -66,7 +70,7 @@ def run_setting(cfg: BenchConfig, model, name: str, n: int, bandwidths: list[flo
     inputs = models.example_inputs(model, cfg.tokens, 1, seed=cfg.seed)
     compared = bench_methods.build(model, methods, cfg.groups, books,
                                    table_budget_bytes=int(cfg.table_budget_mib * 2**20), encode=cfg.encode,
-                                   exchange_parts=cfg.exchange_parts)
+                                   tokens=cfg.tokens, exchange_parts=cfg.exchange_parts)
     wire = wire_model(cfg)
     keep_freed_memory()
     print(f"[bench] {name}: {n} emulated ranks ({cfg.topology}), bandwidths {bandwidths} Mbps, methods {methods}",
@@ -78,8 +82,13 @@ def run_setting(cfg: BenchConfig, model, name: str, n: int, bandwidths: list[flo
 
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     pin_cores(0, cfg.threads)
+    decoding = [None] * len(compared)
     try:
         runs = _timed_rounds(cfg, compared, inputs, n, payloads, f"{name} N={n} emulated")
+        if bench_methods.first_token(model):  # decoding runs on one device: timed once per method, not replayed
+            decoding = [m.decode_tokens_per_s(inputs) if method == "single" else
+                        bench_methods.astra_decode_tokens_per_s_simulated(m, inputs, n) if method == "astra" else None
+                        for method, _, m in compared]
     finally:
         if affinity is not None:
             os.sched_setaffinity(0, affinity)
@@ -105,9 +114,8 @@ def run_setting(cfg: BenchConfig, model, name: str, n: int, bandwidths: list[flo
                 "model": name, "method": method, "ranks": 1 if method == "single" else n, "setting_ranks": n,
                 "groups": groups, "bandwidth_mbps": bw, "link": "emulated", "topology": cfg.topology,
                 "tokens": cfg.tokens, "layers": layers, **fields,
-                **({"remote_formulation": m.remote_formulations(inputs, n), "encoding": m.encode,
-                    "quantize": m.quantize, "exchange_parts": m.exchange_parts_for(1, m.layout(inputs, n))}
-                   if method == "astra" else {}),
+                **bench_methods.method_fields(method, m, inputs, n),
+                **({} if decoding[i] is None else {"decode_tokens_per_s": decoding[i]}),
             })
     return rows
 
@@ -127,17 +135,18 @@ def _timed_rounds(cfg: BenchConfig, compared, inputs, n: int, payloads, desc: st
         once(i)
     bar = tqdm(total=len(compared), unit="method", desc=desc)
     runs, firsts = [], []
-    for i, (method, groups, _) in enumerate(compared):
-        bar.set_postfix_str(method_label(method, groups), refresh=False)
+    labels = [bench_methods.label(method, groups, m) for method, groups, m in compared]
+    for i in range(len(compared)):
+        bar.set_postfix_str(labels[i], refresh=False)
         result, seconds = once(i)
         runs.append([result])
         firsts.append(seconds)
         bar.update(1)
     counts = [max(1, min(cfg.repeat, int(cfg.point_budget_s // max(f, 1e-9)))) for f in firsts]
     for k in range(1, max(counts)):
-        for i, (method, groups, _) in enumerate(compared):
+        for i in range(len(compared)):
             if k < counts[i]:
-                bar.set_postfix_str(f"{method_label(method, groups)}, run {k + 1}/{counts[i]}")
+                bar.set_postfix_str(f"{labels[i]}, run {k + 1}/{counts[i]}")
                 runs[i].append(once(i)[0])
     bar.close()
     return runs

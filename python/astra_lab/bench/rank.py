@@ -6,6 +6,8 @@ lockstep (barriers between runs); rank 0 changes the link rate, probes the
 achieved rate, and writes the rows. At each rate the methods' timed runs are
 interleaved (single, astra, ..., single, astra, ...), so a slow spell of the
 shared host hits every method's runs alike instead of one method's point.
+For a decoder LLM, after the sweep, ASTRA decodes on the last rank after a
+distributed prefill and the single device on rank 0, each timed once.
 """
 from __future__ import annotations
 
@@ -24,7 +26,6 @@ from astra.transport import Transport
 from ..links import NetnsLink, SimLinkTransport
 from . import methods as bench_methods
 from .config import RankSpec
-from .report import method_label
 
 PROBE_SECONDS = 0.5  # bulk transfer per netns rate probe, at the configured rate
 
@@ -113,24 +114,43 @@ def _measure_point(methods, inputs, transport: Transport, link: _Link, spec: Ran
     """Timed runs of every method at the current rate, interleaved: round r runs each method that still
     needs a run, so slow drifts of the machine hit all methods alike. Rank 0 returns one row per method.
     ``progress(what, done)`` names the run about to start (done 0), then counts each method's first run (1)."""
-    names = [f"{tag}/{name}/{groups}" for name, groups, _ in methods]
+    labels = [bench_methods.label(name, groups, m) for name, groups, m in methods]
+    names = [f"{tag}/{label}" for label in labels]
     runs = []
-    for n, (name, groups, m) in zip(names, methods):
-        progress(method_label(name, groups), 0)
+    for n, label, (_, _, m) in zip(names, labels, methods):
+        progress(label, 0)
         runs.append([_run_once(m, inputs, transport, link, f"{n}/0")])
-        progress(method_label(name, groups), 1)
+        progress(label, 1)
     # Every rank must agree on the number of runs: decide from the slowest rank's first runs.
     firsts = [max(col) for col in zip(*transport.gather_json([r[0]["latency"] for r in runs], f"{tag}/first"))]
     counts = [max(1, min(spec.repeat, int(spec.point_budget_s // max(f, 1e-9)))) for f in firsts]
     for i in range(1, max(counts)):
-        for n, (name, groups, m), mine, count in zip(names, methods, runs, counts):
+        for n, label, (_, _, m), mine, count in zip(names, labels, methods, runs, counts):
             if i < count:
-                progress(f"{method_label(name, groups)}, run {i + 1}/{count}", 0)
+                progress(f"{label}, run {i + 1}/{count}", 0)
                 mine.append(_run_once(m, inputs, transport, link, f"{n}/{i}"))
     everyone = transport.gather_json(runs, f"{tag}/report")
     if transport.rank != 0:
         return None
     return [row_fields(mine, [e[j] for e in everyone]) for j, mine in enumerate(runs)]
+
+
+def _decode_rates(methods, inputs, transport: Transport) -> list[float | None] | None:
+    """Rank 0: per method, the decoding rate after its prefill (ASTRA on the last rank, the single device on
+    rank 0), None for the other methods; None on the other ranks."""
+    rates = []
+    for name, groups, m in methods:
+        rate = None
+        if name == "astra":
+            rate = bench_methods.astra_decode_tokens_per_s(m, inputs, transport)
+        elif name == "single" and transport.rank == 0:
+            rate = m.decode_tokens_per_s(inputs)
+        rates.append(rate)
+        transport.barrier(f"decode/{bench_methods.label(name, groups, m)}")
+    everyone = transport.gather_json(rates, "decode/report")
+    if transport.rank != 0:
+        return None
+    return [next((e[i] for e in everyone if e[i] is not None), None) for i in range(len(methods))]
 
 
 def main(spec_path: str) -> None:
@@ -146,7 +166,7 @@ def main(spec_path: str) -> None:
     model = models.build(spec.model, spec.size, tokens=spec.tokens, layers=spec.layers, seed=spec.seed)
     inputs = models.example_inputs(model, spec.tokens, 1, seed=spec.seed)
     methods = bench_methods.build(model, spec.methods, spec.groups, spec.codebooks,
-                                  table_budget_bytes=spec.table_budget_bytes, encode=spec.encode,
+                                  table_budget_bytes=spec.table_budget_bytes, encode=spec.encode, tokens=spec.tokens,
                                   exchange_parts=spec.exchange_parts)
     rank0 = transport.rank == 0
 
@@ -178,13 +198,15 @@ def main(spec_path: str) -> None:
                     "ranks": 1 if name == "single" else transport.world_size, "setting_ranks": transport.world_size,
                     "groups": groups, "bandwidth_mbps": bw, "link": spec.link, "topology": spec.topology,
                     "tokens": spec.tokens, "layers": len(models.adapt(model).blocks), **row, **probe,
-                    **({"remote_formulation": method.remote_formulations(inputs, transport.world_size),
-                        "encoding": method.encode, "quantize": method.quantize,
-                        "exchange_parts": method.exchange_parts_for(1, method.layout(inputs, transport.world_size))}
-                       if name == "astra" else {}),
+                    **bench_methods.method_fields(name, method, inputs, transport.world_size),
                 })
+    decoding = _decode_rates(methods, inputs, transport) if bench_methods.first_token(model) else None
     if rank0:
         bar.close()
+        if decoding is not None:
+            for row, rate in zip(rows, decoding * len(spec.bandwidths)):
+                if rate is not None:
+                    row["decode_tokens_per_s"] = rate
         with open(spec.rows_path, "w") as f:
             json.dump(rows, f, indent=1)
     transport.close()

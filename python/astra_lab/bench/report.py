@@ -7,16 +7,39 @@ from collections import defaultdict
 from astra._optional import require
 
 
-def method_label(method: str, groups: int | None) -> str:
-    """``astra G=32``, ``single``."""
+def method_label(method: str, groups: int | None, pp_chunks: int | None = None) -> str:
+    """``astra G=32``, ``pp c=4``, ``single``."""
+    if pp_chunks is not None:
+        return f"{method} c={pp_chunks}"
     return method if groups is None else f"{method} G={groups}"
 
 
 def _label(row: dict) -> str:
-    label = method_label(row["method"], row.get("groups"))
+    label = method_label(row["method"], row.get("groups"), row.get("pp_chunks"))
     notes = ["/".join(row["remote_formulation"])] if row.get("remote_formulation") else []
     notes += [f"{row['encoding']} encode"] if row.get("encoding") else []
+    notes += ["best"] if row.get("pp_best") else []
     return label + (f" ({', '.join(notes)})" if notes else "")
+
+
+def _plot_label(row: dict) -> str | None:
+    """A row's line in the latency plot: ``pp`` is drawn at its best chunk count of each bandwidth (None: the
+    row is not drawn)."""
+    if row.get("pp_chunks") is not None:
+        return "pp (best chunk count)" if row.get("pp_best") else None
+    return _label(row)
+
+
+def mark_best_pp(rows: list[dict]) -> None:
+    """``pp_best`` of every ``pp`` row: whether its chunk count is the fastest of its setting and bandwidth."""
+    best: dict[tuple, float] = {}
+    for r in rows:
+        if r.get("pp_chunks") is not None:
+            key = (*_setting(r), r["bandwidth_mbps"])
+            best[key] = min(best.get(key, float("inf")), r["latency_s"])
+    for r in rows:
+        if r.get("pp_chunks") is not None:
+            r["pp_best"] = r["latency_s"] == best[(*_setting(r), r["bandwidth_mbps"])]
 
 
 def _setting(row: dict) -> tuple:
@@ -25,8 +48,9 @@ def _setting(row: dict) -> tuple:
 
 
 def markdown(rows: list[dict]) -> str:
-    """One table per (model, ranks, link), rows sorted by bandwidth then method; then, where the sweep ran
-    points on both netns and emulated links, a table of their latencies side by side."""
+    """One table per (model, ranks, link), rows sorted by bandwidth then method (for the decoder LLMs, timed to
+    the first token, followed by the decoding rates); then, where the sweep ran points on both netns and emulated
+    links, a table of their latencies side by side."""
     out = []
     groups = defaultdict(list)
     for r in rows:
@@ -41,7 +65,8 @@ def markdown(rows: list[dict]) -> str:
             head += " achieved L2 (Mbps) |"
             sep += "---:|"
         out += [head, sep]
-        items.sort(key=lambda r: (r["bandwidth_mbps"] or math.inf, _label(r)))
+        items.sort(key=lambda r: (r["bandwidth_mbps"] or math.inf, r["method"], r.get("groups") or 0,
+                                  r.get("pp_chunks") or 0, _label(r)))
         for r in items:
             bw = "unshaped" if r["bandwidth_mbps"] is None else f"{r['bandwidth_mbps']:g}"
             line = (f"| {bw} | {_label(r)} | {r['latency_s']:.3f} | {r.get('speedup_vs_single', float('nan')):.2f}x | "
@@ -51,6 +76,14 @@ def markdown(rows: list[dict]) -> str:
                 line += f" {r['achieved_mbps']:.2f} |" if "achieved_mbps" in r else " |"
             out.append(line)
         out.append("")
+        if any(r.get("latency_of") == "first_token" for r in items):
+            out.append("Latency: time to the first generated token.")
+            rates = {method_label(r["method"], r.get("groups")): r["decode_tokens_per_s"]
+                     for r in items if "decode_tokens_per_s" in r}
+            if rates:
+                out[-1] += " Decoding after the prefill: " + ", ".join(
+                    f"{label} {rate:.1f} tokens/s" for label, rate in sorted(rates.items())) + "."
+            out.append("")
     out += _validation(rows)
     return "\n".join(out)
 
@@ -72,8 +105,8 @@ def plot(rows: list[dict], path: str) -> str:
         model, n, link, topo = setting
         lines = defaultdict(list)
         for r in measured:
-            if _setting(r) == setting:
-                lines[_label(r)].append((r["bandwidth_mbps"], r["latency_s"]))
+            if _setting(r) == setting and _plot_label(r) is not None:
+                lines[_plot_label(r)].append((r["bandwidth_mbps"], r["latency_s"]))
         for label, pts in sorted(lines.items()):
             pts.sort()
             style = "-" if label.startswith("astra") else ("--" if label == "single" else ":")
@@ -81,7 +114,8 @@ def plot(rows: list[dict], path: str) -> str:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("link bandwidth (Mbps)")
-        ax.set_ylabel("latency per inference (s)")
+        first = all(r.get("latency_of") == "first_token" for r in measured if _setting(r) == setting)
+        ax.set_ylabel("time to first token (s)" if first else "latency per inference (s)")
         ax.set_title(f"{model}, {n} ranks, {link} link ({topo})")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
@@ -97,7 +131,7 @@ def _validation(rows: list[dict]) -> list[str]:
     """Emulated vs measured (netns) latency of every point that both links of the sweep ran."""
     def key(r):
         return (r["model"], r.get("setting_ranks", r["ranks"]), r.get("topology", "star"),
-                method_label(r["method"], r.get("groups")), r["bandwidth_mbps"])
+                method_label(r["method"], r.get("groups"), r.get("pp_chunks")), r["bandwidth_mbps"])
 
     measured = {key(r): r for r in rows if r["link"] == "netns"}
     pairs = [(measured[key(r)], r) for r in rows if r["link"] == "emulated" and key(r) in measured]
@@ -150,7 +184,8 @@ def scaling_plot(rows: list[dict], path: str) -> str:
         model, link, topo, bw = k
         lines = defaultdict(dict)
         for r in panels[k]:
-            lines[_label(r)][r["ranks"]] = r["speedup_vs_single"]
+            if _plot_label(r) is not None:
+                lines[_plot_label(r)][r["ranks"]] = r["speedup_vs_single"]
         top = max(n for pts in lines.values() for n in pts)
         ax.plot([1, top], [1, top], color="0.6", linestyle="--", label="ideal (N)")
         for label, pts in sorted(lines.items()):
