@@ -6,7 +6,7 @@ from runtime_helpers import hf_decoder, hf_vit, run_threads
 
 from astra_lab import baselines
 from astra_lab.baselines.collectives import Q80_BLOCK, q80_bytes, q80_dequantize, q80_quantize, ring_allreduce
-from astra_lab.baselines.pipeline_parallel import PipelineParallel, chunk_bounds, chunk_counts, stage_blocks
+from astra_lab.baselines.pipeline_parallel import PipelineParallel, chunk_counts, stage_blocks
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,6 @@ def test_layer_split_is_even_to_one_block():
     assert [b for r in range(7) for b in stage_blocks(30, r, 7)] == list(range(30))
     with pytest.raises(ValueError, match="over 3 ranks needs at least 3 blocks, got 2"):
         stage_blocks(2, 0, 3)
-    assert chunk_bounds(23, 3) == [(0, 7), (7, 15), (15, 23)]
     assert chunk_counts(1024, causal=True) == [1, 2, 4, 8, 16]
     assert chunk_counts(5, causal=True) == [1, 2, 4] and chunk_counts(1024, causal=False) == [1]
 

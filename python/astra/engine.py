@@ -25,25 +25,13 @@ import astra_kernels as ak
 from . import block as B
 from .codebooks import Codebooks, check_quantize
 from .models import adapt
-from .partition import Layout
+from .partition import Layout, part_bounds
 from .remote import RemotePlan
 from .transport import Transport
 
 ENCODINGS = ("auto", "exact", "int8")
 MAX_EXCHANGE_PARTS = 4  # past this the MLP's parts get too small to run at full speed
 MIN_PART_BYTES = 1024  # a part's 32-byte frame header stays near 3 % of it
-
-
-def part_bounds(tokens: int, parts: int) -> list[tuple[int, int]]:
-    """``tokens`` split into ``parts`` contiguous [start, stop) ranges, the first ``tokens % parts`` one longer
-    (some empty when tokens < parts)."""
-    base, extra = divmod(tokens, parts)
-    bounds, start = [], 0
-    for j in range(parts):
-        stop = start + base + (j < extra)
-        bounds.append((start, stop))
-        start = stop
-    return bounds
 
 
 def _output_parts(bw: B.BlockWeights, h: torch.Tensor, out: torch.Tensor, rows_of_parts: list[slice],

@@ -43,3 +43,15 @@ class Layout:
         """Ranks that need ``rank``'s codes."""
         peers = range(rank + 1, self.world_size) if self.causal else range(self.world_size)
         return [r for r in peers if r != rank]
+
+
+def part_bounds(tokens: int, parts: int) -> list[tuple[int, int]]:
+    """``tokens`` split into ``parts`` contiguous [start, stop) ranges, the first ``tokens % parts`` one longer
+    (some empty when tokens < parts)."""
+    base, extra = divmod(tokens, parts)
+    bounds, start = [], 0
+    for j in range(parts):
+        stop = start + base + (j < extra)
+        bounds.append((start, stop))
+        start = stop
+    return bounds

@@ -22,6 +22,7 @@ import torch
 import astra_kernels as ak
 from astra import block as B
 from astra.engine import KVCache, PhaseTimer
+from astra.partition import part_bounds
 from astra.models import adapt
 from astra.transport import Transport
 
@@ -33,11 +34,6 @@ def stage_blocks(layers: int, rank: int, world: int) -> range:
     if layers < world:
         raise ValueError(f"pipeline parallelism over {world} ranks needs at least {world} blocks, got {layers}")
     return range(rank * layers // world, (rank + 1) * layers // world)
-
-
-def chunk_bounds(tokens: int, chunks: int) -> list[tuple[int, int]]:
-    """[start, stop) of each of ``chunks`` near-equal pieces of [0, tokens)."""
-    return [(j * tokens // chunks, (j + 1) * tokens // chunks) for j in range(chunks)]
 
 
 def chunk_counts(tokens: int, causal: bool) -> list[int]:
@@ -78,7 +74,7 @@ class PipelineParallel:
         blocks = a.blocks
         mine = [blocks[i] for i in stage_blocks(len(blocks), rank, n)]
         tokens, batch = a.num_tokens(inputs), inputs.shape[0]
-        bounds = chunk_bounds(tokens, min(self.pp_chunks, tokens))
+        bounds = part_bounds(tokens, min(self.pp_chunks, tokens))
         extra = [a.class_tokens if j == 0 else 0 for j in range(len(bounds))]  # class tokens travel with chunk 0
         first, last = rank == 0, rank == n - 1
         cache = KVCache(tokens) if len(bounds) > 1 else None  # several chunks: a causal model, no class token
