@@ -8,8 +8,8 @@ from runtime_helpers import hf_decoder, hf_vit, run_threads, tiny_classifier, ti
 import astra
 import astra_kernels as ak
 from astra.engine import MAX_EXCHANGE_PARTS, MIN_PART_BYTES
-from astra.partition import part_bounds
 from astra.models import example_inputs
+from astra.partition import part_bounds
 
 
 def _inputs(model, tokens=23, batch=2):

@@ -22,8 +22,8 @@ import torch
 import astra_kernels as ak
 from astra import block as B
 from astra.engine import KVCache, PhaseTimer
-from astra.partition import part_bounds
 from astra.models import adapt
+from astra.partition import part_bounds
 from astra.transport import Transport
 
 PP_CHUNKS = (1, 2, 4, 8, 16)  # the chunk counts the bench tries
