@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 VQ_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CODE_DTYPES = (torch.int16, torch.int32, torch.int64, torch.uint8)
@@ -96,8 +97,8 @@ def codes_input(name: str, codes) -> None:
 def codes_in_range(name: str, codes: torch.Tensor, upper: int, what: str) -> None:
     """All values in [0, upper); reads the tensor's min and max (one sync on GPU). Runs inside the ops'
     implementations, where a compiled graph still executes it (an opaque custom op)."""
-    if codes.numel() == 0:
-        return
+    if codes.numel() == 0 or is_fake(codes):
+        return  # fake tensors (tracing a graph, e.g. its backward) hold no values: the op checks them when it runs
     lo, hi = torch.aminmax(codes)
     lo, hi = int(lo), int(hi)
     if lo < 0 or hi >= upper:
