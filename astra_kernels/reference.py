@@ -250,7 +250,8 @@ def mixed_precision_attention(
     values = torch.cat([v_rem, v_local.to(acc)], dim=2).repeat_interleave(h // hkv, dim=1)
     scores = torch.einsum("bhqd,bhkd->bhqk", q.to(acc), keys) * scale
     bias = torch.cat([rem_bias, torch.zeros(b, tl, dtype=acc, device=q.device)], dim=1)  # (B, Tr'+Tl)
-    scores = scores + bias[:, None, None, :]
+    # unused codewords (bias log 0) are no keys: -inf even where q . k is NaN, as kernels skip them
+    scores = (scores + bias[:, None, None, :]).masked_fill(bias.isneginf()[:, None, None, :], float("-inf"))
     if causal and tl > 0:
         i = torch.arange(tq, device=q.device).unsqueeze(1)
         j = torch.arange(tl, device=q.device).unsqueeze(0)
