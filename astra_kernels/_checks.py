@@ -179,7 +179,7 @@ def attention_scale(scale, head_dim: int) -> float:
     if scale is None:
         return head_dim**-0.5
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+        raise TypeError(f"scale must be a number, got {type(scale).__name__}")
     if not (math.isfinite(scale) and scale > 0):
         # printf's %g, as the C++ checks print it
         raise ValueError(f"scale must be a positive finite number, got {float(scale):g}")

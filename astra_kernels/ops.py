@@ -100,7 +100,7 @@ def vq_decode(codes: torch.Tensor, codebooks: torch.Tensor, *, backend: str | No
 
     Differentiable with respect to ``codebooks``.
     """
-    g, k, dg = _checks.codebooks(codebooks)
+    g, _, dg = _checks.codebooks(codebooks)
     _checks.codes_input("codes", codes)
     if codes.dim() < 1 or codes.shape[-1] != g:
         raise ValueError(f"codes must have shape (..., G={g}), got {tuple(codes.shape)}")

@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
+from test_op_checks import BAD_OP_INPUTS
 
 import astra_kernels as ak
 from astra_kernels import backends, reference
-
-from test_op_checks import BAD_OP_INPUTS
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA_BACKENDS = ak.available_backends("cuda") if torch.cuda.is_available() else []

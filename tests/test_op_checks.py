@@ -6,11 +6,10 @@ import re
 
 import pytest
 import torch
+from conftest import is_interpreted
 
 import astra_kernels as ak
 from astra_kernels import backends
-
-from conftest import is_interpreted
 
 CPU_BACKENDS = ak.available_backends("cpu")
 CB = torch.randn(4, 16, 8)
@@ -95,6 +94,9 @@ def test_public_api_rejects_scale_head_dim_and_kv_heads(backend):
             ak.attention(q, k, k, scale=scale, backend=backend)
         with pytest.raises(ValueError, match="scale must be a positive finite number"):
             ak.attention(q, k, k, scale=scale, prior=(q.clone(), torch.zeros(1, 2, 3)), backend=backend)
+    for scale in ("0.5", True):
+        with pytest.raises(TypeError, match="scale must be a number"):
+            ak.attention(q, k, k, scale=scale, backend=backend)
     empty_d = torch.randn(1, 2, 3, 0)
     with pytest.raises(ValueError, match="head dim d=0 must be at least 1"):
         ak.attention(empty_d, empty_d[:, :1], empty_d[:, :1], backend=backend)

@@ -3,13 +3,12 @@ reference: random shapes (empty and odd ones), K = 2..65536, G up to 64, D/G = 1
 codewords (the lowest index wins), NaN/Inf inputs and non-contiguous inputs."""
 import pytest
 import torch
+from conftest import is_interpreted
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import astra_kernels as ak
 from astra_kernels import reference
-
-from conftest import is_interpreted
 
 BACKENDS = ak.available_backends("cpu")
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -43,7 +42,7 @@ def vq_problem(draw, max_rows=40):
 
 def _true_scores(x: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
     """(N, G, K) squared distances in float64."""
-    g, k, dg = cb.shape
+    g, _, dg = cb.shape
     xg = x.double().reshape(-1, g, 1, dg)
     return ((xg - cb.double().unsqueeze(0)) ** 2).sum(-1)
 
@@ -85,7 +84,7 @@ def test_vq_encode_finds_the_nearest_codeword_lowest_index_first(problem):
 def test_vq_encode_int8_stays_within_its_bound(problem):
     """The int8 estimates' code: the reference's, up to fp32 rounding of the estimates; exact sqdist."""
     x, cb = problem
-    n, (g, k, dg) = x.shape[0], cb.shape
+    n, (g, _, dg) = x.shape[0], cb.shape
     for backend in [b for b in BACKENDS if b in ("reference", "cpu")]:
         codes, sqdist = ak.vq_encode_int8(x, cb, backend=backend)
         assert codes.shape == (n, g)
