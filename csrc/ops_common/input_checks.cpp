@@ -98,8 +98,8 @@ void unpack_op(const at::Tensor& packed, int64_t nbits, int64_t count) {
   TORCH_CHECK_VALUE(packed.dim() == 1, "packed must be 1-D, got shape ", shape_repr(packed.sizes()));
   TORCH_CHECK_VALUE(count >= 0, "count must be >= 0, got ", count);
   const int64_t expected = (count * nbits + 7) / 8;
-  TORCH_CHECK_VALUE(packed.numel() == expected, "packed has ", packed.numel(), " bytes but ", count, " codes of ", nbits,
-                    " bits need exactly ", expected);
+  TORCH_CHECK_VALUE(packed.numel() == expected, "packed has ", packed.numel(), " bytes but ", count, " codes of ",
+                    nbits, " bits need exactly ", expected);
 }
 
 void attention_scale(double scale) {
