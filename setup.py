@@ -64,7 +64,8 @@ def get_extensions():
     extensions = [
         cpp_extension.CppExtension(
             "astra_kernels._C",
-            _sources("csrc/bindings/cpu_module.cpp") + _sources("csrc/cpu/*.cpp") + _sources("csrc/core/*.cpp"),
+            _sources("csrc/bindings/cpu_module.cpp") + _sources("csrc/cpu/*.cpp") + _sources("csrc/core/*.cpp")
+            + _sources("csrc/ops_common/*.cpp"),
             include_dirs=include,
             extra_compile_args={"cxx": cxx},
             extra_link_args=["-fopenmp"],
@@ -75,7 +76,8 @@ def get_extensions():
         extensions.append(
             cpp_extension.CUDAExtension(
                 "astra_kernels._C_cuda",
-                _sources("csrc/bindings/cuda_module.cpp") + _sources("csrc/cuda_ops/*.cpp") + _sources("csrc/cuda/*.cu"),
+                _sources("csrc/bindings/cuda_module.cpp") + _sources("csrc/cuda_ops/*.cpp") + _sources("csrc/cuda/*.cu")
+                + _sources("csrc/ops_common/*.cpp"),
                 include_dirs=include,
                 extra_compile_args={"cxx": opt + ["-std=c++17"], "nvcc": opt[:1] + ["-std=c++17", "-lineinfo"]},
             )

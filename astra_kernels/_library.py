@@ -13,8 +13,11 @@ string is a graph constant, so ``torch.compile`` / ``torch.export`` see one
 opaque node, shaped by its fake kernel. Gradients are vector-Jacobian
 products of the pure-torch reference, whichever backend ran forward.
 
-Inputs arrive validated and flattened by :mod:`astra_kernels.ops`; a direct
-``torch.ops.astra.*`` call skips those checks.
+Inputs arrive validated and flattened by :mod:`astra_kernels.ops`. A direct
+``torch.ops.astra.*`` call skips its dtype and device checks, not the ones
+each backend runs itself (shapes, codes in range where they index memory, a
+positive finite scale: :mod:`astra_kernels._checks`), which also run inside a
+compiled graph.
 
     torch.ops.astra.vq_encode(x, codebooks)                    # fastest backend for x.device
     torch.ops.astra.vq_encode(x, codebooks, backend="triton")  # that backend, or BackendUnavailable

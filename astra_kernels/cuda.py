@@ -2,7 +2,8 @@
 behind a torch-free C ABI, ATen glue in ``csrc/cuda_ops``).
 
 Implements the backend contract of :mod:`astra_kernels.reference` for CUDA
-tensors; inputs arrive validated and flattened by :mod:`astra_kernels.ops`.
+tensors; inputs arrive validated and flattened by :mod:`astra_kernels.ops`, and the extension
+checks shapes, codes and scale again (``csrc/ops_common/input_checks.h``, the same messages).
 Kernels run on the current stream of the inputs' device, and every output is
 a fresh tensor. Importing this module raises ImportError when the extension
 was not built (CPU-only torch, no nvcc, or ``ASTRA_BUILD_CUDA=0``).

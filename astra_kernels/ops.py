@@ -100,15 +100,14 @@ def vq_decode(codes: torch.Tensor, codebooks: torch.Tensor, *, backend: str | No
 
     Differentiable with respect to ``codebooks``.
     """
-    g, k, dg = _checks.codebooks(codebooks)
+    g, _, dg = _checks.codebooks(codebooks)
     _checks.codes_input("codes", codes)
     if codes.dim() < 1 or codes.shape[-1] != g:
         raise ValueError(f"codes must have shape (..., G={g}), got {tuple(codes.shape)}")
     _checks.same_device(codes=codes, codebooks=codebooks)
-    _checks.codes_in_range("codes", codes, k, f"codebook size K={k}")
     name = backends.resolve(backend, codes.device, "vq_decode")
     lead = codes.shape[:-1]
-    flat = codes.reshape(-1, g).to(torch.int32).contiguous()
+    flat = _checks.as_int32_codes(codes.reshape(-1, g)).contiguous()  # the op checks the range
     if flat.shape[0] == 0:
         return codebooks.new_empty((*lead, g * dg))
     return _library.vq_decode(flat, codebooks, backend=name).reshape(*lead, g * dg)
@@ -121,9 +120,8 @@ def pack_codes(codes: torch.Tensor, bits: int, *, backend: str | None = None) ->
     """
     _checks.codes_input("codes", codes)
     bits = _checks.bits(bits)
-    _checks.codes_in_range("codes", codes, 1 << bits, f"not representable in bits={bits}")
     name = backends.resolve(backend, codes.device, "pack_codes")
-    flat = codes.reshape(-1).to(torch.int32).contiguous()
+    flat = _checks.as_int32_codes(codes.reshape(-1)).contiguous()  # the op checks the range
     if flat.numel() == 0:
         return codes.new_empty((0,), dtype=torch.uint8)
     return _library.pack_codes(flat, bits, backend=name)
@@ -206,7 +204,7 @@ def mixed_precision_attention(
         raise ValueError(f"formulation must be 'tokens', 'codewords' or None, got {formulation!r}")
     if formulation == "codewords" and sizes["groups"] != 1:
         raise ValueError(f"the codewords formulation needs G = 1 (one codebook), got G={sizes['groups']}")
-    codes = remote_codes.to(torch.int32).contiguous()
+    codes = _checks.as_int32_codes(remote_codes).contiguous()  # the op checks the range
     return _library.mixed_precision_attention(
         q, k_local, v_local, codes, k_table, v_table, k_bias, v_bias, bool(causal), float(scale), formulation,
         backend=name,
@@ -258,19 +256,7 @@ def _attention_after(q, k, v, prior, causal, scale, backend):
     if not isinstance(prior, (tuple, list)) or len(prior) != 2:
         raise TypeError("prior must be a tuple (out, lse)")
     prior_out, prior_lse = prior
-    _checks.tensor("prior out", prior_out)
-    _checks.tensor("prior lse", prior_lse)
-    _checks.tensor("v", v)
-    if q.dim() != 4 or prior_out.shape != q.shape or prior_out.dtype != q.dtype:
-        raise ValueError(f"prior out must match q's shape {tuple(q.shape)} and dtype {q.dtype}, "
-                         f"got {tuple(prior_out.shape)} {prior_out.dtype}")
-    if prior_lse.shape != q.shape[:3] or prior_lse.dtype != torch.float32:
-        raise ValueError(f"prior lse must be float32 of shape {tuple(q.shape[:3])}, "
-                         f"got {tuple(prior_lse.shape)} {prior_lse.dtype}")
-    if v.shape != k.shape or k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3] or q.shape[1] % k.shape[1]:
-        raise ValueError(f"k and v must have shape (B={q.shape[0]}, Hkv, Tk, d={q.shape[3]}) with H % Hkv == 0, "
-                         f"got {tuple(k.shape)} and {tuple(v.shape)}")
-    _checks.same_device(q=q, k=k, v=v, prior_out=prior_out, prior_lse=prior_lse)
+    _checks.attention_after_inputs(q, k, v, prior_out, prior_lse)
     scale = _checks.attention_scale(scale, q.shape[3])
     name = backends.resolve(backend, q.device, "mixed_precision_attention")
     if not hasattr(backends.get(name), "attention_after"):  # e.g. Triton: its attention, then the merge

@@ -2,14 +2,18 @@
 
 These are the ground truth in tests and the fallback backend when nothing is
 compiled. They favour clarity over speed, but stay memory-bounded (row chunks)
-so that they remain usable on real inputs. Inputs are assumed validated by
-:mod:`astra_kernels.ops`; shapes below use
+so that they remain usable on real inputs. Each op checks the shapes, sizes,
+codes and scale it relies on (:mod:`astra_kernels._checks`, the messages of
+every backend), but not dtypes or devices: :mod:`astra_kernels.ops` validates
+those. Shapes below use
 
     N  rows (tokens), D features, G groups, K codewords, Dg = D // G.
 """
 from __future__ import annotations
 
 import torch
+
+from . import _checks
 
 # Rows per chunk in vq_encode: bounds the (rows, K) distance block to ~64 MB.
 _MAX_BLOCK_ELEMS = 1 << 24
@@ -35,6 +39,7 @@ def vq_encode(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tensor, t
       3. sqdist = sum_d (x_g[d] - e_code[d])^2 in fp32, computed directly (no
          cancellation), so it is >= 0, and NaN/Inf for the groups of rule 2.
     """
+    _checks.encode_op(x, codebooks)
     n, _ = x.shape
     g, k, dg = codebooks.shape
     xg = x.float().reshape(n, g, dg).transpose(0, 1)  # (G, N, Dg)
@@ -108,6 +113,7 @@ def vq_encode_int8(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tens
     one fused multiply-add and this reference in float64, so the two can
     differ only where two estimates lie within fp32 rounding of each other.
     """
+    _checks.encode_op(x, codebooks)
     n, _ = x.shape
     g, k, dg = codebooks.shape
     xg = x.float().reshape(n, g, dg).transpose(0, 1)  # (G, N, Dg)
@@ -125,6 +131,7 @@ def vq_decode(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
 
     Differentiable with respect to ``codebooks`` (used by training).
     """
+    _checks.decode_op(codes, codebooks)
     g, k, dg = codebooks.shape
     flat = codebooks.reshape(g * k, dg)
     offsets = torch.arange(g, device=codes.device, dtype=torch.int64) * k
@@ -139,6 +146,7 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     least significant bit first; stream bit j is bit (j % 8) of byte j // 8.
     Returns (ceil(M * bits / 8),) uint8; unused high bits of the last byte are 0.
     """
+    _checks.pack_op(codes, bits)
     m = codes.numel()
     nbytes = (m * bits + 7) // 8
     shifts = torch.arange(bits, device=codes.device, dtype=torch.int64)
@@ -149,7 +157,9 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
-    """Inverse of :func:`pack_codes`: (ceil(count*bits/8),) uint8 -> (count,) int32."""
+    """Inverse of :func:`pack_codes`: (ceil(count*bits/8),) uint8 -> (count,) int32. Any bytes are
+    accepted (each code is < 2**bits); the unused high bits of the last byte are ignored."""
+    _checks.unpack_op(packed, bits, count)
     shifts = torch.arange(8, device=packed.device, dtype=torch.int64)
     stream = ((packed.long().reshape(-1, 1) >> shifts) & 1).reshape(-1)[: count * bits]
     weights = 1 << torch.arange(bits, device=packed.device, dtype=torch.int64)
@@ -217,6 +227,7 @@ def mixed_precision_attention(
     "codewords" (G = 1 only) attends over the K projected codewords with a
     log(count) bias instead, which is equal in exact arithmetic.
     """
+    _checks.attention_op(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias, scale, formulation)
     b, h, tq, d = q.shape
     hkv, tl = k_local.shape[1], k_local.shape[2]
     g, k = k_table.shape[0], k_table.shape[1]
@@ -239,7 +250,8 @@ def mixed_precision_attention(
     values = torch.cat([v_rem, v_local.to(acc)], dim=2).repeat_interleave(h // hkv, dim=1)
     scores = torch.einsum("bhqd,bhkd->bhqk", q.to(acc), keys) * scale
     bias = torch.cat([rem_bias, torch.zeros(b, tl, dtype=acc, device=q.device)], dim=1)  # (B, Tr'+Tl)
-    scores = scores + bias[:, None, None, :]
+    # unused codewords (bias log 0) are no keys: -inf even where q . k is NaN, as kernels skip them
+    scores = (scores + bias[:, None, None, :]).masked_fill(bias.isneginf()[:, None, None, :], float("-inf"))
     if causal and tl > 0:
         i = torch.arange(tq, device=q.device).unsqueeze(1)
         j = torch.arange(tl, device=q.device).unsqueeze(0)
@@ -255,6 +267,7 @@ def attention_after(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prior_out
                     prior_lse: torch.Tensor, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of q (B, H, Tq, d) over k, v (B, Hkv, Tk, d) merged with a partial (prior_out
     (B, H, Tq, d), prior_lse (B, H, Tq) float32) over other keys: (out, lse) over both key sets."""
+    _checks.attention_after_inputs(q, k, v, prior_out, prior_lse)
     b, hkv, _, d = k.shape
     codes, table = torch.zeros((b, 0, 1), dtype=torch.int32, device=q.device), q.new_zeros((1, 1, hkv * d))
     out, lse = mixed_precision_attention(q, k, v, codes, table, table, None, None, causal, scale, "tokens")

@@ -191,7 +191,7 @@ def test_bad_options():
         ak.mixed_precision_attention(**args, formulation="codewords")
     with pytest.raises(ValueError, match="formulation must be"):
         ak.mixed_precision_attention(**args, formulation="fast")
-    with pytest.raises(ValueError, match="scale must be a positive number"):
+    with pytest.raises(ValueError, match="scale must be a positive finite number"):
         ak.mixed_precision_attention(**args, scale=-1.0)
 
 

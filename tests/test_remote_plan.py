@@ -152,3 +152,16 @@ def test_auto_picks_by_cost_within_the_budget():
     assert int8_only.choose(2, 600, 600) == min(("gather_int8", "dequantize"), key=c.get)
     roomy = RemotePlan(blk, codebook, table_budget_bytes=1 << 30)
     assert roomy.choose(2, 600, 600) == min(c, key=c.get)
+
+
+@pytest.mark.parametrize("formulation", ["tokens", "gather", "gather_int8", "dequantize"])
+@pytest.mark.parametrize("bad", [16, -1, 10**6])
+def test_every_formulation_refuses_a_code_outside_its_group(formulation, bad):
+    """A code >= K in an early group selects a row of the flattened tables that exists (the next group's):
+    every formulation refuses it instead of reading that row."""
+    blk, codebook, codes, (q, k, v) = _setup()
+    codes = codes.clone()
+    codes[1, 3, 0] = bad
+    plan = RemotePlan(blk, codebook, formulation)
+    with pytest.raises(ValueError, match=rf"codes contains {bad}, outside \[0, 16\)"):
+        B.attend(plan, q, k, v, codes, False, None, B.local_partial(plan, q, k, v, codes.shape[1], False, None))

@@ -2,7 +2,8 @@
 
 Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (set
 before this package is imported). Implements the contract of
-:mod:`astra_kernels.reference` over inputs validated by :mod:`astra_kernels.ops`:
+:mod:`astra_kernels.reference` over inputs validated by :mod:`astra_kernels.ops`, checking
+shapes, codes and scale again itself (:mod:`astra_kernels._checks`):
 
     vq_encode(x (N, D), codebooks (G, K, Dg)) -> codes (N, G) int32, sqdist (N, G) fp32
     vq_decode(codes (N, G) int32, codebooks (G, K, Dg)) -> (N, G*Dg) in codebooks.dtype

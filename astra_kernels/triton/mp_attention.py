@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _checks
 from .configs import attention_config, device_guard, interpreted
 
 LOG2E = math.log2(math.e)
@@ -272,6 +273,7 @@ def mixed_precision_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q (B, H, Tq, d), k/v_local (B, Hkv, Tl, d), remote_codes (B, Tr, G) int32, tables (G, K, Hkv*d)
     -> out (B, H, Tq, d) in q.dtype, lse (B, H, Tq) fp32. fp16/bf16/fp32 only."""
+    _checks.attention_op(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias, scale, formulation)
     if q.dtype == torch.float64:
         raise TypeError("the Triton mixed_precision_attention runs float32/float16/bfloat16; "
                         "use the 'reference' or 'cpu' backend for float64")

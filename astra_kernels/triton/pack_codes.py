@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _checks
 from .configs import PACK_BLOCK, SMALL_WARPS, device_guard
 
 
@@ -62,6 +63,7 @@ def _unpack_codes_kernel(PACKED, CODES, COUNT, NBYTES, BITS: tl.constexpr, BLOCK
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """codes (M,) int32 in [0, 2**bits) -> (cdiv(M*bits, 8),) uint8."""
+    _checks.pack_op(codes, bits)
     m = codes.numel()
     nbytes = (m * bits + 7) // 8
     packed = torch.empty((nbytes,), dtype=torch.uint8, device=codes.device)
@@ -74,6 +76,7 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     """packed (cdiv(count*bits, 8),) uint8 -> (count,) int32."""
+    _checks.unpack_op(packed, bits, count)
     codes = torch.empty((count,), dtype=torch.int32, device=packed.device)
     with device_guard(packed.device):
         _unpack_codes_kernel[(triton.cdiv(count, PACK_BLOCK),)](

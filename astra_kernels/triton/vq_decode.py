@@ -5,6 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _checks
 from .configs import decode_config, device_guard, pow2_divisor
 
 # Elements move as raw integers of the same width: bit-exact for every float
@@ -47,6 +48,7 @@ def _vq_decode_kernel(
 
 def vq_decode(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
     """codes (N, G) int32 in [0, K), codebooks (G, K, Dg) any strides -> (N, G*Dg) in codebooks.dtype."""
+    _checks.decode_op(codes, codebooks)
     n, g = codes.shape
     dg = codebooks.shape[2]
     raw = _RAW_DTYPE[codebooks.element_size()]

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _checks
 from .configs import device_guard, encode_config, interpreted, pow2_divisor
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)  # largest finite fp32
@@ -128,6 +129,7 @@ def _vq_encode_kernel(
 
 def vq_encode(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x (N, D) any strides, codebooks (G, K, Dg) -> codes (N, G) int32, sqdist (N, G) fp32."""
+    _checks.encode_op(x, codebooks)
     n = x.shape[0]
     g, k, dg = codebooks.shape
     cb = codebooks.contiguous()  # G*K*Dg elements: small next to the N*K*D encode work

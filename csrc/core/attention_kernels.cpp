@@ -26,7 +26,10 @@ void softmax_rows_f64(const SoftmaxRowsArgs<double>& a) {
     const double m_old = a.row_max[r];
     const double m_new = std::max(m_old, block_max);
     if (m_new == kNegInf) {
-      std::fill(s, s + a.cols, 0.0);
+      // std::max drops NaN: a NaN score (a NaN query or key) makes the row NaN, as in the reference
+      const bool nan_score = std::any_of(s, s + visible, [](double x) { return std::isnan(x); });
+      std::fill(s, s + a.cols, nan_score ? std::numeric_limits<double>::quiet_NaN() : 0.0);
+      if (nan_score) a.row_max[r] = a.row_sum[r] = std::numeric_limits<double>::quiet_NaN();
       continue;
     }
     double sum = 0.0;

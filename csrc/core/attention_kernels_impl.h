@@ -55,6 +55,7 @@ void softmax_rows(const SoftmaxRowsArgs<float>& a) {
   using F = typename S::F;
   constexpr int W = S::kWidth;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
   const F neg_inf = S::broadcast(kNegInf);
   const int64_t vectors = (a.cols + W - 1) / W;
   for (int64_t r = 0; r < a.rows; ++r) {
@@ -76,7 +77,11 @@ void softmax_rows(const SoftmaxRowsArgs<float>& a) {
     const float m_new = std::max(m_old, live > 0 ? S::reduce_max(vmax) : kNegInf);
     const F zero = S::broadcast(0.0f);
     if (m_new == kNegInf) {
-      for (int64_t v = 0; v < vectors; ++v) S::store(s + v * W, zero);
+      // S::max drops NaN: a NaN score (a NaN query or key) makes the row NaN, as in the reference
+      bool nan_score = false;
+      for (int64_t c = 0; c < visible && !nan_score; ++c) nan_score = std::isnan(s[c]);
+      for (int64_t v = 0; v < vectors; ++v) S::store(s + v * W, nan_score ? S::broadcast(kNaN) : zero);
+      if (nan_score) a.row_max[r] = a.row_sum[r] = kNaN;
       continue;
     }
     // Pass 2: probabilities and their sum; columns past the visible ones are 0.

@@ -215,7 +215,7 @@ void AttentionPlan<T>::run_task(int64_t index, Workspace& ws, const AttentionGem
                                   : row * d);
       const T* acc = head.acc + r * d;
       const T sum = head.row_sum[r];
-      if (sum > 0) {
+      if (sum > 0 || std::isnan(sum)) {  // NaN scores: NaN out and lse
         const T inv = T(1) / sum;
         for (int64_t j = 0; j < d; ++j) out[j] = acc[j] * inv;
         const double m = static_cast<double>(head.row_max[r]);

@@ -1,7 +1,9 @@
 // ATen CPU implementation of mixed-precision attention (no torch/extension.h
 // here: only csrc/bindings/cpu_module.cpp includes it). Contract: the backend
 // function mixed_precision_attention of astra_kernels/reference.py; inputs
-// arrive validated by astra_kernels/ops.py, outputs are fresh tensors.
+// arrive validated by astra_kernels/ops.py and are checked again here (shapes,
+// codes in [0, K), scale: csrc/ops_common/input_checks.h, the Python messages,
+// as ValueError), outputs are fresh tensors.
 #pragma once
 
 #include <ATen/core/Tensor.h>

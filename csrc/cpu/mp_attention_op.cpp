@@ -8,6 +8,7 @@
 #include "core/cpu_features.h"
 #include "core/mp_attention.h"
 #include "cpu/attention_ops.h"
+#include "ops_common/input_checks.h"
 
 namespace astra::cpu {
 
@@ -108,30 +109,17 @@ std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
                   remote_codes.device().is_cpu() && k_table.device().is_cpu() &&
                   v_table.device().is_cpu(),
               "astra CPU mixed_precision_attention: tensors must be on the CPU");
-  TORCH_CHECK(
-      q.dim() == 4 && k_local.dim() == 4 && v_local.sizes() == k_local.sizes() &&
-          remote_codes.dim() == 3 && k_table.dim() == 3 && v_table.sizes() == k_table.sizes(),
-      "astra CPU mixed_precision_attention: expected q (B, H, Tq, d), k/v_local (B, Hkv, Tl, d), "
-      "remote_codes (B, Tr, G) and tables (G, K, Hkv*d), got ",
-      q.sizes(), ", ", k_local.sizes(), ", ", remote_codes.sizes(), " and ", k_table.sizes());
-  TORCH_CHECK(
-      formulation == "tokens" || formulation == "codewords",
-      "astra CPU mixed_precision_attention: formulation must be 'tokens' or 'codewords', got '",
-      formulation, "'");
+  // shapes, biases, formulation, scale, and every code indexing the tables (or the codeword counts)
+  const checks::AttentionSizes sizes = checks::attention_op(q, k_local, v_local, remote_codes, k_table, v_table,
+                                                            k_bias, v_bias, scale, formulation);
   const at::ScalarType dtype = q.scalar_type();
   TORCH_CHECK(
       dtype == at::kDouble || dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
       "astra CPU mixed_precision_attention: unsupported dtype ", dtype);
   const at::ScalarType compute = dtype == at::kDouble ? at::kDouble : at::kFloat;
 
-  const core::AttentionShape shape{q.size(0),       q.size(1),       k_local.size(1),
-                                   q.size(2),       k_local.size(2), remote_codes.size(1),
-                                   k_table.size(0), k_table.size(1), q.size(3)};
-  TORCH_CHECK(k_local.size(0) == shape.batch && k_local.size(3) == shape.head_dim &&
-                  remote_codes.size(0) == shape.batch && remote_codes.size(2) == shape.groups &&
-                  k_table.size(2) == shape.kv_heads * shape.head_dim && shape.kv_heads > 0 &&
-                  shape.heads % shape.kv_heads == 0,
-              "astra CPU mixed_precision_attention: inconsistent shapes");
+  const core::AttentionShape shape{sizes.batch, sizes.heads,  sizes.kv_heads,      sizes.queries, sizes.local,
+                                   sizes.remote, sizes.groups, sizes.codebook_size, sizes.head_dim};
   const at::Tensor qc = as_compute_rows(q, compute);
   const at::Tensor kc = as_compute_rows(k_local, compute);
   const at::Tensor vc = as_compute_rows(v_local, compute);
@@ -161,20 +149,13 @@ std::tuple<at::Tensor, at::Tensor> attention_after(const at::Tensor& q, const at
   TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu() && prior_out.device().is_cpu() &&
                   prior_lse.device().is_cpu(),
               "astra CPU attention_after: tensors must be on the CPU");
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.sizes() == k.sizes() && prior_out.sizes() == q.sizes() &&
-                  prior_lse.dim() == 3 && prior_lse.sizes() == q.sizes().slice(0, 3) &&
-                  prior_lse.scalar_type() == at::kFloat && prior_out.scalar_type() == q.scalar_type(),
-              "astra CPU attention_after: expected q and prior_out (B, H, Tq, d) of one dtype, k/v (B, Hkv, Tk, d) "
-              "and prior_lse (B, H, Tq) float32, got ",
-              q.sizes(), ", ", k.sizes(), ", ", prior_out.sizes(), " and ", prior_lse.sizes());
+  checks::attention_after_op(q, k, v, prior_out, prior_lse, scale);
   const at::ScalarType dtype = q.scalar_type();
   TORCH_CHECK(
       dtype == at::kDouble || dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
       "astra CPU attention_after: unsupported dtype ", dtype);
   const at::ScalarType compute = dtype == at::kDouble ? at::kDouble : at::kFloat;
   const core::AttentionShape shape{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), 0, 1, 1, q.size(3)};
-  TORCH_CHECK(k.size(0) == shape.batch && k.size(3) == shape.head_dim && shape.heads % shape.kv_heads == 0,
-              "astra CPU attention_after: inconsistent shapes");
   const at::Tensor qc = as_compute_rows(q, compute);
   const at::Tensor kc = as_compute_rows(k, compute);
   const at::Tensor vc = as_compute_rows(v, compute);

@@ -5,6 +5,7 @@
 
 #include "core/pack_codes.h"
 #include "cpu/vq_ops.h"
+#include "ops_common/input_checks.h"
 
 namespace astra::cpu {
 
@@ -13,17 +14,11 @@ namespace {
 // 8-code groups per parallel chunk (64Ki codes): below that threads cost more than they save.
 constexpr int64_t kGroupsPerChunk = 8192;
 
-void check_bits(int64_t bits) {
-  TORCH_CHECK(bits >= core::kMinCodeBits && bits <= core::kMaxCodeBits,
-              "astra CPU code packing: bits must be in [1, 16], got ", bits);
-}
-
 }  // namespace
 
 at::Tensor pack_codes(const at::Tensor& codes, int64_t bits) {
-  check_bits(bits);
-  TORCH_CHECK(codes.device().is_cpu() && codes.dim() == 1,
-              "astra CPU pack_codes: expected a 1-D CPU tensor of codes, got ", codes.sizes());
+  TORCH_CHECK(codes.device().is_cpu(), "astra CPU pack_codes: expected a CPU tensor of codes");
+  checks::pack_op(codes, bits);
   const at::Tensor c = codes.to(at::kInt).contiguous();
   const int64_t count = c.numel();
   at::Tensor out = at::empty({core::packed_bytes(count, static_cast<int>(bits))},
@@ -39,12 +34,9 @@ at::Tensor pack_codes(const at::Tensor& codes, int64_t bits) {
 }
 
 at::Tensor unpack_codes(const at::Tensor& packed, int64_t bits, int64_t count) {
-  check_bits(bits);
-  TORCH_CHECK(packed.device().is_cpu() && packed.dim() == 1 && packed.scalar_type() == at::kByte,
-              "astra CPU unpack_codes: expected a 1-D uint8 CPU tensor");
-  TORCH_CHECK(count >= 0 && packed.numel() == core::packed_bytes(count, static_cast<int>(bits)),
-              "astra CPU unpack_codes: ", packed.numel(), " bytes cannot hold exactly ", count,
-              " codes of ", bits, " bits");
+  TORCH_CHECK(packed.device().is_cpu(), "astra CPU unpack_codes: expected a CPU tensor");
+  TORCH_CHECK_TYPE(packed.scalar_type() == at::kByte, "packed must be a uint8 tensor, got ", packed.scalar_type());
+  checks::unpack_op(packed, bits, count);
   const at::Tensor p = packed.contiguous();
   at::Tensor out = at::empty({count}, p.options().dtype(at::kInt));
   const uint8_t* src = p.data_ptr<uint8_t>();

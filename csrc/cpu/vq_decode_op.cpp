@@ -4,6 +4,7 @@
 
 #include "core/vq_decode.h"
 #include "cpu/vq_ops.h"
+#include "ops_common/input_checks.h"
 
 namespace astra::cpu {
 
@@ -15,9 +16,7 @@ constexpr int64_t kDecodeGrainRows = 256;
 at::Tensor vq_decode(const at::Tensor& codes, const at::Tensor& codebooks) {
   TORCH_CHECK(codes.device().is_cpu() && codebooks.device().is_cpu(),
               "astra CPU vq_decode: tensors must be on the CPU");
-  TORCH_CHECK(codes.dim() == 2 && codebooks.dim() == 3 && codes.size(1) == codebooks.size(0),
-              "astra CPU vq_decode: expected codes (N, G) and codebooks (G, K, Dg), got ",
-              codes.sizes(), " and ", codebooks.sizes());
+  checks::decode_op(codes, codebooks);  // every code indexes the table
   const at::Tensor c = codes.to(at::kInt).contiguous();
   const at::Tensor cb = codebooks.contiguous();
   const int64_t n = c.size(0);

@@ -9,6 +9,7 @@
 #include "core/cpu_features.h"
 #include "core/vq_encode.h"
 #include "cpu/vq_ops.h"
+#include "ops_common/input_checks.h"
 
 namespace astra::cpu {
 
@@ -43,8 +44,7 @@ at::Tensor as_float_rows(const at::Tensor& x) {
 VqEncoder::VqEncoder(const at::Tensor& codebooks, bool exact, bool copy)
     : op_(exact ? "vq_encode" : "vq_encode_int8") {
   TORCH_CHECK(codebooks.device().is_cpu(), "astra CPU ", op_, ": codebooks must be on the CPU");
-  TORCH_CHECK(codebooks.dim() == 3, "astra CPU ", op_, ": expected codebooks (G, K, Dg), got ",
-              codebooks.sizes());
+  checks::codebook_shape(codebooks);
   codebooks_ = codebooks.to(at::kFloat).contiguous();
   if (copy && codebooks_.is_same(codebooks)) codebooks_ = codebooks_.clone();
   const core::VqShape shape{codebooks_.size(0), codebooks_.size(1), codebooks_.size(2)};
@@ -62,9 +62,7 @@ std::tuple<at::Tensor, at::Tensor> VqEncoder::encode(const at::Tensor& x) const 
   const int64_t groups = codebooks_.size(0);
   const int64_t width = codebooks_.size(2);
   TORCH_CHECK(x.device().is_cpu(), "astra CPU ", op_, ": tensors must be on the CPU");
-  TORCH_CHECK(x.dim() == 2, "astra CPU ", op_, ": expected x (N, D), got ", x.sizes());
-  TORCH_CHECK(x.size(1) == groups * width, "astra CPU ", op_, ": x has D=", x.size(1),
-              " but codebooks cover G*Dg=", groups * width);
+  checks::encode_op(x, codebooks_);
   const int64_t n = x.size(0);
   const at::Tensor xf = as_float_rows(x);
   at::Tensor codes = at::empty({n, groups}, x.options().dtype(at::kInt));
@@ -110,11 +108,8 @@ std::tuple<at::Tensor, at::Tensor> encode_once(const at::Tensor& x, const at::Te
   const char* op = exact ? "vq_encode" : "vq_encode_int8";
   TORCH_CHECK(x.device().is_cpu() && codebooks.device().is_cpu(), "astra CPU ", op,
               ": tensors must be on the CPU");
-  TORCH_CHECK(x.dim() == 2 && codebooks.dim() == 3, "astra CPU ", op,
-              ": expected x (N, D) and codebooks (G, K, Dg), got ", x.sizes(), " and ", codebooks.sizes());
+  checks::encode_op(x, codebooks);
   if (x.size(0) == 0) {
-    TORCH_CHECK(x.size(1) == codebooks.size(0) * codebooks.size(2), "astra CPU ", op, ": x has D=", x.size(1),
-                " but codebooks cover G*Dg=", codebooks.size(0) * codebooks.size(2));
     return {at::empty({0, codebooks.size(0)}, x.options().dtype(at::kInt)),
             at::empty({0, codebooks.size(0)}, x.options().dtype(at::kFloat))};
   }

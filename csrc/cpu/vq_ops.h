@@ -1,7 +1,9 @@
 // ATen CPU implementations of the ASTRA VQ ops (no torch/extension.h here:
 // only csrc/bindings/cpu_module.cpp includes it). Contracts: the backend
 // functions of astra_kernels/reference.py; inputs arrive validated by
-// astra_kernels/ops.py, outputs are fresh contiguous tensors.
+// astra_kernels/ops.py and are checked again here (shapes, codes in range:
+// csrc/ops_common/input_checks.h, the Python messages, as ValueError),
+// outputs are fresh contiguous tensors.
 #pragma once
 
 #include <ATen/core/Tensor.h>

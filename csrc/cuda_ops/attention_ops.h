@@ -13,7 +13,7 @@
 namespace astra::cuda {
 
 // q (B, H, Tq, d) and k_local, v_local (B, Hkv, Tl, d), any strides; remote_codes (B, Tr, G)
-// int32 contiguous, values in [0, K) (not checked here: ops.py validates them); k_table,
+// int32 contiguous, values in [0, K) (checked: one sync); k_table,
 // v_table (G, K, Hkv*d); k_bias, v_bias (Hkv*d,) or None; formulation "tokens" or "codewords"
 // (G = 1) -> out (B, H, Tq, d) in q's dtype, lse (B, H, Tq) float32.
 std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(

@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -13,6 +12,7 @@
 #include "cuda/astra_cuda.h"
 #include "cuda_ops/attention_ops.h"
 #include "cuda_ops/tensor_checks.h"
+#include "ops_common/input_checks.h"
 
 namespace astra::cuda {
 
@@ -46,41 +46,22 @@ std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
   check_same_device(q, "q", remote_codes, "remote_codes");
   check_int32_contiguous(remote_codes, "remote_codes");
 
-  TORCH_CHECK(q.dim() == 4, "q must have shape (B, H, Tq, d), got ", q.sizes());
-  TORCH_CHECK(k_local.dim() == 4 && v_local.sizes() == k_local.sizes(),
-              "k_local and v_local must both have shape (B, Hkv, Tl, d), got ", k_local.sizes(), " and ",
-              v_local.sizes());
-  const int64_t b = q.size(0);
-  const int64_t h = q.size(1);
-  const int64_t tq = q.size(2);
-  const int64_t d = q.size(3);
-  const int64_t hkv = k_local.size(1);
-  const int64_t tl = k_local.size(2);
-  TORCH_CHECK(k_local.size(0) == b && k_local.size(3) == d, "k_local ", k_local.sizes(), " does not match q ",
-              q.sizes(), " in batch or head dim");
-  TORCH_CHECK(hkv >= 1 && h % hkv == 0, "query heads H=", h, " must be a multiple of key/value heads Hkv=", hkv);
-  TORCH_CHECK(d >= 1 && d <= kMaxHeadDim, "head dim d=", d, " is outside 1..", kMaxHeadDim);
-  TORCH_CHECK(remote_codes.dim() == 3 && remote_codes.size(0) == b, "remote_codes must have shape (B=", b,
-              ", Tr, G), got ", remote_codes.sizes());
-  const int64_t tr = remote_codes.size(1);
-  const int64_t g = remote_codes.size(2);
-  TORCH_CHECK(k_table.dim() == 3 && v_table.sizes() == k_table.sizes(),
-              "k_table and v_table must both have shape (G, K, Hkv*d), got ", k_table.sizes(), " and ",
-              v_table.sizes());
-  const int64_t k = k_table.size(1);
-  TORCH_CHECK(k_table.size(0) == g, "remote_codes have G=", g, " groups but the tables have ", k_table.size(0));
-  TORCH_CHECK(k_table.size(2) == hkv * d, "tables have width ", k_table.size(2), " but Hkv*d = ", hkv * d);
-  TORCH_CHECK(g >= 1 && k >= 1, "the tables are empty: G=", g, ", K=", k);
   for (const auto& [bias, name] : {std::make_pair(&k_bias, "k_bias"), std::make_pair(&v_bias, "v_bias")}) {
-    if (!bias->has_value()) continue;
-    check_same_float_input(q, bias->value(), name);
-    TORCH_CHECK(bias->value().dim() == 1 && bias->value().size(0) == hkv * d, name, " must have shape (", hkv * d,
-                ",), got ", bias->value().sizes());
+    if (bias->has_value()) check_same_float_input(q, bias->value(), name);
   }
-  TORCH_CHECK(formulation == "tokens" || formulation == "codewords", "formulation must be 'tokens' or 'codewords', got '",
-              formulation, "'");
-  TORCH_CHECK(formulation == "tokens" || g == 1, "the codewords formulation needs G = 1 (one codebook), got G=", g);
-  TORCH_CHECK(std::isfinite(scale), "scale must be finite, got ", scale);
+  // shapes, biases, formulation, scale, and every code indexing the tables (one sync for their range)
+  const checks::AttentionSizes sizes = checks::attention_op(q, k_local, v_local, remote_codes, k_table, v_table,
+                                                            k_bias, v_bias, scale, formulation);
+  const int64_t b = sizes.batch;
+  const int64_t h = sizes.heads;
+  const int64_t tq = sizes.queries;
+  const int64_t d = sizes.head_dim;
+  const int64_t hkv = sizes.kv_heads;
+  const int64_t tl = sizes.local;
+  const int64_t tr = sizes.remote;
+  const int64_t g = sizes.groups;
+  const int64_t k = sizes.codebook_size;
+  TORCH_CHECK(d <= kMaxHeadDim, "head dim d=", d, " is outside 1..", kMaxHeadDim);
   TORCH_CHECK(tq * (h / hkv) <= kMaxAttentionLength && tl <= kMaxAttentionLength && tr <= kMaxAttentionLength &&
                   k <= kMaxAttentionLength,
               "sizes beyond the kernel's limits (Tq*H/Hkv, Tl, Tr, K <= 2^30)");

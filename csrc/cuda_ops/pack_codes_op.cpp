@@ -6,6 +6,7 @@
 
 #include "cuda/astra_cuda.h"
 #include "cuda_ops/tensor_checks.h"
+#include "ops_common/input_checks.h"
 #include "cuda_ops/vq_ops.h"
 
 namespace astra::cuda {
@@ -13,8 +14,7 @@ namespace astra::cuda {
 at::Tensor pack_codes(const at::Tensor& codes, int64_t bits) {
   check_cuda_tensor(codes, "codes");
   check_int32_contiguous(codes, "codes");
-  TORCH_CHECK(codes.dim() == 1, "codes must be 1-D, got ", codes.sizes());
-  check_bits(bits);
+  checks::pack_op(codes, bits);  // one sync for the codes' range
   const int64_t count = codes.numel();
 
   const c10::cuda::CUDAGuard guard(codes.device());
@@ -29,11 +29,8 @@ at::Tensor pack_codes(const at::Tensor& codes, int64_t bits) {
 at::Tensor unpack_codes(const at::Tensor& packed, int64_t bits, int64_t count) {
   check_cuda_tensor(packed, "packed");
   TORCH_CHECK(packed.scalar_type() == at::kByte, "packed must be uint8, got ", packed.scalar_type());
-  TORCH_CHECK(packed.dim() == 1 && packed.is_contiguous(), "packed must be a contiguous 1-D tensor");
-  check_bits(bits);
-  TORCH_CHECK(count >= 0, "count must be >= 0, got ", count);
-  TORCH_CHECK(packed.numel() == packed_bytes(count, bits), "packed has ", packed.numel(), " bytes but ", count,
-              " codes of ", bits, " bits need exactly ", packed_bytes(count, bits));
+  checks::unpack_op(packed, bits, count);
+  TORCH_CHECK(packed.is_contiguous(), "packed must be a contiguous 1-D tensor");
 
   const c10::cuda::CUDAGuard guard(packed.device());
   at::Tensor codes = at::empty({count}, packed.options().dtype(at::kInt));

@@ -4,6 +4,8 @@
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "ops_common/input_checks.h"
+
 namespace astra::cuda {
 
 astra_dtype to_astra_dtype(const at::Tensor& t, const char* name) {
@@ -28,24 +30,14 @@ void check_same_device(const at::Tensor& a, const char* a_name, const at::Tensor
   TORCH_CHECK(a.device() == b.device(), b_name, " is on ", b.device(), " but ", a_name, " is on ", a.device());
 }
 
-void check_codebooks(const at::Tensor& codebooks) {
-  TORCH_CHECK(codebooks.dim() == 3, "codebooks must have shape (G, K, Dg), got ", codebooks.sizes());
-  const int64_t g = codebooks.size(0);
-  const int64_t k = codebooks.size(1);
-  const int64_t dg = codebooks.size(2);
-  TORCH_CHECK(g >= 1 && g <= kMaxGroups, "number of groups G=", g, " is outside 1..", kMaxGroups);
-  TORCH_CHECK(k >= 2 && k <= kMaxCodebookSize, "codebook size K=", k, " is outside 2..", kMaxCodebookSize);
-  TORCH_CHECK(dg >= 1 && dg <= kMaxGroupWidth, "group width Dg=", dg, " is outside 1..", kMaxGroupWidth);
-}
+void check_codebooks(const at::Tensor& codebooks) { checks::codebook_shape(codebooks); }
 
 void check_int32_contiguous(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kInt, name, " must be int32, got ", t.scalar_type());
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
 }
 
-void check_bits(int64_t bits) {
-  TORCH_CHECK(bits >= 1 && bits <= kMaxBits, "bits must be in 1..", kMaxBits, ", got ", bits);
-}
+void check_bits(int64_t bits) { checks::bits(bits); }
 
 int64_t packed_bytes(int64_t count, int64_t bits) { return (count * bits + 7) / 8; }
 

@@ -12,17 +12,12 @@
 
 namespace astra::cuda {
 
-constexpr int64_t kMaxGroups = 64;
-constexpr int64_t kMaxCodebookSize = 65536;
-constexpr int64_t kMaxGroupWidth = 4096;
-constexpr int64_t kMaxBits = 16;
-
 // The kernels' tag for t's dtype (float32, float16 or bfloat16; else an error naming `name`).
 astra_dtype to_astra_dtype(const at::Tensor& t, const char* name);
 
 void check_cuda_tensor(const at::Tensor& t, const char* name);
 void check_same_device(const at::Tensor& a, const char* a_name, const at::Tensor& b, const char* b_name);
-// (G, K, Dg) codebooks within the supported ranges.
+// (G, K, Dg) codebooks within the supported ranges (checks::codebook_shape: the Python messages).
 void check_codebooks(const at::Tensor& codebooks);
 void check_int32_contiguous(const at::Tensor& t, const char* name);
 void check_bits(int64_t bits);

@@ -6,6 +6,7 @@
 
 #include "cuda/astra_cuda.h"
 #include "cuda_ops/tensor_checks.h"
+#include "ops_common/input_checks.h"
 #include "cuda_ops/vq_ops.h"
 
 namespace astra::cuda {
@@ -17,8 +18,7 @@ at::Tensor vq_decode(const at::Tensor& codes, const at::Tensor& codebooks) {
   check_codebooks(codebooks);
   const astra_dtype dtype = to_astra_dtype(codebooks, "codebooks");
   check_int32_contiguous(codes, "codes");
-  TORCH_CHECK(codes.dim() == 2 && codes.size(1) == codebooks.size(0), "codes must have shape (N, G=",
-              codebooks.size(0), "), got ", codes.sizes());
+  checks::decode_op(codes, codebooks);  // every code indexes the table: one sync for its range
   const int64_t n = codes.size(0);
   const int64_t g = codebooks.size(0);
   const int64_t k = codebooks.size(1);

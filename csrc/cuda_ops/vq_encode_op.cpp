@@ -7,6 +7,7 @@
 
 #include "cuda/astra_cuda.h"
 #include "cuda_ops/tensor_checks.h"
+#include "ops_common/input_checks.h"
 #include "cuda_ops/vq_ops.h"
 
 namespace astra::cuda {
@@ -19,12 +20,11 @@ std::tuple<at::Tensor, at::Tensor> vq_encode(const at::Tensor& x, const at::Tens
   const astra_dtype dtype = to_astra_dtype(x, "x");
   TORCH_CHECK(codebooks.scalar_type() == x.scalar_type(), "x is ", x.scalar_type(), " but codebooks are ",
               codebooks.scalar_type());
-  TORCH_CHECK(x.dim() == 2, "x must have shape (N, D), got ", x.sizes());
+  checks::encode_op(x, codebooks);
   const int64_t n = x.size(0);
   const int64_t g = codebooks.size(0);
   const int64_t k = codebooks.size(1);
   const int64_t dg = codebooks.size(2);
-  TORCH_CHECK(x.size(1) == g * dg, "x has D=", x.size(1), " features but codebooks cover G*Dg=", g * dg);
 
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor codes = at::empty({n, g}, x.options().dtype(at::kInt));

@@ -2,7 +2,8 @@
 // only csrc/bindings/cuda_module.cpp includes it), over the torch-free launchers of
 // csrc/cuda/astra_cuda.h. Contracts: the backend functions of astra_kernels/reference.py.
 // Inputs normally arrive validated by astra_kernels/ops.py, but these functions can be
-// called directly, so each checks devices, dtypes, ranks and sizes; outputs are fresh
+// called directly, so each checks devices, dtypes, ranks and sizes, and every code that
+// indexes memory (one sync; messages of csrc/ops_common/input_checks.h); outputs are fresh
 // tensors; kernels run on the current stream of the inputs' device; nothing synchronizes.
 #pragma once
 

@@ -377,6 +377,43 @@ ASTRA_TEST(fp32_exp2_is_accurate) {
   }
 }
 
+// A NaN query gives a NaN out row and lse (reference.py), not the 0 / -inf of a row with no
+// visible key, whether it meets remote, local or both kinds of keys; other rows are unchanged.
+ASTRA_TEST(nan_query_gives_nan_row) {
+  constexpr size_t kNanRow = 1 * 3 + 2;  // head 1, query 2 of (B=1, H=2, Tq=3)
+  for (RemoteFormulation f : {kTok, kCw}) {
+    for (int64_t tr : {0, 4}) {
+      for (int64_t tl : {0, 5}) {
+        if (tr == 0 && tl == 0) continue;
+        const Case c{1, 2, 1, 3, tl, tr, 1, 6, 8, false, false, f, false, 7};
+        Problem p = make_problem(c);
+        const Result clean = brute_force(p);
+        p.q[kNanRow * static_cast<size_t>(c.d)] = std::numeric_limits<double>::quiet_NaN();
+        auto check = [&](const Result& got, const std::string& what) {
+          const size_t d = static_cast<size_t>(c.d);
+          for (size_t row = 0; row < clean.lse.size(); ++row) {
+            bool ok = row == kNanRow ? std::isnan(got.lse[row])
+                                     : std::abs(got.lse[row] - clean.lse[row]) < 1e-5;
+            for (size_t x = 0; x < d; ++x) {
+              const double g = got.out[row * d + x];
+              ok = ok && (row == kNanRow ? std::isnan(g) : std::abs(g - clean.out[row * d + x]) < 1e-5);
+            }
+            if (!ok)
+              astra::test::report_failure(__FILE__, __LINE__,
+                                          what + " " + c.name() + " row " + std::to_string(row));
+          }
+        };
+        check(run_core<double>(p, astra::core::attention_kernels_f64(), 1), "fp64");
+        for (Simd simd : {Simd::kGeneric, Simd::kAvx2, Simd::kAvx512, Simd::kAvx512Vnni}) {
+          if (!astra::core::simd_supported(simd)) continue;
+          check(run_core<float>(p, astra::core::attention_kernels_f32(simd), 1),
+                std::string("fp32 ") + astra::core::simd_name(simd));
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main() { return astra::test::run_all(); }

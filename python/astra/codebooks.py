@@ -132,4 +132,11 @@ class Codebooks:
             if names != [f"block.{i}" for i in range(len(names))]:
                 raise ValueError(f"{path!r} is not an ASTRA codebook file (tensors {names[:4]}...)")
             meta = f.metadata() or {}
-            return cls([f.get_tensor(n) for n in names], meta.get("quantize", "input"))
+            tensors = [f.get_tensor(n) for n in names]
+        for i, t in enumerate(tensors):
+            # a NaN/Inf codeword would decode and project to NaN/Inf on every receiver
+            bad = int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
+            if bad:
+                raise ValueError(f"{path!r}: the codebook of block {i} (layer {i}) has {bad} non-finite values "
+                                 "(NaN or Inf); recalibrate or replace the file")
+        return cls(tensors, meta.get("quantize", "input"))

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import astra_kernels as ak
+from astra_kernels import _checks
 
 from . import block as B
 from .codebooks import check_quantize
@@ -172,6 +173,8 @@ class RemotePlan:
     def _table_rows(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (B, Tr, G) -> the rows of the flattened (G*K, ...) tables they select, (B*Tr, G) int64."""
         g, k = self.codebook.shape[:2]
+        # the embedding bags check rows against G*K only: a code >= K would read the next group's row
+        _checks.codes_in_range("codes", codes, k, f"codebook size K={k}")
         return (codes.long() + torch.arange(g, device=codes.device) * k).flatten(0, 1)
 
     def _summed_rows(self, codes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
