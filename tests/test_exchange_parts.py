@@ -7,7 +7,6 @@ from runtime_helpers import hf_decoder, hf_vit, run_threads, tiny_classifier, ti
 
 import astra
 import astra_kernels as ak
-from astra.engine import MAX_EXCHANGE_PARTS, MIN_PART_BYTES
 from astra.models import example_inputs
 from astra.partition import part_bounds
 
@@ -59,23 +58,7 @@ def test_ranks_sending_in_parts_equal_the_simulation_exactly(name, world, parts,
                                 for d in layout.destinations(r)}
 
 
-def test_the_part_count_follows_the_payload_and_is_the_same_on_every_rank():
-    model = tiny_lm()
-    x = _inputs(model, tokens=25, batch=1)
-    for groups in (1, 4):
-        books = astra.calibrate(model, [x], 16, groups, progress=False)
-        engine = astra.AstraEngine(model, books)
-        for world in (2, 3, 5):
-            layout = engine.layout(x, world)
-            smallest = engine.payload_bytes(1, 25 // world)
-            assert engine.exchange_parts_for(1, layout) == max(1, min(MAX_EXCHANGE_PARTS, smallest // MIN_PART_BYTES))
-    # a payload of many KiB per peer goes in the most parts; a tiny one in one message
-    big = astra.AstraEngine(model, astra.calibrate(model, [x], 16, 4, progress=False))
-    assert big.exchange_parts_for(1024, big.layout(x, 2)) == MAX_EXCHANGE_PARTS
-    assert big.exchange_parts_for(1, big.layout(x, 2)) == 1
-
-
-@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2", None])
 def test_a_part_count_that_is_not_a_positive_integer_is_refused(bad):
     model = tiny_lm()
     books = astra.calibrate(model, [_inputs(model)], 8, 1, progress=False)
@@ -88,5 +71,5 @@ def test_ranks_with_other_part_counts_refuse_to_start():
 
     model = tiny_lm()
     books = astra.calibrate(model, [_inputs(model)], 8, 1, progress=False)
-    digests = [setup_digest(astra.AstraEngine(model, books, exchange_parts=p), 2) for p in (None, 3)]
+    digests = [setup_digest(astra.AstraEngine(model, books, exchange_parts=p), 2) for p in (1, 3)]
     assert [m.split(":")[0] for m in mismatches(digests)] == ["exchange_parts"]

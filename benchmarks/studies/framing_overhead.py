@@ -91,8 +91,8 @@ def main() -> None:
         ratios = [s / f for run in runs for f, s in zip(run["forward_s"], run["framing_s"])]
         rows.append({
             "model": "vit-base", "tokens": args.tokens, "ranks": 2, "groups": g,
-            "exchange_parts": engine.exchange_parts_for(1, layout),
-            "messages_per_rank": 2 * len(engine.adapter.blocks) * engine.exchange_parts_for(1, layout),
+            "exchange_parts": engine.exchange_parts,
+            "messages_per_rank": 2 * len(engine.adapter.blocks) * engine.exchange_parts,
             "payload_bytes_per_block": engine.payload_bytes(1, layout.size(0)),
             "forward_s": statistics.median(f for run in runs for f in run["forward_s"]),
             "framing_s": statistics.median(s for run in runs for s in run["framing_s"]),

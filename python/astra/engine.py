@@ -30,8 +30,6 @@ from .remote import RemotePlan
 from .transport import Transport
 
 ENCODINGS = ("auto", "exact", "int8")
-MAX_EXCHANGE_PARTS = 4  # past this the MLP's parts get too small to run at full speed
-MIN_PART_BYTES = 1024  # a part's 32-byte frame header stays near 3 % of it
 
 
 def _output_parts(bw: B.BlockWeights, h: torch.Tensor, out: torch.Tensor, rows_of_parts: list[slice],
@@ -105,21 +103,19 @@ class AstraEngine:
             see :func:`astra_kernels.int8_estimate_native`, else exact).
         quantize: what each token sends codes of, "input" or "kv" (:mod:`astra.codebooks`); None: what the
             codebooks were calibrated for. Codebooks of the other kind are an error.
-        exchange_parts: how many messages carry a rank's codes of one block to each peer (None: as many as
-            keep each part at least ``MIN_PART_BYTES``, at most ``MAX_EXCHANGE_PARTS``). The block before
-            computes its output part by part and sends each part's codes as soon as they exist, so the link
-            carries the first parts while the rest are computed (:meth:`exchange_parts_for`).
+        exchange_parts: how many messages carry a rank's codes of one block to each peer. With P > 1 the block
+            before computes its output part by part and sends each part's codes as soon as they exist, so the
+            link carries the first parts while the rest are computed; the parts' smaller matrix products cost
+            compute, so it pays only where the link time is long against a block's (benchmarks/RESULTS.md).
     """
 
     def __init__(self, model: torch.nn.Module, codebooks: Codebooks, *, formulation: str = "auto",
                  backend: str | None = None, table_budget_bytes: int = ak.TABLE_BUDGET_BYTES,
-                 encode: str = "auto", quantize: str | None = None, exchange_parts: int | None = None):
+                 encode: str = "auto", quantize: str | None = None, exchange_parts: int = 1):
         if encode not in ENCODINGS:
             raise ValueError(f"encode must be one of {', '.join(ENCODINGS)}, got {encode!r}")
-        if exchange_parts is not None and (isinstance(exchange_parts, bool) or not isinstance(exchange_parts, int)
-                                           or exchange_parts < 1):
-            raise ValueError(f"exchange_parts must be a count >= 1 (or None: chosen per layout), got "
-                             f"{exchange_parts!r}")
+        if isinstance(exchange_parts, bool) or not isinstance(exchange_parts, int) or exchange_parts < 1:
+            raise ValueError(f"exchange_parts must be a count >= 1, got {exchange_parts!r}")
         self.exchange_parts = exchange_parts
         self.adapter = adapt(model)
         blocks = self.adapter.blocks
@@ -154,15 +150,6 @@ class AstraEngine:
     def payload_bytes(self, batch: int, tokens: int) -> int:
         """Bytes of one rank's packed codes for one block (``codebooks.codes_per_token`` codes per token)."""
         return self.codebooks.payload_bytes(batch * tokens)
-
-    def exchange_parts_for(self, batch: int, layout: Layout) -> int:
-        """The parts each block's codes travel in: ``exchange_parts``, or the most (up to
-        ``MAX_EXCHANGE_PARTS``) that keep a rank of the smallest chunk sending ``MIN_PART_BYTES`` per part.
-        A function of the layout alone, so every rank agrees on it."""
-        if self.exchange_parts is not None:
-            return self.exchange_parts
-        smallest = layout.tokens // layout.world_size
-        return max(1, min(MAX_EXCHANGE_PARTS, self.payload_bytes(batch, smallest) // MIN_PART_BYTES))
 
     def _own_rows(self, tokens: int, parts: int) -> list[slice]:
         """Per part, its rows of a rank's hidden states (B, c + tokens, D); the class tokens go with the first."""
@@ -251,7 +238,7 @@ class AstraEngine:
             rotation, remote_rotation = self._rotations(layout, rank)
         batch, start = h.shape[0], layout.bounds(rank)[0]
         blocks = self.adapter.blocks
-        parts = self.exchange_parts_for(batch, layout)
+        parts = self.exchange_parts
         tags = [[f"block{i}" if parts == 1 else f"block{i}/{j}" for j in range(parts)] for i in range(len(blocks))]
         counts = {s: [b - a for a, b in part_bounds(layout.size(s), parts)] for s in srcs}  # tokens, by part
         sizes = [{s: self.payload_bytes(batch, counts[s][j]) for s in srcs} for j in range(parts)]  # bytes, by part
@@ -361,7 +348,7 @@ class AstraEngine:
         layout = self.layout(inputs, world_size)
         c, last = self.adapter.class_tokens, world_size - 1
         hs = [self._embed(inputs, layout, r) for r in range(world_size)]
-        parts = self.exchange_parts_for(hs[0].shape[0], layout)
+        parts = self.exchange_parts
         rows = [self._own_rows(layout.size(r), parts) for r in range(world_size)]  # each rank's rows, by part
         rotations = [self._rotations(layout, r) for r in range(world_size)]
         for i, (bw, plan) in enumerate(zip(self.adapter.blocks, self.plans)):

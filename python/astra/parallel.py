@@ -63,7 +63,7 @@ def parallelize(model: torch.nn.Module, codebooks: Codebooks, *, transport: str 
                 timeout_s: float = 60.0, setup_timeout_s: float = SETUP_TIMEOUT_S, formulation: str = "auto",
                 backend: str | None = None, table_budget_bytes: int = ak.TABLE_BUDGET_BYTES,
                 encode: str = "auto", quantize: str | None = None,
-                exchange_parts: int | None = None) -> ParallelModel:
+                exchange_parts: int = 1) -> ParallelModel:
     """Wrap an unmodified model for this rank of an N-process job.
 
     Every rank then checks with the others that they hold the same setup (:mod:`astra.handshake`: weights,

@@ -23,8 +23,8 @@ TABLE_BUDGET_HELP = ("MiB per layer for the projected K/V codebook tables (fp32 
 QUANTIZE_HELP = ("what each token sends codes of: input (its attention input, D features) or kv (its keys before "
                  "rotation and its values, Hkv*d features each: 2G codes per token, decoded without a projection)")
 
-EXCHANGE_PARTS_HELP = ("messages that carry a rank's codes of one block to each peer; the block before sends each "
-                       "part as soon as it is computed (default: as many as keep a part >= 1 KiB, at most 4)")
+EXCHANGE_PARTS_HELP = ("messages that carry a rank's codes of one block to each peer (default 1); with more, the block "
+                       "before computes its output part by part and sends each part's codes at once")
 ENCODE_HELP = ("how tokens are quantized: exact (nearest codeword), int8 (int8-estimated scores: faster where "
                "its SIMD kernels beat the exact search, some codes near-nearest) or auto (int8 where it is faster)")
 

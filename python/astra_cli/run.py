@@ -67,7 +67,7 @@ class RunConfig:
     codebooks: str | None = None
     formulation: str = "auto"
     encode: str = "auto"
-    exchange_parts: int | None = None
+    exchange_parts: int = 1
     table_budget_mib: float = ak.TABLE_BUDGET_BYTES / 2**20
     backend: str | None = None
     timeout: float = 60.0
@@ -206,7 +206,6 @@ def measure(cfg: RunConfig, transport) -> dict | None:
         "codes_per_token": books.codes_per_token,
         "remote_formulation": engine.remote_formulations(inputs, world),
         "encoding": engine.encode,
-        "exchange_parts_used": engine.exchange_parts_for(cfg.batch, layout),
         "latency_s": statistics.median(per_run),
         "latency_runs_s": per_run,
         "tokens_per_rank": [r["tokens"] for r in everyone],
@@ -310,7 +309,7 @@ def check_config(cfg: RunConfig) -> None:
                           ("--job-timeout", cfg.job_timeout)):
         if not seconds > 0:
             raise ValueError(f"{flag} must be positive, got {seconds}")
-    if cfg.exchange_parts is not None and cfg.exchange_parts < 1:
+    if cfg.exchange_parts < 1:
         raise ValueError(f"--exchange-parts must be >= 1, got {cfg.exchange_parts}")
     if cfg.table_budget_mib < 0:
         raise ValueError(f"--table-budget-mib must be >= 0, got {cfg.table_budget_mib}")

@@ -29,7 +29,7 @@ class BenchConfig:
     quantize: str = "input"  # astra.codebooks.QUANTIZE
     table_budget_mib: float = ak.TABLE_BUDGET_BYTES / 2**20  # per layer, K and V tables together
     encode: str = "auto"  # astra.engine.ENCODINGS
-    exchange_parts: int | None = None  # messages per block and peer (None: the engine's choice)
+    exchange_parts: int = 1  # messages per block and peer
     transport: str = "gloo"
     topology: str = "star"  # sim, netns and emulated: star (full duplex) or shared (one medium)
     latency_ms: float = 0.0  # sim: per-message latency; emulated: added to the modelled one
@@ -63,7 +63,7 @@ class BenchConfig:
             raise ValueError(f"quantize must be one of {', '.join(QUANTIZE)}, got {self.quantize!r}")
         if self.encode not in ENCODINGS:
             raise ValueError(f"encode must be one of {', '.join(ENCODINGS)}, got {self.encode!r}")
-        if self.exchange_parts is not None and self.exchange_parts < 1:
+        if self.exchange_parts < 1:
             raise ValueError(f"exchange parts must be >= 1, got {self.exchange_parts}")
         if self.latency_ms < 0:
             raise ValueError(f"latency must be >= 0 ms, got {self.latency_ms}")
@@ -86,7 +86,7 @@ class RankSpec:
     codebooks: dict[str, str]  # str(G) -> codebook file
     table_budget_bytes: int
     encode: str
-    exchange_parts: int | None
+    exchange_parts: int
     bandwidths: list[float | None]  # None: unshaped (real link)
     link: str
     topology: str

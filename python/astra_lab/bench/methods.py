@@ -89,7 +89,7 @@ class FirstToken:
 
 def build(model, names: list[str], groups: list[int], codebooks: dict[str, str | Codebooks], *,
           table_budget_bytes: int, encode: str, tokens: int,
-          exchange_parts: int | None = None) -> list[tuple[str, int | None, object]]:
+          exchange_parts: int = 1) -> list[tuple[str, int | None, object]]:
     """(name, groups, method) of the single device and of every method in ``names`` ("astra" once per G,
     ``codebooks[str(G)]`` a codebook file or :class:`Codebooks`; "pp" once per chunk count of ``tokens``,
     :func:`~astra_lab.baselines.pipeline_parallel.chunk_counts`)."""
@@ -122,7 +122,7 @@ def method_fields(name: str, method, inputs: torch.Tensor, world: int) -> dict:
     if name == "astra":
         fields.update(remote_formulation=method.remote_formulations(inputs, world), encoding=method.encode,
                       quantize=method.quantize,
-                      exchange_parts=method.exchange_parts_for(inputs.shape[0], method.layout(inputs, world)))
+                      exchange_parts=method.exchange_parts)
     if name == "pp":
         fields["pp_chunks"] = method.pp_chunks
     if isinstance(method, FirstToken) or getattr(method, "first_token", False):
