@@ -119,7 +119,8 @@ def main() -> None:
     for name in filter(None, args.models.split(",")):
         family, size = name.split("-")
         rows += measure(family, size, args.tokens, args.groups, args.ranks, args.seed)
-    print("\n| model | variant | relative L2 to exact | relative L2 to original |\n|---|---|---:|---:|")
+    if rows:
+        print("\n| model | variant | relative L2 to exact | relative L2 to original |\n|---|---|---:|---:|")
     for r in rows:
         print(f"| {r['model']} | {r['variant']} | {r['vs_exact']:.3%} | {r['vs_original']:.3%} |")
     if args.fmnist:

@@ -186,8 +186,8 @@ def scaling_plot(rows: list[dict], path: str) -> str:
         for r in panels[k]:
             if _plot_label(r) is not None:
                 lines[_plot_label(r)][r["ranks"]] = r["speedup_vs_single"]
-        top = max(n for pts in lines.values() for n in pts)
-        ax.plot([1, top], [1, top], color="0.6", linestyle="--", label="ideal (N)")
+        ranks = sorted({1, *(n for pts in lines.values() for n in pts)})
+        ax.plot(ranks, ranks, color="0.6", linestyle="--", label="ideal (N)")  # at every N: the x axis is log
         for label, pts in sorted(lines.items()):
             ns = [1] + sorted(pts)
             style = "-" if label.startswith("astra") else ":"
@@ -196,7 +196,7 @@ def scaling_plot(rows: list[dict], path: str) -> str:
                 label=f"paper: {PAPER_SPEEDUP[1]}x at N = {PAPER_SPEEDUP[0]}")
         ax.annotate(f"{PAPER_SPEEDUP[1]}x", PAPER_SPEEDUP, textcoords="offset points", xytext=(8, -4))
         ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted({1, *(n for pts in lines.values() for n in pts)}))
+        ax.set_xticks(ranks)
         ax.get_xaxis().set_major_formatter(ScalarFormatter())
         ax.set_xlabel("ranks N")
         ax.set_ylabel("speed-up vs single device")
