@@ -34,12 +34,12 @@ guard instead of passing unnoticed.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import struct
 import zlib
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 MAGIC = b"ASF1"
@@ -51,7 +51,14 @@ _CHECKSUM = struct.Struct("<I")
 # Written behind the frame in a receive buffer that has room for more; random per process, so no peer's
 # bytes carry it by design.
 _GUARD = os.urandom(8)
-_MAGIC = np.frombuffer(MAGIC, dtype=np.uint8)
+
+
+def _memory(t: torch.Tensor) -> memoryview:
+    """The bytes of a contiguous 1-D uint8 CPU tensor, as a writable buffer without a copy (valid while ``t``
+    lives): what zlib and struct read and write, with torch alone (no numpy)."""
+    if not t.numel():
+        return memoryview(bytearray())
+    return memoryview((ctypes.c_ubyte * t.numel()).from_address(t.data_ptr())).cast("B")
 
 
 class FrameError(ValueError):
@@ -79,18 +86,19 @@ def exchange_id(tag: str) -> int:
 
 def payload_checksum(payload: torch.Tensor) -> int:
     """crc32 of a 1-D uint8 CPU payload: computed once per exchange, shared by the frames to every peer."""
-    return zlib.crc32(payload.numpy())
+    return zlib.crc32(_memory(payload))
 
 
 def encode(payload: torch.Tensor, checksum: int, *, sequence: int, exchange: int, source: int) -> torch.Tensor:
     """The frame (1-D uint8 CPU tensor) of a 1-D uint8 CPU payload whose :func:`payload_checksum` is ``checksum``."""
     n = payload.numel()
-    buf = np.empty(HEADER_BYTES + n, dtype=np.uint8)
-    buf[HEADER_BYTES:] = payload.numpy()
-    _FIELDS.pack_into(buf, _FIELDS_AT, sequence, exchange, source, n)
-    buf[:4] = _MAGIC
-    _CHECKSUM.pack_into(buf, 4, zlib.crc32(buf[_FIELDS_AT:HEADER_BYTES], checksum))
-    return torch.from_numpy(buf)
+    buf = torch.empty(HEADER_BYTES + n, dtype=torch.uint8)
+    buf[HEADER_BYTES:] = payload
+    data = _memory(buf)
+    _FIELDS.pack_into(data, _FIELDS_AT, sequence, exchange, source, n)
+    data[:4] = MAGIC
+    _CHECKSUM.pack_into(data, 4, zlib.crc32(data[_FIELDS_AT:HEADER_BYTES], checksum))
+    return buf
 
 
 def receive_buffer(frame_bytes: int, *, device: torch.device | str = "cpu", room: bool = True) -> torch.Tensor:
@@ -98,10 +106,10 @@ def receive_buffer(frame_bytes: int, *, device: torch.device | str = "cpu", room
     (the rest of the room is left unwritten)."""
     if not room:
         return torch.zeros(frame_bytes, dtype=torch.uint8, device=device)
-    buf = np.empty(2 * frame_bytes + len(_GUARD), dtype=np.uint8)
+    buf = torch.empty(2 * frame_bytes + len(_GUARD), dtype=torch.uint8)
     buf[:frame_bytes] = 0
-    buf[frame_bytes: frame_bytes + len(_GUARD)] = np.frombuffer(_GUARD, dtype=np.uint8)
-    return torch.from_numpy(buf).to(device)
+    _memory(buf)[frame_bytes: frame_bytes + len(_GUARD)] = _GUARD
+    return buf.to(device)
 
 
 def long_message(frame_bytes: int, received: int | None = None) -> str:
@@ -121,14 +129,15 @@ def open_frame(buf: torch.Tensor, expected: Expected, received: int | None) -> t
     sequence number.
     """
     size = expected.frame_bytes
-    data = buf.numpy()
+    buf = buf.contiguous()  # kept: data is a view of its memory
+    data = _memory(buf)
     if received is not None and received != size:
         if received > size:
             raise FrameError(long_message(size, received))
         raise FrameError(f"sent a short message: {received:,} bytes where a {size:,}-byte frame was expected")
-    if data.size < size:
-        raise FrameError(f"sent a short message: {data.size:,} bytes where a {size:,}-byte frame was expected")
-    if received is None and data.size > size and data[size: size + len(_GUARD)].tobytes() != _GUARD:
+    if data.nbytes < size:
+        raise FrameError(f"sent a short message: {data.nbytes:,} bytes where a {size:,}-byte frame was expected")
+    if received is None and data.nbytes > size and data[size: size + len(_GUARD)].tobytes() != _GUARD:
         raise FrameError(long_message(size))
     magic, checksum, sequence, exchange, source, length = HEADER.unpack_from(data, 0)
     if magic != MAGIC:
