@@ -177,11 +177,11 @@ def test_astra_train_without_transformers_exits_2_naming_train(monkeypatch, caps
     assert err.startswith("astra train: ") and "pip install 'astra-inference[train]'" in err
 
 
-def test_astra_bench_without_transformers_exits_2_naming_hf(monkeypatch, tmp_path, capsys):
+def test_astra_bench_without_transformers_exits_2_naming_bench(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # bench sets the thread count in-process
     hide(monkeypatch, "transformers")
     argv = ["bench", "--link", "sim", "--ranks", "2", "--methods", "astra,single", "--json", str(tmp_path / "b.json")]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("astra bench: ") and "needs transformers: pip install 'astra-inference[hf]'" in err
+    assert err.startswith("astra bench: ") and "needs transformers: pip install 'astra-inference[bench]'" in err
     assert not (tmp_path / "b.json").exists()

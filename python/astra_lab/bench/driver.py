@@ -22,7 +22,7 @@ import tempfile
 import torch
 
 from astra import models
-from astra._optional import MissingDependency
+from astra._optional import MissingDependency, require
 from astra.calibrate import cached_calibration
 from astra.launch import SETUP_TIMEOUT_S, LaunchTimeout, free_port, wait_ranks
 
@@ -62,8 +62,15 @@ def _launch(spec: RankSpec, world: int, spec_path: str, link: NetnsLink | None) 
         raise RuntimeError(f"bench ranks failed with exit codes {codes} ({spec.model}-{spec.size}, {spec.link})")
 
 
+# What every sweep needs (the models, their codebooks, the progress bars): missing ones name the bench extra before
+# any work starts. The plots are optional (a sweep without matplotlib writes its JSON and tables).
+BENCH_PACKAGES = ("transformers", "faiss", "numpy", "tqdm")
+
+
 def run(cfg: BenchConfig) -> list[dict]:
     cfg.validate()
+    for package in BENCH_PACKAGES:
+        require(package, extra="bench", purpose="the benchmark")
     if "netns" in cfg.links:
         require_netns()
     torch.set_num_threads(cfg.threads)
