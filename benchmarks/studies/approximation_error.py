@@ -104,6 +104,15 @@ def kjv_perplexity(path: str, ranks: int) -> list[dict]:
     return rows
 
 
+def _table(rows: list[dict], columns: dict) -> None:
+    """Print rows as a Markdown table: model, variant, then ``columns`` (header -> cell of a row)."""
+    if not rows:
+        return
+    print("\n| model | variant | " + " | ".join(columns) + " |\n|---|---|" + "---:|" * len(columns))
+    for r in rows:
+        print(f"| {r['model']} | {r['variant']} | " + " | ".join(cell(r) for cell in columns.values()) + " |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="vit-base,gpt2-small", help="family-size list")
@@ -119,21 +128,16 @@ def main() -> None:
     for name in filter(None, args.models.split(",")):
         family, size = name.split("-")
         rows += measure(family, size, args.tokens, args.groups, args.ranks, args.seed)
-    if rows:
-        print("\n| model | variant | relative L2 to exact | relative L2 to original |\n|---|---|---:|---:|")
-    for r in rows:
-        print(f"| {r['model']} | {r['variant']} | {r['vs_exact']:.3%} | {r['vs_original']:.3%} |")
+    _table(rows, {"relative L2 to exact": lambda r: f"{r['vs_exact']:.3%}",
+                  "relative L2 to original": lambda r: f"{r['vs_original']:.3%}"})
     if args.fmnist:
         accuracy = fmnist_accuracy(args.fmnist, args.ranks)
-        print("\n| model | variant | accuracy | agreement with exact |\n|---|---|---:|---:|")
-        for r in accuracy:
-            print(f"| {r['model']} | {r['variant']} | {r['accuracy']:.2%} | {r['agreement_with_exact']:.2%} |")
+        _table(accuracy, {"accuracy": lambda r: f"{r['accuracy']:.2%}",
+                          "agreement with exact": lambda r: f"{r['agreement_with_exact']:.2%}"})
         rows += accuracy
     if args.kjv:
         ppl = kjv_perplexity(args.kjv, args.ranks)
-        print("\n| model | variant | perplexity |\n|---|---|---:|")
-        for r in ppl:
-            print(f"| {r['model']} | {r['variant']} | {r['perplexity']:.4f} |")
+        _table(ppl, {"perplexity": lambda r: f"{r['perplexity']:.4f}"})
         rows += ppl
     if args.json:
         with open(args.json, "w") as f:

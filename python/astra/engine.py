@@ -32,6 +32,11 @@ from .transport import Transport
 ENCODINGS = ("auto", "exact", "int8")
 
 
+def _along_tokens(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Parts of hidden states (B, t_j, D) joined along the tokens (one part: itself, not a copy)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
 def _output_parts(bw: B.BlockWeights, h: torch.Tensor, out: torch.Tensor, rows_of_parts: list[slice],
                   timer: "PhaseTimer", outputs: list[torch.Tensor]):
     """Yields a block's output (:func:`astra.block.residual`) part by part, each also appended to ``outputs``."""
@@ -166,7 +171,7 @@ class AstraEngine:
         """The parts' (z, qkv) along their tokens."""
         if len(parts) == 1:
             return parts[0]
-        z = torch.cat([p[0] for p in parts], dim=1)
+        z = _along_tokens([p[0] for p in parts])
         return z, (tuple(torch.cat(t, dim=2) for t in zip(*(p[1] for p in parts))) if self.quantize == "kv" else None)
 
     def _embed(self, inputs: torch.Tensor, layout: Layout, rank: int) -> torch.Tensor:
@@ -302,7 +307,7 @@ class AstraEngine:
                 z, qkv, handles = post(i + 1, computed)  # each part's codes leave before the next part is computed
             else:
                 outputs = list(computed)
-            h = torch.cat(outputs, dim=1) if parts > 1 else outputs[0]
+            h = _along_tokens(outputs)
         with timer("head"):
             if not c:
                 return self._outputs(h, logits_to_keep)
@@ -371,7 +376,7 @@ class AstraEngine:
                 if cache is not None and r == last:
                     remote_kv = self._record(cache, i, plan, q, k, v, remote, remote_rotation, layout.bounds(r)[0])
                 out = B.attend(plan, q, k, v, remote, self.causal, self.backend, local, remote_rotation, remote_kv)
-                hs[r] = torch.cat([B.residual(bw, hs[r][:, p], out[:, :, p]) for p in rows[r]], dim=1)
+                hs[r] = _along_tokens([B.residual(bw, hs[r][:, p], out[:, :, p]) for p in rows[r]])
         if not c:
             return [self._outputs(h, logits_to_keep) for h in hs]
         pooled = torch.stack([h[:, 0].float() for h in hs]).mean(0).to(hs[0].dtype)
