@@ -189,9 +189,11 @@ def attention_scale(scale, head_dim: int) -> float:
 FORMULATIONS = ("tokens", "codewords")
 
 
-def attention_op(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias, scale, formulation) -> None:
+def attention_op(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias, scale, formulation,
+                 remote_rotation=None) -> None:
     """The mixed_precision_attention op's arguments (those of :func:`attention_inputs`, then a
-    formulation, its G, the scale and the codes' range), in the order the C++ checks take them."""
+    formulation, its G, the scale, the codes' range and the remote rotation), in the order the C++
+    checks take them."""
     sizes = attention_inputs(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias)
     if formulation not in FORMULATIONS:
         raise ValueError(f"formulation must be 'tokens' or 'codewords', got {formulation!r}")
@@ -200,6 +202,25 @@ def attention_op(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_
     attention_scale(scale, sizes["head_dim"])
     k = sizes["codebook_size"]
     codes_in_range("remote_codes", remote_codes, k, f"table size K={k}")
+    if remote_rotation is not None:
+        rotation_input(remote_rotation, q, sizes["remote"], sizes["head_dim"], formulation)
+
+
+def rotation_input(rotation, q, remote: int, head_dim: int, formulation: str) -> None:
+    """``remote_rotation`` (2, Tr, d/2): the cos and sin of each remote token's rotary angles (d even),
+    for the tokens formulation (the codewords one attends a codeword once, whatever its tokens' positions)."""
+    tensor("remote_rotation", rotation)
+    if formulation == "codewords":
+        raise ValueError("the codewords formulation attends each codeword once, so it cannot rotate remote keys "
+                         "at their tokens' positions; use the tokens formulation with remote_rotation")
+    if head_dim % 2:
+        raise ValueError(f"remote_rotation needs an even head dim (RoPE rotates pairs of features), got d={head_dim}")
+    if tuple(rotation.shape) != (2, remote, head_dim // 2):
+        raise ValueError(f"remote_rotation must have shape (2, Tr={remote}, d/2={head_dim // 2}) (cos, sin), "
+                         f"got {tuple(rotation.shape)}")
+    if not rotation.dtype.is_floating_point:
+        raise TypeError(f"remote_rotation must be a float tensor, got {rotation.dtype}")
+    same_device(q=q, remote_rotation=rotation)
 
 
 def attention_inputs(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias) -> dict:

@@ -211,12 +211,14 @@ def mixed_precision_attention(
     causal: bool,
     scale: float,
     formulation: str,
+    remote_rotation: Tensor | None = None,
     backend: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """See astra_kernels.reference.mixed_precision_attention; returns (out, lse)."""
     _only_reference("mixed_precision_attention", q.device, backend)
     return reference.mixed_precision_attention(
-        q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias, causal, scale, formulation
+        q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias, causal, scale, formulation,
+        remote_rotation,
     )
 
 
@@ -224,7 +226,8 @@ _register_backend_kernels(mixed_precision_attention, "mixed_precision_attention"
 
 
 @mixed_precision_attention.register_fake
-def _(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias, causal, scale, formulation, backend=None):
+def _(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias, causal, scale, formulation,
+      remote_rotation=None, backend=None):
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
@@ -233,12 +236,13 @@ _ATTN_TENSORS = 8  # q, k_local, v_local, remote_codes, k_table, v_table, k_bias
 
 def _mpa_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:_ATTN_TENSORS])
-    ctx.options = inputs[_ATTN_TENSORS : _ATTN_TENSORS + 3]  # causal, scale, formulation
+    ctx.options = inputs[_ATTN_TENSORS : _ATTN_TENSORS + 4]  # causal, scale, formulation, remote_rotation
 
 
 def _mpa_backward(ctx, grad_out, grad_lse):
+    # no gradient for the rotation: it is a function of the positions
     grads = _reference_vjp(reference.mixed_precision_attention, ctx, grad_out, grad_lse, ctx.options)
-    return (*grads, None, None, None, None)
+    return (*grads, None, None, None, None, None)
 
 
 mixed_precision_attention.register_autograd(_mpa_backward, setup_context=_mpa_setup)

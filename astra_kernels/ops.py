@@ -161,6 +161,7 @@ def mixed_precision_attention(
     causal: bool = False,
     scale: float | None = None,
     formulation: str | None = None,
+    remote_rotation: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention from local queries to full-precision local keys and to remote
@@ -181,6 +182,12 @@ def mixed_precision_attention(
         scale: score scale, default d ** -0.5.
         formulation: "tokens", "codewords" (G = 1 only) or None to let the
             cost model choose (:func:`astra_kernels.cost_model.attention_formulation`).
+        remote_rotation: optional (2, Tr, d/2) float, the cos and sin of each
+            remote token's rotary angles (RoPE at the token's global position):
+            its key is rotated inside the kernel, in Hugging Face's half-split
+            layout (:func:`astra_kernels.reference.mixed_precision_attention`).
+            Needs the tokens formulation (the default with a rotation) and an
+            even d; values are not rotated, local keys arrive rotated.
 
     Returns:
         out (B, H, Tq, d) in q's dtype and lse (B, H, Tq) float32, the natural
@@ -191,7 +198,9 @@ def mixed_precision_attention(
     sizes = _checks.attention_inputs(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias)
     scale = _checks.attention_scale(scale, sizes["head_dim"])
     name = backends.resolve(backend, q.device, "mixed_precision_attention")
-    if formulation is None:
+    if formulation is None and remote_rotation is not None:
+        formulation = "tokens"  # a codeword's tokens sit at different positions
+    elif formulation is None:
         formulation = cost_model.attention_formulation(
             cost_model.RemoteShape(
                 batch=sizes["batch"], heads=sizes["heads"], kv_heads=sizes["kv_heads"], head_dim=sizes["head_dim"],
@@ -205,9 +214,12 @@ def mixed_precision_attention(
     if formulation == "codewords" and sizes["groups"] != 1:
         raise ValueError(f"the codewords formulation needs G = 1 (one codebook), got G={sizes['groups']}")
     codes = _checks.as_int32_codes(remote_codes).contiguous()  # the op checks the range
+    if remote_rotation is not None:
+        _checks.rotation_input(remote_rotation, q, sizes["remote"], sizes["head_dim"], formulation)
+        remote_rotation = remote_rotation.contiguous()
     return _library.mixed_precision_attention(
         q, k_local, v_local, codes, k_table, v_table, k_bias, v_bias, bool(causal), float(scale), formulation,
-        backend=name,
+        remote_rotation, backend=name,
     )
 
 

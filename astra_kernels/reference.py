@@ -198,6 +198,13 @@ def gather_tables(codes: torch.Tensor, table: torch.Tensor, bias: torch.Tensor |
     return out if bias is None else out + bias
 
 
+def rotate_pairs(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """x (..., T, d) rotated by rotation (2, T, d/2) = (cos, sin) over the feature pairs (i, i + d/2)."""
+    cos, sin = rotation[0], rotation[1]
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
@@ -214,6 +221,7 @@ def mixed_precision_attention(
     causal: bool,
     scale: float,
     formulation: str,
+    remote_rotation: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of local queries over remote tokens (known by their codes) then local tokens.
 
@@ -226,8 +234,16 @@ def mixed_precision_attention(
     formulation "tokens" materializes each remote token's K/V from the tables;
     "codewords" (G = 1 only) attends over the K projected codewords with a
     log(count) bias instead, which is equal in exact arithmetic.
+
+    ``remote_rotation`` (2, Tr, d/2), tokens only: the cos and sin of remote
+    token t's rotary angles; its key (head by head, bias included) is rotated
+    in Hugging Face's half-split layout, pairs (i, i + d/2):
+    k'[i] = k[i] cos - k[i + d/2] sin, k'[i + d/2] = k[i + d/2] cos + k[i] sin.
+    The tables stay position-free; values are never rotated. Local keys
+    arrive rotated already.
     """
-    _checks.attention_op(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias, scale, formulation)
+    _checks.attention_op(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias, scale, formulation,
+                         remote_rotation)
     b, h, tq, d = q.shape
     hkv, tl = k_local.shape[1], k_local.shape[2]
     g, k = k_table.shape[0], k_table.shape[1]
@@ -245,6 +261,8 @@ def mixed_precision_attention(
         rem_bias = torch.zeros(b, remote_codes.shape[1], dtype=acc, device=q.device)
     tr = k_rem.shape[1]
     k_rem = k_rem.reshape(b, tr, hkv, d).transpose(1, 2)  # (B, Hkv, Tr', d)
+    if remote_rotation is not None:
+        k_rem = rotate_pairs(k_rem, remote_rotation.to(acc))
     v_rem = v_rem.reshape(b, tr, hkv, d).transpose(1, 2)
     keys = torch.cat([k_rem, k_local.to(acc)], dim=2).repeat_interleave(h // hkv, dim=1)  # (B, H, Tr'+Tl, d)
     values = torch.cat([v_rem, v_local.to(acc)], dim=2).repeat_interleave(h // hkv, dim=1)

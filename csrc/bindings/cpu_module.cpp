@@ -48,9 +48,9 @@ PYBIND11_MODULE(_C, m) {
         pybind11::arg("k_local"), pybind11::arg("v_local"), pybind11::arg("remote_codes"),
         pybind11::arg("k_table"), pybind11::arg("v_table"), pybind11::arg("k_bias"),
         pybind11::arg("v_bias"), pybind11::arg("causal"), pybind11::arg("scale"),
-        pybind11::arg("formulation"), no_gil,
+        pybind11::arg("formulation"), pybind11::arg("remote_rotation") = pybind11::none(), no_gil,
         "q (B, H, Tq, d), k/v_local (B, Hkv, Tl, d), remote_codes (B, Tr, G) int32, "
-        "tables (G, K, Hkv*d), biases (Hkv*d,) or None -> "
+        "tables (G, K, Hkv*d), biases (Hkv*d,) or None, remote_rotation (2, Tr, d/2) (cos, sin) or None -> "
         "(out (B, H, Tq, d) in q.dtype, lse (B, H, Tq) float32)");
   m.def("attention_after", &astra::cpu::attention_after, pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"),
         pybind11::arg("prior_out"), pybind11::arg("prior_lse"), pybind11::arg("causal"), pybind11::arg("scale"),

@@ -87,6 +87,10 @@ AttentionPlan<T>::AttentionPlan(const AttentionShape& shape, const AttentionInpu
     throw std::invalid_argument("AttentionPlan: the codewords formulation needs G = 1");
   }
   if (!(inputs.scale > 0)) throw std::invalid_argument("AttentionPlan: scale must be positive");
+  if (inputs.rotation != nullptr &&
+      (inputs.formulation != RemoteFormulation::kTokens || shape.head_dim % 2 != 0)) {
+    throw std::invalid_argument("AttentionPlan: rotary angles need the tokens formulation and an even head dim");
+  }
   group_size_ = shape.heads / shape.kv_heads;
   task_queries_ = balanced_block(shape.queries, std::max<int64_t>(1, kTaskRows / group_size_));
   query_blocks_ = (shape.queries + task_queries_ - 1) / task_queries_;
@@ -274,6 +278,7 @@ void AttentionPlan<T>::attend_remote(const Task& task, Workspace& ws,
                          in_.k_bias != nullptr ? in_.k_bias + offset : nullptr,
                          ws.key_tile.data()};
     kernels_.gather(gather);
+    if (in_.rotation != nullptr) rotate_tile(ws.key_tile.data(), e0, n, task.kv_heads);
     gather.table = in_.v_table;
     gather.bias = in_.v_bias != nullptr ? in_.v_bias + offset : nullptr;
     gather.out = ws.value_tile.data();
@@ -282,6 +287,30 @@ void AttentionPlan<T>::attend_remote(const Task& task, Workspace& ws,
       attend_block(head_state(task, ws, i), ws, gemms, 0, task.rows, ws.key_tile.data() + i * d,
                    width, ws.value_tile.data() + i * d, width, n,
                    bias != nullptr ? bias + e0 : nullptr, nullptr);
+    }
+  }
+}
+
+// Rows [0, entries) of the key tile hold remote tokens first_entry.. for `kv_heads` heads side by
+// side; pair (i, i + d/2) of each head turns by the token's angle i.
+template <class T>
+void AttentionPlan<T>::rotate_tile(T* tile, int64_t first_entry, int64_t entries, int64_t kv_heads) const {
+  const int64_t d = shape_.head_dim;
+  const int64_t half = d / 2;
+  const T* cos = in_.rotation + first_entry * half;
+  const T* sin = cos + shape_.remote * half;
+  for (int64_t e = 0; e < entries; ++e) {
+    const T* c = cos + e * half;
+    const T* s = sin + e * half;
+    for (int64_t i = 0; i < kv_heads; ++i) {
+      T* x = tile + (e * kv_heads + i) * d;
+      T* y = x + half;
+      for (int64_t j = 0; j < half; ++j) {
+        const T a = x[j];
+        const T b = y[j];
+        x[j] = a * c[j] - b * s[j];
+        y[j] = b * c[j] + a * s[j];
+      }
     }
   }
 }

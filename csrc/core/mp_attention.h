@@ -18,7 +18,8 @@
 // SIMD row kernels.
 //   tokens     remote keys/values of a block of tokens are gathered and summed
 //              from the G table rows into a tile buffer (all kv heads of the
-//              task at once: contiguous row segments);
+//              task at once: contiguous row segments); with rotary angles, each
+//              key row is rotated there, while it is still in L1;
 //   codewords  (G = 1) the distinct codewords of the batch row, each with a
 //              log(count) score bias (count = how many remote tokens carry it);
 //   local      keys read in place; causal masking only on the diagonal band,
@@ -69,6 +70,10 @@ struct AttentionInputs {
   bool causal;
   double scale;
   RemoteFormulation formulation;  // kCodewords needs G == 1
+  // Optional rotary angles of the remote tokens, (2, Tr, d/2) contiguous: cos then sin, d even,
+  // kTokens only. Remote token t's gathered key is rotated over the feature pairs (i, i + d/2) of
+  // each kv head, in the tile, before its scores (reference.mixed_precision_attention).
+  const T* rotation = nullptr;
   // Optional attention partial over other, earlier keys, (out (B, H, Tq, d), natural-log lse (B, H, Tq)):
   // the online softmax starts from it, so the result covers those keys too (no separate merge).
   const T* prior_out = nullptr;
@@ -142,6 +147,7 @@ class AttentionPlan {
   void run_task(int64_t task, Workspace& ws, const AttentionGemms<T>& gemms,
                 const AttentionOutputs<T>& outputs) const;
   void attend_remote(const Task& task, Workspace& ws, const AttentionGemms<T>& gemms) const;
+  void rotate_tile(T* tile, int64_t first_entry, int64_t entries, int64_t kv_heads) const;
   void attend_local(const Task& task, const HeadState& head, Workspace& ws,
                     const AttentionGemms<T>& gemms) const;
   void attend_block(const HeadState& head, Workspace& ws, const AttentionGemms<T>& gemms,

@@ -23,7 +23,7 @@ std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
     const at::Tensor& q, const at::Tensor& k_local, const at::Tensor& v_local,
     const at::Tensor& remote_codes, const at::Tensor& k_table, const at::Tensor& v_table,
     const std::optional<at::Tensor>& k_bias, const std::optional<at::Tensor>& v_bias, bool causal,
-    double scale, const std::string& formulation);
+    double scale, const std::string& formulation, const std::optional<at::Tensor>& remote_rotation);
 
 // Attention of q (B, H, Tq, d) over k, v (B, Hkv, Tk, d) continuing from a
 // partial over other, earlier keys: prior_out (B, H, Tq, d) in q.dtype,

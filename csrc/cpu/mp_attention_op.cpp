@@ -65,7 +65,7 @@ void run_attention(const core::AttentionShape& shape, const at::Tensor& q,
                    const at::Tensor& k_local, const at::Tensor& v_local, const at::Tensor& codes,
                    const at::Tensor& k_table, const at::Tensor& v_table, const at::Tensor& k_bias,
                    const at::Tensor& v_bias, bool causal, double scale,
-                   core::RemoteFormulation formulation, at::Tensor& out, at::Tensor& lse,
+                   core::RemoteFormulation formulation, const at::Tensor& rotation, at::Tensor& out, at::Tensor& lse,
                    const at::Tensor& prior_out = at::Tensor(), const at::Tensor& prior_lse = at::Tensor()) {
   core::AttentionInputs<T> inputs{q.data_ptr<T>(),
                                         head_strides(q),
@@ -81,6 +81,7 @@ void run_attention(const core::AttentionShape& shape, const at::Tensor& q,
                                         causal,
                                         scale,
                                         formulation};
+  if (rotation.defined()) inputs.rotation = rotation.data_ptr<T>();
   if (prior_out.defined()) {
     inputs.prior_out = prior_out.data_ptr<T>();
     inputs.prior_strides = head_strides(prior_out);
@@ -104,14 +105,14 @@ std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
     const at::Tensor& q, const at::Tensor& k_local, const at::Tensor& v_local,
     const at::Tensor& remote_codes, const at::Tensor& k_table, const at::Tensor& v_table,
     const std::optional<at::Tensor>& k_bias, const std::optional<at::Tensor>& v_bias, bool causal,
-    double scale, const std::string& formulation) {
+    double scale, const std::string& formulation, const std::optional<at::Tensor>& remote_rotation) {
   TORCH_CHECK(q.device().is_cpu() && k_local.device().is_cpu() && v_local.device().is_cpu() &&
                   remote_codes.device().is_cpu() && k_table.device().is_cpu() &&
                   v_table.device().is_cpu(),
               "astra CPU mixed_precision_attention: tensors must be on the CPU");
   // shapes, biases, formulation, scale, and every code indexing the tables (or the codeword counts)
   const checks::AttentionSizes sizes = checks::attention_op(q, k_local, v_local, remote_codes, k_table, v_table,
-                                                            k_bias, v_bias, scale, formulation);
+                                                            k_bias, v_bias, scale, formulation, remote_rotation);
   const at::ScalarType dtype = q.scalar_type();
   TORCH_CHECK(
       dtype == at::kDouble || dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
@@ -128,6 +129,7 @@ std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
   const at::Tensor vt = v_table.to(compute).contiguous();
   const at::Tensor kb = k_bias.has_value() ? k_bias->to(compute).contiguous() : at::Tensor();
   const at::Tensor vb = v_bias.has_value() ? v_bias->to(compute).contiguous() : at::Tensor();
+  const at::Tensor rot = remote_rotation.has_value() ? remote_rotation->to(compute).contiguous() : at::Tensor();
 
   at::Tensor out = at::empty({shape.batch, shape.heads, shape.queries, shape.head_dim},
                              q.options().dtype(compute));
@@ -136,9 +138,9 @@ std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
   const core::RemoteFormulation how =
       formulation == "codewords" ? core::RemoteFormulation::kCodewords : core::RemoteFormulation::kTokens;
   if (compute == at::kDouble) {
-    run_attention<double>(shape, qc, kc, vc, codes, kt, vt, kb, vb, causal, scale, how, out, lse);
+    run_attention<double>(shape, qc, kc, vc, codes, kt, vt, kb, vb, causal, scale, how, rot, out, lse);
   } else {
-    run_attention<float>(shape, qc, kc, vc, codes, kt, vt, kb, vb, causal, scale, how, out, lse);
+    run_attention<float>(shape, qc, kc, vc, codes, kt, vt, kb, vb, causal, scale, how, rot, out, lse);
   }
   return {out.scalar_type() == dtype ? out : out.to(dtype), lse};
 }
@@ -166,10 +168,10 @@ std::tuple<at::Tensor, at::Tensor> attention_after(const at::Tensor& q, const at
   at::Tensor lse = at::empty({shape.batch, shape.heads, shape.queries}, q.options().dtype(at::kFloat));
   if (compute == at::kDouble) {
     run_attention<double>(shape, qc, kc, vc, no_codes, unused_table, unused_table, at::Tensor(), at::Tensor(), causal,
-                          scale, core::RemoteFormulation::kTokens, out, lse, pc, prior_lse);
+                          scale, core::RemoteFormulation::kTokens, at::Tensor(), out, lse, pc, prior_lse);
   } else {
     run_attention<float>(shape, qc, kc, vc, no_codes, unused_table, unused_table, at::Tensor(), at::Tensor(), causal,
-                         scale, core::RemoteFormulation::kTokens, out, lse, pc, prior_lse);
+                         scale, core::RemoteFormulation::kTokens, at::Tensor(), out, lse, pc, prior_lse);
   }
   return {(out.scalar_type() == dtype ? out : out.to(dtype)).transpose(1, 2), lse};
 }

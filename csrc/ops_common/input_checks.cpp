@@ -109,7 +109,8 @@ void attention_scale(double scale) {
 AttentionSizes attention_op(const at::Tensor& q, const at::Tensor& k_local, const at::Tensor& v_local,
                             const at::Tensor& remote_codes, const at::Tensor& k_table, const at::Tensor& v_table,
                             const std::optional<at::Tensor>& k_bias, const std::optional<at::Tensor>& v_bias,
-                            double scale, const std::string& formulation) {
+                            double scale, const std::string& formulation,
+                            const std::optional<at::Tensor>& remote_rotation) {
   TORCH_CHECK_VALUE(q.dim() == 4, "q must have shape (B, H, Tq, d), got ", shape_repr(q.sizes()));
   TORCH_CHECK_VALUE(k_local.dim() == 4 && v_local.sizes() == k_local.sizes(),
                     "k_local and v_local must both have shape (B, Hkv, Tl, d), got ", shape_repr(k_local.sizes()),
@@ -154,7 +155,25 @@ AttentionSizes attention_op(const at::Tensor& q, const at::Tensor& k_local, cons
                     "the codewords formulation needs G = 1 (one codebook), got G=", s.groups);
   attention_scale(scale);
   codes_in_range(remote_codes, s.codebook_size, "remote_codes", "table size K=" + std::to_string(s.codebook_size));
+  if (remote_rotation.has_value()) rotation_input(remote_rotation.value(), q, s.remote, s.head_dim, formulation);
   return s;
+}
+
+void rotation_input(const at::Tensor& rotation, const at::Tensor& q, int64_t remote, int64_t head_dim,
+                    const std::string& formulation) {
+  TORCH_CHECK_VALUE(formulation != "codewords",
+                    "the codewords formulation attends each codeword once, so it cannot rotate remote keys at their "
+                    "tokens' positions; use the tokens formulation with remote_rotation");
+  TORCH_CHECK_VALUE(head_dim % 2 == 0, "remote_rotation needs an even head dim (RoPE rotates pairs of features), got d=",
+                    head_dim);
+  TORCH_CHECK_VALUE(rotation.dim() == 3 && rotation.size(0) == 2 && rotation.size(1) == remote &&
+                        rotation.size(2) == head_dim / 2,
+                    "remote_rotation must have shape (2, Tr=", remote, ", d/2=", head_dim / 2, ") (cos, sin), got ",
+                    shape_repr(rotation.sizes()));
+  TORCH_CHECK_TYPE(at::isFloatingType(rotation.scalar_type()), "remote_rotation must be a float tensor, got ",
+                   dtype_repr(rotation.scalar_type()));
+  TORCH_CHECK_VALUE(rotation.device() == q.device(), "remote_rotation is on ", rotation.device(), " but q is on ",
+                    q.device(), "; all inputs must be on the same device");
 }
 
 void attention_after_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& prior_out,

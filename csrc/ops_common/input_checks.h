@@ -39,12 +39,18 @@ struct AttentionSizes {
 };
 
 // q (B, H, Tq, d), k_local, v_local (B, Hkv, Tl, d), remote_codes (B, Tr, G), tables (G, K, Hkv*d),
-// biases (Hkv*d,) or none, then the formulation, its G, the scale and the codes' range
-// (_checks.attention_op, in its order; not dtypes or devices).
+// biases (Hkv*d,) or none, then the formulation, its G, the scale, the codes' range and the remote
+// rotation (_checks.attention_op, in its order; not dtypes or devices of the other inputs).
 AttentionSizes attention_op(const at::Tensor& q, const at::Tensor& k_local, const at::Tensor& v_local,
                             const at::Tensor& remote_codes, const at::Tensor& k_table, const at::Tensor& v_table,
                             const std::optional<at::Tensor>& k_bias, const std::optional<at::Tensor>& v_bias,
-                            double scale, const std::string& formulation);
+                            double scale, const std::string& formulation,
+                            const std::optional<at::Tensor>& remote_rotation);
+
+// remote_rotation (2, Tr, d/2) float on q's device (cos, sin), d even, tokens formulation
+// (_checks.rotation_input).
+void rotation_input(const at::Tensor& rotation, const at::Tensor& q, int64_t remote, int64_t head_dim,
+                    const std::string& formulation);
 
 // q (B, H, Tq, d), k, v (B, Hkv, Tk, d), prior_out (B, H, Tq, d) in q's dtype, prior_lse (B, H, Tq)
 // float32, and the scale (_checks.attention_after_inputs, then the scale).
