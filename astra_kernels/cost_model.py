@@ -29,6 +29,12 @@ but for the rounded tables of ``gather_int8``):
     memory is 2 * G * K * Hkv*d elements per layer (192 MiB fp32, 96 MiB half
     for G = 32, K = 1024, D = 768), so it is the choice when they do not fit.
 
+Blocks with rotary positions (RoPE) rotate each remote key at its token's
+global position (``RemoteShape.rotary``): ``tokens`` rotates the gathered rows
+inside the kernel, the materialized formulations rotate the keys they build
+in one more pass over them, and ``codewords`` is out (a codeword's tokens sit
+at different positions).
+
 ``gather``, ``gather_int8`` and ``dequantize`` build the remote keys/values as
 ordinary tokens, so the runtime attends the local keys first, while the codes
 travel, and merges the two partials (:mod:`astra.block`).
@@ -67,6 +73,9 @@ TABLE_BUDGET_BYTES = 64 << 20
 GATHER_TABLE_DTYPE = torch.float16
 # Bytes an 8-bit table row carries besides its values: its fp32 scale and offset.
 INT8_ROW_EXTRA_BYTES = 8
+# Multiply-adds charged per remote key element rotated: two products and a sum, plus the element's read and
+# write (in the kernel's tile for ``tokens``, a pass over the built keys for the materialized formulations).
+ROTATION_COST = 4.0
 # Formulations that build remote keys/values as ordinary tokens (attended apart from the local ones).
 MATERIALIZED = ("gather", "gather_int8", "dequantize")
 
@@ -87,6 +96,7 @@ class RemoteShape:
     elem_bytes: int = 4
     skips_unused: bool = False  # the kernel attends only codewords that occur
     int8_gather: bool = False  # gather_int8 runs on this device (torch's quantized CPU op)
+    rotary: bool = False  # remote keys are rotated at their tokens' positions (RoPE)
 
     @property
     def table_bytes(self) -> int:
@@ -135,21 +145,25 @@ def query_tiles(s: RemoteShape) -> int:
 
 
 def costs(s: RemoteShape) -> dict[str, float]:
-    """Estimated multiply-adds of each formulation (codewords only when G = 1)."""
+    """Estimated multiply-adds of each formulation (codewords only when G = 1 without rotary positions)."""
     per_key = 2 * s.batch * s.heads * s.queries * s.head_dim  # q.k and p.v for one key, all queries
     kv_width = 2 * s.kv_heads * s.head_dim  # K and V elements per remote token
     rows = s.batch * s.remote * s.groups * kv_width  # table elements summed into the remote keys/values
+    rotated = ROTATION_COST * s.batch * s.remote * s.kv_heads * s.head_dim if s.rotary else 0.0  # one pass
     out = {
-        "tokens": per_key * s.remote + _gather_cost(s.table_bytes, s.elem_bytes) * query_tiles(s) * rows,
-        "gather": per_key * s.remote + _gather_cost(s.gather_table_bytes, s.gather_elem_bytes) * rows,
+        "tokens": per_key * s.remote
+        + (_gather_cost(s.table_bytes, s.elem_bytes) * rows + rotated) * query_tiles(s),
+        "gather": per_key * s.remote + _gather_cost(s.gather_table_bytes, s.gather_elem_bytes) * rows + rotated,
         "dequantize": per_key * s.remote
         + s.batch * s.remote * s.model_dim * kv_width  # projection GEMM
-        + GATHER_COST_CACHED * s.batch * s.remote * s.model_dim,  # decode
+        + GATHER_COST_CACHED * s.batch * s.remote * s.model_dim  # decode
+        + rotated,
     }
     if s.int8_gather:
         bytes_per_element = s.int8_gather_table_bytes / s.table_elements
-        out["gather_int8"] = per_key * s.remote + _gather_cost(s.int8_gather_table_bytes, bytes_per_element) * rows
-    if s.groups == 1:
+        out["gather_int8"] = (per_key * s.remote + _gather_cost(s.int8_gather_table_bytes, bytes_per_element) * rows
+                              + rotated)
+    if s.groups == 1 and not s.rotary:
         k = s.codebook_size
         keys = k * (1 - (1 - 1 / k) ** s.remote) if s.skips_unused else k
         out["codewords"] = per_key * keys + s.batch * s.remote  # + histogram

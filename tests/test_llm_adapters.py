@@ -65,6 +65,17 @@ def test_exact_codebooks_reproduce_the_hf_logits(name, quantize, world, groups):
     assert engine.codebooks.codes_per_token == groups * (2 if quantize == "kv" else 1)
 
 
+@pytest.mark.parametrize("name", ["llama", "llama_mqa_untied", "mistral", "qwen2_mqa"])
+@pytest.mark.parametrize("world,groups", [(2, 1), (3, 2), (4, 2)])
+def test_exact_codebooks_through_the_fused_rotating_kernel(name, world, groups):
+    """formulation tokens: each remote token's fp32 table rows summed and rotated inside the attention kernel."""
+    model = DECODERS[name]()
+    x = _ids()
+    engine = astra.AstraEngine(model, exact_codebooks(model, x, groups), encode="exact", formulation="tokens")
+    assert set(engine.remote_formulations(x, world)) == {"tokens"}
+    _close(engine.forward(x, world), model(x).logits, 1e-4)
+
+
 @pytest.mark.parametrize("rope", ROPES)
 @pytest.mark.parametrize("quantize", ["input", "kv"])
 def test_exact_codebooks_with_other_rope_types(rope, quantize):
@@ -245,24 +256,32 @@ def _one_rank_transport():
     return LoopbackHub(1).transports(1.0)[0]
 
 
-@pytest.mark.parametrize("formulation", ["tokens", "codewords"])
-def test_a_fused_formulation_forced_on_rotary_blocks_is_refused(formulation):
+def test_formulations_that_cannot_serve_a_block_are_refused():
     model = DECODERS["llama"]()
     books = astra.calibrate(model, [_ids()], 8, 1, progress=False)
-    with pytest.raises(ValueError, match=f"the {formulation} formulation attends remote keys inside a fused kernel "
-                                         "that applies no rotary position embedding"):
-        astra.AstraEngine(model, books, formulation=formulation)
+    with pytest.raises(ValueError, match="the codewords formulation attends each codeword once, whatever its "
+                                         "tokens' positions"):
+        astra.AstraEngine(model, books, formulation="codewords")
+    qwen3 = DECODERS["qwen3"]()
+    norm_books = astra.calibrate(qwen3, [_ids()], 8, 1, progress=False)
+    for formulation in ("tokens", "codewords"):
+        with pytest.raises(ValueError, match=f"the {formulation} formulation attends remote keys inside a fused "
+                                             "kernel that applies no per-head key norm"):
+            astra.AstraEngine(qwen3, norm_books, formulation=formulation)
     kv = astra.calibrate(model, [_ids()], 8, 1, progress=False, quantize="kv")
     with pytest.raises(ValueError, match="quantize='kv' sends the keys' and values' own codes"):
         astra.AstraEngine(model, kv, formulation="gather")
 
 
-def test_rotary_plans_choose_among_the_materialized_formulations_only():
+def test_rotary_plans_choose_tokens_or_a_materialized_formulation():
     block = astra.adapt(DECODERS["llama"]()).blocks[0]
     codebook = torch.randn(1, 16, block.dim)
     plan = RemotePlan(block, codebook, table_budget_bytes=1 << 30)
-    assert set(plan.formulations) == set(cost_model.MATERIALIZED) & ({"gather", "dequantize"} | (
-        {"gather_int8"} if int8_gather_available(codebook.device) else set()))
+    int8 = {"gather_int8"} if int8_gather_available(codebook.device) else set()
+    assert set(plan.formulations) == {"tokens", "gather", "dequantize"} | int8
+    norm_block = astra.adapt(DECODERS["qwen3"]()).blocks[0]
+    norm_plan = RemotePlan(norm_block, torch.randn(1, 16, norm_block.dim), table_budget_bytes=1 << 30)
+    assert set(norm_plan.formulations) == {"gather", "dequantize"} | int8
     # where the fused kernels would be cheapest for a block without rotary positions
     plain = RemotePlan(astra.adapt(tiny_lm()).blocks[0], torch.randn(1, 16, 32), table_budget_bytes=1 << 30)
     assert plain.choose(1, 2, 600) in ("tokens", "codewords")
@@ -315,4 +334,4 @@ def test_qwen2_checkpoint_over_mpi(tmp_path):
     report, _ = _astra(tmp_path, "run", "--model", "qwen2", "--checkpoint", ckpt, "--tokens", "31", "--ranks", "2",
                        "--groups", "2", "--codebook-size", "16", "--repeat", "1", "--transport", "mpi")
     assert report["transport"] == "mpi" and report["max_abs_diff_vs_simulation"] == 0.0
-    assert report["model_dim"] == 32 and report["remote_formulation"][0] in cost_model.MATERIALIZED
+    assert report["model_dim"] == 32 and report["remote_formulation"][0] in ("tokens", *cost_model.MATERIALIZED)

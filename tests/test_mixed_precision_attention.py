@@ -198,6 +198,28 @@ def test_bad_options():
 MERGE_BACKENDS = [b for b in ak.available_backends("cpu") if b in ("cpu", "reference")]
 
 
+@pytest.mark.skipif("cpu" not in ak.available_backends("cpu"), reason="the C++ CPU extension is not built")
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("b,hkv,tq", [(1, 2, 300), (2, 3, 397), (1, 1, 1)])
+def test_tables_beyond_the_caches_are_gathered_once_for_several_query_blocks(threads, b, hkv, tq):
+    """Tables past the kernel's shared-gather size (8 MiB here): a task takes several kv heads and query
+    blocks, each remote tile attended block by block, for any thread count (tasks split to keep threads busy)."""
+    args = make_inputs(b=b, h=2 * hkv, hkv=hkv, tq=tq, tl=tq, tr=70, d=64, g=16, k=2048 // hkv, seed=tq)
+    assert args["k_table"].numel() * 4 > 4 << 20
+    rotation = torch.randn(2, 70, 32)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for extra in ({}, {"remote_rotation": rotation}):
+            got = ak.mixed_precision_attention(**args, backend="cpu", causal=True, formulation="tokens", **extra)
+            want = ak.mixed_precision_attention(**args, backend="reference", causal=True, formulation="tokens",
+                                                **extra)
+            for a, w in zip(got, want):
+                torch.testing.assert_close(a, w, rtol=1e-4, atol=1e-4)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("backend", MERGE_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
 def test_merge_matches_the_reference_with_empty_partials_and_strides(backend, dtype):

@@ -30,13 +30,13 @@ int64_t balanced_block(int64_t n, int64_t target) {
 
 template <class T>
 struct AttentionPlan<T>::Workspace {
-  Workspace(int64_t heads, int64_t rows, int64_t d, int64_t score_ld, int64_t tile_entries)
+  Workspace(int64_t heads, int64_t rows, int64_t block_rows, int64_t d, int64_t score_ld, int64_t tile_entries)
       : queries(static_cast<size_t>(heads * rows * d)),
         acc(static_cast<size_t>(heads * rows * d)),
         row_max(static_cast<size_t>(heads * rows)),
         row_sum(static_cast<size_t>(heads * rows)),
-        scores(static_cast<size_t>(rows * score_ld)),
-        visible(static_cast<size_t>(rows)),
+        scores(static_cast<size_t>(block_rows * score_ld)),
+        visible(static_cast<size_t>(block_rows)),
         key_tile(static_cast<size_t>(tile_entries * heads * d)),
         value_tile(static_cast<size_t>(tile_entries * heads * d)) {}
 
@@ -45,9 +45,9 @@ struct AttentionPlan<T>::Workspace {
   std::vector<T> acc;      // (rows, d) unnormalised outputs
   std::vector<T> row_max;  // (rows,) log2 units
   std::vector<T> row_sum;
-  // Shared by the task's kv heads:
-  std::vector<T> scores;         // (rows, score_ld)
-  std::vector<int64_t> visible;  // (rows,) causal diagonal: visible columns of the block
+  // Shared by the task's kv heads, for one query block's rows at a time:
+  std::vector<T> scores;         // (block_rows, score_ld)
+  std::vector<int64_t> visible;  // (block_rows,) causal diagonal: visible columns of the block
   std::vector<T> key_tile;       // (tile_entries, heads * d) gathered remote keys
   std::vector<T> value_tile;
 };
@@ -92,18 +92,28 @@ AttentionPlan<T>::AttentionPlan(const AttentionShape& shape, const AttentionInpu
     throw std::invalid_argument("AttentionPlan: rotary angles need the tokens formulation and an even head dim");
   }
   group_size_ = shape.heads / shape.kv_heads;
-  task_queries_ = balanced_block(shape.queries, std::max<int64_t>(1, kTaskRows / group_size_));
-  query_blocks_ = (shape.queries + task_queries_ - 1) / task_queries_;
+  block_queries_ = balanced_block(shape.queries, std::max<int64_t>(1, kTaskRows / group_size_));
+  const int64_t query_blocks = (shape.queries + block_queries_ - 1) / block_queries_;
   const int64_t d = shape.head_dim;
   const int64_t table_bytes =
       shape.groups * shape.codes * shape.kv_heads * d * static_cast<int64_t>(sizeof(T));
   heads_per_task_ = 1;
+  int64_t blocks_per_task = 1;
   if (inputs.formulation == RemoteFormulation::kTokens && shape.remote > 0 &&
       table_bytes > kSharedGatherTableBytes) {
-    const int64_t other_units = std::max<int64_t>(1, shape.batch * query_blocks_);
-    heads_per_task_ = std::clamp<int64_t>(
-        shape.kv_heads * other_units / std::max<int64_t>(1, threads), 1, shape.kv_heads);
+    // Each remote tile is gathered once per task: a task takes all kv heads and query blocks that
+    // still leave every thread a task, within the workspace budget.
+    const int64_t workers = std::max<int64_t>(1, threads);
+    heads_per_task_ = std::clamp<int64_t>(shape.kv_heads * shape.batch / workers, 1, shape.kv_heads);
+    const int64_t head_tasks =
+        std::max<int64_t>(1, shape.batch * ((shape.kv_heads + heads_per_task_ - 1) / heads_per_task_));
+    const int64_t query_tasks = (workers + head_tasks - 1) / head_tasks;  // what the threads still need
+    const int64_t block_elements = heads_per_task_ * block_queries_ * group_size_ * d;
+    blocks_per_task = std::clamp<int64_t>(std::min(query_blocks / query_tasks, kSharedTaskElements / block_elements),
+                                          1, query_blocks);
   }
+  task_queries_ = blocks_per_task * block_queries_;
+  query_blocks_ = (shape.queries + task_queries_ - 1) / task_queries_;
   head_groups_ = (shape.kv_heads + heads_per_task_ - 1) / heads_per_task_;
   remote_block_ =
       std::clamp<int64_t>(kTileElements / (heads_per_task_ * d) / kColumnPadding * kColumnPadding,
@@ -111,6 +121,7 @@ AttentionPlan<T>::AttentionPlan(const AttentionShape& shape, const AttentionInpu
   padded_codes_ = round_up(shape.codes, kColumnPadding);
   // Workspace sizes: small problems get small buffers.
   task_rows_ = std::min(task_queries_, shape.queries) * group_size_;
+  block_rows_ = std::min(block_queries_, shape.queries) * group_size_;
   const int64_t remote_entries = inputs.formulation == RemoteFormulation::kCodewords
                                      ? std::min(shape.codes, shape.remote)
                                      : shape.remote;
@@ -161,7 +172,7 @@ template <class T>
 void AttentionPlan<T>::run(int64_t begin, int64_t end, const AttentionGemms<T>& gemms,
                            const AttentionOutputs<T>& outputs) const {
   if (begin >= end) return;
-  Workspace ws(heads_per_task_, task_rows_, shape_.head_dim, score_ld_, tile_entries_);
+  Workspace ws(heads_per_task_, task_rows_, block_rows_, shape_.head_dim, score_ld_, tile_entries_);
   for (int64_t task = begin; task < end; ++task) run_task(task, ws, gemms, outputs);
 }
 
@@ -172,6 +183,14 @@ typename AttentionPlan<T>::HeadState AttentionPlan<T>::head_state(const Task& ta
   return HeadState{task.first_kv_head + i, ws.queries.data() + i * task_rows_ * d,
                    ws.acc.data() + i * task_rows_ * d, ws.row_max.data() + i * task_rows_,
                    ws.row_sum.data() + i * task_rows_};
+}
+
+// The head's state from row `rows` on: the rows of a later query block of the task.
+template <class T>
+typename AttentionPlan<T>::HeadState AttentionPlan<T>::shifted(const HeadState& head, int64_t rows) const {
+  const int64_t d = shape_.head_dim;
+  return HeadState{head.kv_head, head.queries + rows * d, head.acc + rows * d, head.row_max + rows,
+                   head.row_sum + rows};
 }
 
 template <class T>
@@ -284,9 +303,12 @@ void AttentionPlan<T>::attend_remote(const Task& task, Workspace& ws,
     gather.out = ws.value_tile.data();
     kernels_.gather(gather);
     for (int64_t i = 0; i < task.kv_heads; ++i) {
-      attend_block(head_state(task, ws, i), ws, gemms, 0, task.rows, ws.key_tile.data() + i * d,
-                   width, ws.value_tile.data() + i * d, width, n,
-                   bias != nullptr ? bias + e0 : nullptr, nullptr);
+      const HeadState head = head_state(task, ws, i);
+      for (int64_t r0 = 0; r0 < task.rows; r0 += block_rows_) {  // the scores of one query block at a time
+        attend_block(shifted(head, r0), ws, gemms, 0, std::min(block_rows_, task.rows - r0),
+                     ws.key_tile.data() + i * d, width, ws.value_tile.data() + i * d, width, n,
+                     bias != nullptr ? bias + e0 : nullptr, nullptr);
+      }
     }
   }
 }
@@ -318,8 +340,21 @@ void AttentionPlan<T>::rotate_tile(T* tile, int64_t first_entry, int64_t entries
 template <class T>
 void AttentionPlan<T>::attend_local(const Task& task, const HeadState& head, Workspace& ws,
                                     const AttentionGemms<T>& gemms) const {
+  if (shape_.local == 0) return;
+  for (int64_t t0 = task.t0; t0 < task.t1; t0 += block_queries_) {
+    Task block = task;
+    block.t0 = t0;
+    block.t1 = std::min(task.t1, t0 + block_queries_);
+    block.rows = (block.t1 - block.t0) * group_size_;
+    attend_local_block(block, shifted(head, (t0 - task.t0) * group_size_), ws, gemms);
+  }
+}
+
+// One query block's rows [0, task.rows) of `head` (task.t0, task.t1: the block's queries).
+template <class T>
+void AttentionPlan<T>::attend_local_block(const Task& task, const HeadState& head, Workspace& ws,
+                                          const AttentionGemms<T>& gemms) const {
   const int64_t tl = shape_.local;
-  if (tl == 0) return;
   const T* keys =
       in_.k_local + task.batch_row * in_.k_strides.batch + head.kv_head * in_.k_strides.head;
   const T* values =

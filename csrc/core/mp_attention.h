@@ -12,6 +12,8 @@
 //
 // Work: one task per (batch row, group of kv heads, block of queries); the
 // H / Hkv query heads sharing a kv head are processed together (taller GEMMs).
+// With tables beyond the caches, a task takes several query blocks (and kv
+// heads) so that each gathered remote tile serves all of them.
 // Per kv head, a task keeps its scaled queries, running max/sum and output
 // accumulators in a workspace and walks the key blocks: scores Q.K^T and the
 // P.V update run through caller-supplied GEMMs, the softmax update through
@@ -123,6 +125,9 @@ class AttentionPlan {
   // heads together, the rows stream at the core's memory bandwidth, one kv
   // head at a time they do not (benchmarks/RESULTS.md, tuning constants).
   static constexpr int64_t kSharedGatherTableBytes = 4 << 20;
+  // ... and for several query blocks per task, so that each remote tile is gathered once for all of
+  // them: up to this many elements of per-row state (scaled queries, accumulators) per task.
+  static constexpr int64_t kSharedTaskElements = 2 << 20;
 
   // `kernels` must outlive the plan, and so must the inputs' memory.
   // `threads`: how many threads will run tasks (kv heads are grouped only as
@@ -148,8 +153,11 @@ class AttentionPlan {
                 const AttentionOutputs<T>& outputs) const;
   void attend_remote(const Task& task, Workspace& ws, const AttentionGemms<T>& gemms) const;
   void rotate_tile(T* tile, int64_t first_entry, int64_t entries, int64_t kv_heads) const;
+  HeadState shifted(const HeadState& head, int64_t rows) const;
   void attend_local(const Task& task, const HeadState& head, Workspace& ws,
                     const AttentionGemms<T>& gemms) const;
+  void attend_local_block(const Task& task, const HeadState& head, Workspace& ws,
+                          const AttentionGemms<T>& gemms) const;
   void attend_block(const HeadState& head, Workspace& ws, const AttentionGemms<T>& gemms,
                     int64_t row_begin, int64_t row_end, const T* keys, int64_t key_ld,
                     const T* values, int64_t value_ld, int64_t cols, const T* col_bias,
@@ -159,13 +167,15 @@ class AttentionPlan {
   AttentionInputs<T> in_;
   const AttentionKernels<T>& kernels_;
   int64_t group_size_;      // H / Hkv
-  int64_t task_queries_;    // queries per task
-  int64_t query_blocks_;    // per (batch row, kv head)
+  int64_t block_queries_;   // queries per query block: the rows of one GEMM of scores
+  int64_t task_queries_;    // queries per task: one query block, or several sharing the gathered tiles
+  int64_t query_blocks_;    // tasks per (batch row, group of kv heads)
   int64_t heads_per_task_;  // kv heads per task
   int64_t head_groups_;     // per batch row
   int64_t remote_block_;    // remote entries per gathered tile
   int64_t tile_entries_;    // rows of the tile buffers: min(remote_block_, remote entries)
   int64_t task_rows_;       // workspace rows per kv head
+  int64_t block_rows_;      // rows of the scores workspace: one query block
   int64_t score_ld_;        // workspace columns of the scores: the widest key block
   int64_t padded_codes_;    // K rounded up to the row kernels' padding
   // Codewords formulation, per batch row b: the distinct codes in increasing

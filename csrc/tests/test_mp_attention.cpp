@@ -51,13 +51,14 @@ struct Case {
   RemoteFormulation formulation;
   bool token_major_local;  // k/v_local as a (B, Tl, Hkv, d) buffer viewed as (B, Hkv, Tl, d)
   uint32_t seed;
+  bool rotary = false;  // remote keys rotated by random angles (2, Tr, d/2)
 
   std::string name() const {
     std::ostringstream s;
     s << "B" << b << " H" << h << " Hkv" << hkv << " Tq" << tq << " Tl" << tl << " Tr" << tr << " G"
       << g << " K" << k << " d" << d << (causal ? " causal" : "") << (bias ? " bias" : "")
       << (formulation == RemoteFormulation::kCodewords ? " codewords" : " tokens")
-      << (token_major_local ? " strided" : "");
+      << (token_major_local ? " strided" : "") << (rotary ? " rotary" : "");
     return s.str();
   }
 };
@@ -67,6 +68,7 @@ struct Problem {
   Case c;
   std::vector<double> q, k_local, v_local, k_table, v_table, k_bias, v_bias;
   std::vector<int32_t> codes;
+  std::vector<double> rotation;  // (2, Tr, d/2) cos then sin, or empty
   astra::core::HeadStrides q_strides, local_strides;
   double scale;
 
@@ -78,7 +80,7 @@ struct Problem {
 };
 
 Problem make_problem(const Case& c) {
-  Problem p{c, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, 1.0 / std::sqrt(static_cast<double>(c.d))};
+  Problem p{c, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, 1.0 / std::sqrt(static_cast<double>(c.d))};
   std::mt19937 rng(c.seed);
   std::normal_distribution<double> normal(0.0, 1.0);
   auto fill = [&](std::vector<double>& v, int64_t n, double scale) {
@@ -99,6 +101,16 @@ Problem make_problem(const Case& c) {
   const int64_t used =
       c.formulation == RemoteFormulation::kCodewords ? std::max<int64_t>(1, c.k / 2) : c.k;
   for (int32_t& code : p.codes) code = static_cast<int32_t>(rng() % used);
+  if (c.rotary) {
+    const int64_t half = c.d / 2;
+    p.rotation.resize(static_cast<size_t>(2 * c.tr * half));
+    std::uniform_real_distribution<double> angle(-40000.0, 40000.0);  // positions past 32K
+    for (int64_t i = 0; i < c.tr * half; ++i) {
+      const double a = angle(rng);
+      p.rotation[static_cast<size_t>(i)] = std::cos(a);
+      p.rotation[static_cast<size_t>(c.tr * half + i)] = std::sin(a);
+    }
+  }
   p.q_strides = {c.h * c.tq * c.d, c.tq * c.d, c.d};
   p.local_strides = c.token_major_local
                         ? astra::core::HeadStrides{c.tl * c.hkv * c.d, c.d, c.hkv * c.d}
@@ -156,6 +168,19 @@ Result brute_force(const Problem& p) {
         for (int64_t x = 0; x < width && c.bias; ++x) {
           kk[static_cast<size_t>(x)] += p.k_bias[static_cast<size_t>(x)];
           vv[static_cast<size_t>(x)] += p.v_bias[static_cast<size_t>(x)];
+        }
+        if (c.rotary) {  // pairs (i, i + d/2) of each kv head turn by token t's angle i
+          const int64_t half = c.d / 2;
+          const std::vector<double> plain = kk;
+          for (int64_t kvh = 0; kvh < c.hkv; ++kvh) {
+            for (int64_t i = 0; i < half; ++i) {
+              const double cs = p.rotation[static_cast<size_t>(t * half + i)];
+              const double sn = p.rotation[static_cast<size_t>((c.tr + t) * half + i)];
+              const size_t lo = static_cast<size_t>(kvh * c.d + i), hi = lo + static_cast<size_t>(half);
+              kk[lo] = plain[lo] * cs - plain[hi] * sn;
+              kk[hi] = plain[hi] * cs + plain[lo] * sn;
+            }
+          }
         }
         keys.push_back(kk);
         values.push_back(vv);
@@ -217,7 +242,8 @@ Result run_core(const Problem& p, const astra::core::AttentionKernels<T>& kernel
   const std::vector<T> q = rounded<T>(p.q), kl = rounded<T>(p.k_local), vl = rounded<T>(p.v_local);
   const std::vector<T> kt = rounded<T>(p.k_table), vt = rounded<T>(p.v_table);
   const std::vector<T> kb = rounded<T>(p.k_bias), vb = rounded<T>(p.v_bias);
-  const astra::core::AttentionInputs<T> inputs{q.data(),
+  const std::vector<T> rot = rounded<T>(p.rotation);
+  astra::core::AttentionInputs<T> inputs{q.data(),
                                                p.q_strides,
                                                kl.data(),
                                                p.local_strides,
@@ -231,6 +257,7 @@ Result run_core(const Problem& p, const astra::core::AttentionKernels<T>& kernel
                                                c.causal,
                                                p.scale,
                                                c.formulation};
+  if (c.rotary) inputs.rotation = rot.data();
   const astra::core::AttentionShape shape{c.b, c.h, c.hkv, c.tq, c.tl, c.tr, c.g, c.k, c.d};
   AttentionPlan<T> plan(shape, inputs, kernels, threads);
   for (int64_t b = 0; b < plan.prepare_tasks(); ++b) plan.prepare(b);
@@ -340,6 +367,18 @@ ASTRA_TEST(large_tables_shared_by_several_kv_heads) {
   for (int64_t threads : {1, 2, 3, 8}) {
     check_case({1, 8, 4, 20, 9, 40, 32, 600, 16, true, true, kTok, true, 41}, threads);
     check_case({2, 6, 6, 7, 5, 700, 8, 400, 64, true, false, kTok, false, 42}, threads);
+  }
+}
+
+ASTRA_TEST(rotary_remote_keys) {
+  // Gathered keys rotated in the tile: small and odd half widths, GQA, bias, several key and query
+  // blocks, tables shared by several kv heads and query blocks, no remote tokens.
+  for (int64_t threads : {1, 3}) {
+    check_case({2, 4, 2, 9, 11, 13, 2, 37, 16, true, true, kTok, false, 51, true}, threads);
+    check_case({1, 2, 1, 5, 4, 7, 1, 5, 6, false, false, kTok, true, 52, true}, threads);
+    check_case({1, 4, 1, 300, 300, 600, 1, 64, 64, true, false, kTok, false, 53, true}, threads);
+    check_case({1, 8, 4, 300, 20, 40, 32, 600, 16, true, true, kTok, false, 54, true}, threads);
+    check_case({1, 2, 2, 5, 6, 0, 1, 5, 10, true, false, kTok, false, 55, true}, threads);
   }
 }
 

@@ -14,13 +14,14 @@ backend the remote pass starts its online softmax from the local partial).
 
 Which formulations a plan may use (:attr:`RemotePlan.formulations`):
 
-- Blocks with rotary positions (RoPE) or a per-head key norm: the remote keys
-  need that transform after they are rebuilt, at the remote tokens' global
-  positions. The materialized formulations apply it to the keys they build
-  (:data:`ROTARY_FORMULATIONS`); the fused kernels sum projected codewords
-  inside the attention loop and do not, so they are never chosen, and forcing
-  one is an error. A fused kernel that rotates its remote keys only needs to
-  join :data:`ROTARY_FORMULATIONS` and receive the plan's rotation.
+- Blocks with rotary positions (RoPE): the remote keys are rotated at their
+  tokens' global positions. ``tokens`` rotates the summed table rows inside
+  the kernel (``remote_rotation``); the materialized formulations rotate the
+  keys they build (:data:`ROTARY_FORMULATIONS`). ``codewords`` attends a
+  codeword once, whatever its tokens' positions, so it is out.
+- Blocks with a per-head key norm (Qwen3): the norm of a rebuilt key needs the
+  whole key, which only the materialized formulations build
+  (:data:`KEY_NORM_FORMULATIONS`); forcing a fused one is an error.
 - ``quantize="kv"``: the codes are the keys' (before rotation) and values' own;
   the receiver decodes them (``dequantize``: codebook lookup, no projection).
 """
@@ -37,8 +38,10 @@ from .codebooks import check_quantize
 from .models.base import BlockWeights
 
 FORMULATIONS = ("auto", "tokens", "codewords", "gather", "gather_int8", "dequantize")
-# Formulations that attend remote keys needing a transform after their projection (rotation, key norm).
-ROTARY_FORMULATIONS = ak.MATERIALIZED
+# Formulations for remote keys rotated at their positions (RoPE): the fused tokens kernel rotates in its tile.
+ROTARY_FORMULATIONS = ("tokens", *ak.MATERIALIZED)
+# Formulations for remote keys that need a per-head norm after their projection (and before any rotation).
+KEY_NORM_FORMULATIONS = ak.MATERIALIZED
 # The formulation of quantize="kv": decode the keys' and values' codes.
 KV_FORMULATIONS = ("dequantize",)
 
@@ -80,16 +83,16 @@ class RemotePlan:
         self._int8_tables: tuple[torch.Tensor, torch.Tensor] | None = None
         self._choices: dict[tuple, str] = {}  # the cost model's pick per call shape
 
-    @property
-    def transforms_keys(self) -> bool:
-        """Whether rebuilt remote keys need a rotation (RoPE) or a per-head norm before they are attended."""
-        return self.block.rotary or self.block.k_norm is not None
-
     def _allowed(self) -> tuple[str, ...]:
         """The formulations this block can attend its remote tokens with (see the module docs)."""
         if self.quantize == "kv":
             return KV_FORMULATIONS
-        allowed = ROTARY_FORMULATIONS if self.transforms_keys else FORMULATIONS[1:]
+        if self.block.k_norm is not None:
+            allowed = KEY_NORM_FORMULATIONS
+        elif self.block.rotary:
+            allowed = ROTARY_FORMULATIONS
+        else:
+            allowed = FORMULATIONS[1:]
         if self.codebook.shape[0] != 1:
             allowed = tuple(f for f in allowed if f != "codewords")
         if not int8_gather_available(self.codebook.device):
@@ -100,9 +103,13 @@ class RemotePlan:
         if self.quantize == "kv":
             return (f"quantize='kv' sends the keys' and values' own codes, which the receiver decodes (formulation "
                     f"dequantize); {formulation} attends projected codewords of the attention input")
-        return (f"the {formulation} formulation attends remote keys inside a fused kernel that applies no rotary "
-                f"position embedding (nor a per-head key norm), which this block's keys need; use one of "
-                f"{', '.join(self.formulations)} (or auto)")
+        if self.block.k_norm is not None and formulation in ("tokens", "codewords"):
+            need = "attends remote keys inside a fused kernel that applies no per-head key norm"
+        elif formulation == "codewords":
+            need = "attends each codeword once, whatever its tokens' positions, so it cannot rotate their keys"
+        else:
+            need = "is not available here"
+        return f"the {formulation} formulation {need}; use one of {', '.join(self.formulations)} (or auto)"
 
     def shape(self, batch: int, queries: int, remote: int, backend: str | None = None) -> ak.RemoteShape:
         b = self.block
@@ -111,7 +118,7 @@ class RemotePlan:
             batch=batch, heads=b.heads, kv_heads=b.kv_heads, head_dim=b.head_dim, queries=queries, remote=remote,
             groups=self.codebook.shape[0], codebook_size=self.codebook.shape[1], model_dim=b.dim,
             elem_bytes=self.codebook.element_size(), skips_unused=ak.skips_unused_codewords(kernel),
-            int8_gather=int8_gather_available(self.codebook.device),
+            int8_gather=int8_gather_available(self.codebook.device), rotary=b.rotary,
         )
 
     def choose(self, batch: int, queries: int, remote: int, backend: str | None = None) -> str:
@@ -242,5 +249,18 @@ class RemotePlan:
             # every remote token precedes every query (no mask on them); merged with the local partial
             return ak.attention(q, rk, rv, prior=local, backend=backend)[0]
         k_table, v_table = self.tables()
+        remote_rotation = None
+        if self.block.rotary and codes.shape[1] > 0:
+            if rotation is None:
+                raise ValueError("this block has rotary positions: remote keys need their tokens' rotation (cos, sin)")
+            remote_rotation = half_angles(rotation)
         return ak.mixed_precision_attention(q, k, v, codes, k_table, v_table, causal=causal, formulation=how,
-                                            backend=backend)[0]
+                                            remote_rotation=remote_rotation, backend=backend)[0]
+
+
+def half_angles(rotation: B.Rotation) -> torch.Tensor:
+    """(cos, sin) (T, d) in Hugging Face's layout, each half a copy of the other -> (2, T, d/2), what the
+    fused kernels take."""
+    cos, sin = rotation
+    half = cos.shape[-1] // 2
+    return torch.stack([cos[..., :half], sin[..., :half]])
