@@ -55,6 +55,11 @@ mixed_precision_attention (``attention_config``), FA2 tiles by padded head dim
 * Tiles shrink to the problem (next power of two of the rows and keys, at
   least 16 so every tl.dot dim stays legal on the GPU); fewer rows than the
   table's BLOCK_M (decode) run on 4 warps.
+* Rotated remote keys (``remote_rotation``) are loaded, with the q tile, as
+  two halves of ``block_half`` columns: the next power of two of d/2, at
+  least 16 (tl.dot's minimum; the rest is masked, so d = 6 or 10 works).
+  Their scores take two dots (four as hi + lo parts in 16-bit) and the
+  shared-memory estimate counts the q and K tiles 2 * block_half wide.
 """
 from __future__ import annotations
 

@@ -10,10 +10,10 @@ runs over up to two segments, in the contract's key order:
   remote  "codewords": the K projected codewords, each with a log(count) bias
           (-inf for unused codewords), or "tokens": each remote token's K/V is
           the sum of its G table rows, gathered tile by tile (never written
-          to global memory), optionally rotated at the token's position
-          (``remote_rotation``, RoPE over the pairs (i, i + d/2)) in
-          registers: the key is gathered as its two halves, rotated in fp32
-          and scored as q_lo . k'_lo + q_hi . k'_hi;
+          to global memory); with ``remote_rotation`` each key is rotated at
+          its token's position (RoPE over the pairs (i, i + d/2)) in
+          registers: gathered as its two halves, rotated in fp32 and scored
+          as q_lo . k'_lo + q_hi . k'_hi (values are not rotated);
   local   the full-precision keys, causal mask only on the diagonal band.
 
 Follows :func:`astra_kernels.reference.mixed_precision_attention`.
@@ -87,7 +87,7 @@ def _scores(q, k_hi, k_lo, qk_scale, SPLIT: tl.constexpr):
 
 @triton.jit
 def _rotated_scores(q_a, q_b, a_hi, a_lo, b_hi, b_lo, qk_scale, SPLIT: tl.constexpr):
-    """(BLOCK_M, BLOCK_N) fp32 scores in log2 units of rotated keys given as halves: (q_a . a + q_b . b) * scale * log2(e)."""
+    """(BLOCK_M, BLOCK_N) fp32 log2-unit scores of keys given as halves a, b: (q_a . a + q_b . b) * scale * log2(e)."""
     s = tl.dot(q_a, tl.trans(a_hi), input_precision="ieee")
     if SPLIT:
         s = tl.dot(q_a, tl.trans(a_lo), s, input_precision="ieee")
