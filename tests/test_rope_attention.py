@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import is_interpreted
+from conftest import BACKEND_DEVICES, is_interpreted
 
 import astra_kernels as ak
 
@@ -109,6 +109,32 @@ def test_rotary_remote_keys_at_llm_head_sizes(backend_device, case):
     if is_interpreted(backend, device):
         pytest.skip("the Triton interpreter runs the small cases")
     _check(make(**LARGE[case]), backend, device, causal=True, atol=5e-5)
+
+
+TRITON_DEVICES = [d for b, d in BACKEND_DEVICES if b == "triton"]
+HALF_PRECISION_CASES = {"single_rows": dict(g=1), "summed_with_bias": dict(bias=True, d=10, h=2, hkv=1)}
+
+
+@pytest.mark.parametrize("case", HALF_PRECISION_CASES, ids=list(HALF_PRECISION_CASES))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_triton_rotates_16_bit_inputs_as_precisely_as_the_reference(device, dtype, case):
+    """Rotated keys are fp32 (even of one table row) and enter 16-bit dots as hi + lo parts: the Triton error
+    against the float64 oracle of the rounded inputs stays within twice the fp32-computing reference's."""
+    args = make(**HALF_PRECISION_CASES[case], seed=5)
+    rounded = {n: (t.to(dtype) if t.is_floating_point() and n != "remote_rotation" else t) for n, t in args.items()}
+    t_out, t_lse = oracle(rounded["q"], rounded["k_local"], rounded["v_local"], rounded["remote_codes"],
+                          rounded["k_table"], rounded["v_table"], rounded["remote_rotation"], True,
+                          rounded.get("k_bias"), rounded.get("v_bias"))
+    errors = {}
+    for backend, dev in (("triton", device), ("reference", "cpu")):
+        out, lse = ak.mixed_precision_attention(**{n: t.to(dev) for n, t in rounded.items()}, causal=True,
+                                                backend=backend)
+        assert out.dtype == dtype
+        errors[backend] = ((out.cpu().double() - t_out).abs().max().item(),
+                           (lse.cpu().double() - t_lse).abs().max().item())
+    assert errors["triton"][0] <= 2 * errors["reference"][0] + 1e-5
+    assert errors["triton"][1] <= 2 * errors["reference"][1] + 1e-5
 
 
 def test_reference_in_float64_equals_the_oracle():

@@ -10,7 +10,8 @@ shapes, codes and scale again itself (:mod:`astra_kernels._checks`):
     pack_codes(codes (M,) int32, bits) -> (cdiv(M*bits, 8),) uint8
     unpack_codes(packed uint8, bits, count) -> (count,) int32
     mixed_precision_attention(q (B, H, Tq, d), k_local, v_local (B, Hkv, Tl, d), remote_codes (B, Tr, G) int32,
-        k_table, v_table (G, K, Hkv*d), k_bias, v_bias, causal, scale, formulation)
+        k_table, v_table (G, K, Hkv*d), k_bias, v_bias, causal, scale, formulation,
+        remote_rotation None or (2, Tr, d/2) (cos, sin), tokens only: remote keys rotated in the kernel)
         -> out (B, H, Tq, d) in q.dtype, lse (B, H, Tq) fp32   (fp16/bf16/fp32; not fp64)
 """
 try:

@@ -55,6 +55,11 @@ mixed_precision_attention (``attention_config``), FA2 tiles by padded head dim
 * Tiles shrink to the problem (next power of two of the rows and keys, at
   least 16 so every tl.dot dim stays legal on the GPU); fewer rows than the
   table's BLOCK_M (decode) run on 4 warps.
+* Rotated remote keys (``remote_rotation``) are loaded, with the q tile, as
+  two halves of ``block_half`` columns: the next power of two of d/2, at
+  least 16 (tl.dot's minimum; the rest is masked, so d = 6 or 10 works).
+  Their scores take two dots (four as hi + lo parts in 16-bit) and the
+  shared-memory estimate counts the q and K tiles 2 * block_half wide.
 """
 from __future__ import annotations
 
@@ -103,6 +108,7 @@ class AttentionConfig:
     block_m: int  # (query, head) rows per program
     block_n: int  # keys (codewords, remote tokens or local tokens) per tile
     block_d: int  # head dim padded to a power of two >= 16
+    block_half: int  # half the head dim padded to a power of two >= 16 (rotated remote keys, by halves)
     num_warps: int
     num_stages: int
 
@@ -181,16 +187,19 @@ def decode_config(n: int, dg: int) -> DecodeConfig:
     return DecodeConfig(block_n, block_d, SMALL_WARPS)
 
 
-def _attention_smem(block_m: int, block_n: int, block_d: int, stages: int, nbytes: int, summed_rows: bool) -> int:
-    # Summed remote K/V tiles pass through shared memory once more on their way to the dot operands.
-    tiles = block_m * block_d + (stages + (1 if summed_rows else 0)) * 2 * block_n * block_d
+def _attention_smem(block_m: int, block_n: int, block_d: int, key_d: int, stages: int, nbytes: int,
+                    summed_rows: bool) -> int:
+    # Summed (or rotated) remote K/V tiles pass through shared memory once more on their way to the dot operands;
+    # key_d: the q and K tile width, two halves of block_half columns when the remote keys are rotated.
+    tiles = block_m * key_d + (stages + (1 if summed_rows else 0)) * block_n * (key_d + block_d)
     return tiles * nbytes + _SMEM_HEADROOM
 
 
 def attention_config(rows: int, keys: int, head_dim: int, operand_dtype: torch.dtype, device: torch.device,
-                     summed_rows: bool = False) -> AttentionConfig:
+                     summed_rows: bool = False, rotary: bool = False) -> AttentionConfig:
     """Tiles for ``rows`` (query, head) rows per kv head over segments of at most ``keys`` keys;
-    ``summed_rows``: the remote K/V rows are sums (G > 1 or a bias)."""
+    ``summed_rows``: the remote K/V rows are sums (G > 1 or a bias); ``rotary``: the remote keys are
+    rotated, loaded and scored as two halves."""
     if head_dim > MAX_ATTENTION_HEAD_DIM:
         raise ValueError(
             f"the Triton mixed_precision_attention supports head dims up to {MAX_ATTENTION_HEAD_DIM}, got {head_dim}; "
@@ -198,12 +207,14 @@ def attention_config(rows: int, keys: int, head_dim: int, operand_dtype: torch.d
         )
     nbytes = 4 if operand_dtype == torch.float32 else 2
     block_d = max(_MIN_DOT, triton.next_power_of_2(head_dim))
+    block_half = max(_MIN_DOT, triton.next_power_of_2(max(head_dim // 2, 1)))
+    key_d = 2 * block_half if rotary else block_d
     _, table_m, block_n, num_warps, stages = next(c for c in _ATTENTION_TABLE[nbytes] if block_d <= c[0])
     block_m = _dot_tile(rows, table_m)
     block_n = _dot_tile(keys, block_n)
     if device.type == "cuda":
         limit = _shared_memory_limit(device)
-        while _attention_smem(block_m, block_n, block_d, stages, nbytes, summed_rows) > limit:
+        while _attention_smem(block_m, block_n, block_d, key_d, stages, nbytes, summed_rows or rotary) > limit:
             if stages > 2:
                 stages -= 1
             elif block_n > _MIN_DOT:
@@ -214,4 +225,4 @@ def attention_config(rows: int, keys: int, head_dim: int, operand_dtype: torch.d
                 break
     if block_m < table_m:  # few rows (decode): the table's 8 warps would idle
         num_warps = SMALL_WARPS
-    return AttentionConfig(block_m, block_n, block_d, num_warps, stages)
+    return AttentionConfig(block_m, block_n, block_d, block_half, num_warps, stages)

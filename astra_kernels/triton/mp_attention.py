@@ -10,7 +10,10 @@ runs over up to two segments, in the contract's key order:
   remote  "codewords": the K projected codewords, each with a log(count) bias
           (-inf for unused codewords), or "tokens": each remote token's K/V is
           the sum of its G table rows, gathered tile by tile (never written
-          to global memory);
+          to global memory); with ``remote_rotation`` each key is rotated at
+          its token's position (RoPE over the pairs (i, i + d/2)) in
+          registers: gathered as its two halves, rotated in fp32 and scored
+          as q_lo . k'_lo + q_hi . k'_hi (values are not rotated);
   local   the full-precision keys, causal mask only on the diagonal band.
 
 Follows :func:`astra_kernels.reference.mixed_precision_attention`.
@@ -54,6 +57,15 @@ def _load_keys(ptrs, ok, offs_d, HEAD_DIM: tl.constexpr, EVEN_D: tl.constexpr, M
 
 
 @triton.jit
+def _load_query(ptrs, row_ok, offs_d, WIDTH: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr):
+    """(BLOCK_M, BLOCK_D) query tile of WIDTH columns (zeros outside), fp32 if UPCAST."""
+    q = tl.load(ptrs, mask=_row_mask(row_ok, offs_d, WIDTH, EVEN_D), other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    return q
+
+
+@triton.jit
 def _dot_operands(x, DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr):
     """fp32 rows -> (hi, lo) dot operands with hi + lo ~= x to ~16 bits (lo unused unless SPLIT)."""
     hi = x.to(DOT_DTYPE)
@@ -70,6 +82,18 @@ def _scores(q, k_hi, k_lo, qk_scale, SPLIT: tl.constexpr):
     s = tl.dot(q, tl.trans(k_hi), input_precision="ieee")
     if SPLIT:
         s = tl.dot(q, tl.trans(k_lo), s, input_precision="ieee")
+    return s * qk_scale
+
+
+@triton.jit
+def _rotated_scores(q_a, q_b, a_hi, a_lo, b_hi, b_lo, qk_scale, SPLIT: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) fp32 log2-unit scores of keys given as halves a, b: (q_a . a + q_b . b) * scale * log2(e)."""
+    s = tl.dot(q_a, tl.trans(a_hi), input_precision="ieee")
+    if SPLIT:
+        s = tl.dot(q_a, tl.trans(a_lo), s, input_precision="ieee")
+    s = tl.dot(q_b, tl.trans(b_hi), s, input_precision="ieee")
+    if SPLIT:
+        s = tl.dot(q_b, tl.trans(b_lo), s, input_precision="ieee")
     return s * qk_scale
 
 
@@ -92,15 +116,16 @@ def _softmax_step(s, v_hi, v_lo, m_i, l_i, acc, SPLIT: tl.constexpr):
 
 @triton.jit
 def _mp_attention_fwd_kernel(
-    Q, KL, VL, CODES, KT, VT, KB, VB, LOG2_COUNTS, OUT, LSE,
+    Q, KL, VL, CODES, KT, VT, KB, VB, LOG2_COUNTS, ROT, OUT, LSE,
     H, Tq, Tl, Tr, G, K, qk_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ktg, stride_ktk, stride_ktc,
     stride_vtg, stride_vtk, stride_vtc,
+    stride_rc, stride_rt, stride_ri,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    REMOTE: tl.constexpr, SUM_ROWS: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_H: tl.constexpr, REMOTE: tl.constexpr, ROTATE: tl.constexpr, SUM_ROWS: tl.constexpr, SPLIT: tl.constexpr,
     HAS_K_BIAS: tl.constexpr, HAS_V_BIAS: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """out, lse of BLOCK_M (query, head) rows of one (batch, kv head).
@@ -109,17 +134,23 @@ def _mp_attention_fwd_kernel(
     CODES: (B, Tr, G) int32 contiguous. KT, VT: (G, K, Hkv*HEAD_DIM) tables;
     KB, VB: (Hkv*HEAD_DIM,) contiguous biases (read only if HAS_*_BIAS).
     LOG2_COUNTS: (B, K) fp32 log2 of the token count per codeword (-inf for 0),
-    read only if REMOTE == codewords. OUT: (B, H, Tq, HEAD_DIM) contiguous in
-    Q's dtype; LSE: (B, H, Tq) fp32 contiguous.
-    Grid: (cdiv(Tq * GROUP, BLOCK_M), B * Hkv), GROUP = H // Hkv.
+    read only if REMOTE == codewords. ROT: (2, Tr, HEAD_DIM / 2) float (cos,
+    sin) of each remote token's angles, any strides, read only if ROTATE.
+    OUT: (B, H, Tq, HEAD_DIM) contiguous in Q's dtype; LSE: (B, H, Tq) fp32
+    contiguous. Grid: (cdiv(Tq * GROUP, BLOCK_M), B * Hkv), GROUP = H // Hkv.
 
-    REMOTE: 0 none, 1 tokens, 2 codewords. SUM_ROWS: remote K/V rows are fp32
-    sums (G > 1 or a bias) rather than single table rows. SPLIT: such sums feed
-    16-bit dots as hi + lo parts (two dots), so the remote K/V keep ~16
-    significant bits like the fp32 reference's. UPCAST: dots in fp32 (fp32
-    inputs, or bf16 under the interpreter, which cannot do bf16 arithmetic).
+    REMOTE: 0 none, 1 tokens, 2 codewords. ROTATE (tokens only): remote keys
+    are rotated over the pairs (i, i + HEAD_DIM / 2), loaded as two halves of
+    BLOCK_H (>= 16, a legal dot dim) columns. SUM_ROWS: remote K/V rows are
+    fp32 sums (G > 1 or a bias) rather than single table rows. SPLIT: such sums
+    feed 16-bit dots as hi + lo parts (two dots), so the remote K/V keep ~16
+    significant bits like the fp32 reference's; rotated keys, fp32 whatever G,
+    always do in 16-bit dots. UPCAST: dots in fp32 (fp32 inputs, or bf16
+    under the interpreter, which cannot do bf16 arithmetic).
     """
     EVEN_D: tl.constexpr = BLOCK_D == HEAD_DIM
+    HALF: tl.constexpr = HEAD_DIM // 2
+    EVEN_H: tl.constexpr = BLOCK_H == HALF
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     hkv = H // GROUP
@@ -134,21 +165,33 @@ def _mp_attention_fwd_kernel(
 
     # int64 offsets throughout: B*H*Tq*d and G*K*Hkv*d may exceed 2**31 elements.
     q_rows = b * stride_qb + (kvh * GROUP + rows % GROUP) * stride_qh + query.to(tl.int64) * stride_qm
-    q = tl.load(Q + q_rows[:, None] + offs_d[None, :] * stride_qd,
-                mask=_row_mask(row_ok, offs_d, HEAD_DIM, EVEN_D), other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-    dot_dtype = q.dtype
+    if ROTATE:
+        # The remote segment scores by halves; the whole q tile is loaded for the local one, after it.
+        offs_h = tl.arange(0, BLOCK_H)
+        q_a = _load_query(Q + q_rows[:, None] + offs_h[None, :] * stride_qd, row_ok, offs_h, HALF, EVEN_H, UPCAST)
+        q_b = _load_query(Q + q_rows[:, None] + (HALF + offs_h)[None, :] * stride_qd, row_ok, offs_h, HALF, EVEN_H,
+                          UPCAST)
+        dot_dtype = q_a.dtype
+    else:
+        q = _load_query(Q + q_rows[:, None] + offs_d[None, :] * stride_qd, row_ok, offs_d, HEAD_DIM, EVEN_D, UPCAST)
+        dot_dtype = q.dtype
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     if REMOTE != 0:
-        kt_cols = (kvh * HEAD_DIM + offs_d).to(tl.int64) * stride_ktc  # this kv head's columns
+        kt_cols = (kvh * HEAD_DIM + offs_d).to(tl.int64) * stride_ktc  # this kv head's columns (unrotated)
         vt_cols = (kvh * HEAD_DIM + offs_d).to(tl.int64) * stride_vtc
         d_ok = offs_d < HEAD_DIM
-        if HAS_K_BIAS:
+        if ROTATE:
+            ka_cols = (kvh * HEAD_DIM + offs_h).to(tl.int64) * stride_ktc  # key columns [0, d/2) ...
+            kb_cols = (kvh * HEAD_DIM + HALF + offs_h).to(tl.int64) * stride_ktc  # ... and [d/2, d)
+            if HAS_K_BIAS:
+                h_ok = offs_h < HALF
+                ka_bias = tl.load(KB + kvh * HEAD_DIM + offs_h, mask=h_ok, other=0.0).to(tl.float32)
+                kb_bias = tl.load(KB + kvh * HEAD_DIM + HALF + offs_h, mask=h_ok, other=0.0).to(tl.float32)
+        elif HAS_K_BIAS:
             k_bias = tl.load(KB + kvh * HEAD_DIM + offs_d, mask=d_ok, other=0.0).to(tl.float32)
         if HAS_V_BIAS:
             v_bias = tl.load(VB + kvh * HEAD_DIM + offs_d, mask=d_ok, other=0.0).to(tl.float32)
@@ -171,35 +214,70 @@ def _mp_attention_fwd_kernel(
                 k_rows = code[:, None] * stride_ktk
                 v_rows = code[:, None] * stride_vtk
                 s_bias = tl.where(col_ok, 0.0, float("-inf"))
-            if SUM_ROWS:
-                k_sum = _load_keys(KT + k_rows + kt_cols[None, :], col_ok, offs_d, HEAD_DIM, EVEN_D, False)
+            if ROTATE:
+                k_a = _load_keys(KT + k_rows + ka_cols[None, :], col_ok, offs_h, HALF, EVEN_H, False).to(tl.float32)
+                k_b = _load_keys(KT + k_rows + kb_cols[None, :], col_ok, offs_h, HALF, EVEN_H, False).to(tl.float32)
                 v_sum = _load_keys(VT + v_rows + vt_cols[None, :], col_ok, offs_d, HEAD_DIM, EVEN_D, False)
-                k_sum = k_sum.to(tl.float32)
-                v_sum = v_sum.to(tl.float32)
-                if REMOTE == 1:
+                if SUM_ROWS:
+                    v_sum = v_sum.to(tl.float32)
                     for g in range(1, G):
                         code = tl.load(codes_b + cols.to(tl.int64) * G + g, mask=col_ok, other=0).to(tl.int64)
-                        k_g = _load_keys(KT + g * stride_ktg + code[:, None] * stride_ktk + kt_cols[None, :],
-                                         col_ok, offs_d, HEAD_DIM, EVEN_D, False)
+                        kt_g = KT + g * stride_ktg + code[:, None] * stride_ktk
+                        k_a += _load_keys(kt_g + ka_cols[None, :], col_ok, offs_h, HALF, EVEN_H, False).to(tl.float32)
+                        k_b += _load_keys(kt_g + kb_cols[None, :], col_ok, offs_h, HALF, EVEN_H, False).to(tl.float32)
                         v_g = _load_keys(VT + g * stride_vtg + code[:, None] * stride_vtk + vt_cols[None, :],
                                          col_ok, offs_d, HEAD_DIM, EVEN_D, False)
-                        k_sum += k_g.to(tl.float32)
                         v_sum += v_g.to(tl.float32)
-                if HAS_K_BIAS:
-                    k_sum += k_bias[None, :]
-                if HAS_V_BIAS:
-                    v_sum += v_bias[None, :]
-                k_hi, k_lo = _dot_operands(k_sum, dot_dtype, SPLIT)
-                v_hi, v_lo = _dot_operands(v_sum, dot_dtype, SPLIT)
+                    if HAS_K_BIAS:
+                        k_a += ka_bias[None, :]
+                        k_b += kb_bias[None, :]
+                    if HAS_V_BIAS:
+                        v_sum += v_bias[None, :]
+                    v_hi, v_lo = _dot_operands(v_sum, dot_dtype, SPLIT)
+                else:
+                    v_hi = v_sum.to(dot_dtype)
+                    v_lo = v_hi
+                # (cos, sin) of each tile token's pairs; the tail's are 0 (its scores are hidden by s_bias).
+                rot = ROT + cols.to(tl.int64)[:, None] * stride_rt + offs_h[None, :] * stride_ri
+                cos = _load_keys(rot, col_ok, offs_h, HALF, EVEN_H, True).to(tl.float32)
+                sin = _load_keys(rot + stride_rc, col_ok, offs_h, HALF, EVEN_H, True).to(tl.float32)
+                # Rotated keys are fp32 whatever G: 16-bit dots take them as hi + lo parts.
+                a_hi, a_lo = _dot_operands(k_a * cos - k_b * sin, dot_dtype, not UPCAST)
+                b_hi, b_lo = _dot_operands(k_b * cos + k_a * sin, dot_dtype, not UPCAST)
+                s = _rotated_scores(q_a, q_b, a_hi, a_lo, b_hi, b_lo, qk_scale, not UPCAST) + s_bias[None, :]
             else:
-                k_hi = _load_keys(KT + k_rows + kt_cols[None, :], col_ok, offs_d, HEAD_DIM, EVEN_D, False)
-                v_hi = _load_keys(VT + v_rows + vt_cols[None, :], col_ok, offs_d, HEAD_DIM, EVEN_D, False)
-                k_hi = k_hi.to(dot_dtype)
-                v_hi = v_hi.to(dot_dtype)
-                k_lo = k_hi
-                v_lo = v_hi
-            s = _scores(q, k_hi, k_lo, qk_scale, SPLIT) + s_bias[None, :]
+                if SUM_ROWS:
+                    k_sum = _load_keys(KT + k_rows + kt_cols[None, :], col_ok, offs_d, HEAD_DIM, EVEN_D, False)
+                    v_sum = _load_keys(VT + v_rows + vt_cols[None, :], col_ok, offs_d, HEAD_DIM, EVEN_D, False)
+                    k_sum = k_sum.to(tl.float32)
+                    v_sum = v_sum.to(tl.float32)
+                    if REMOTE == 1:
+                        for g in range(1, G):
+                            code = tl.load(codes_b + cols.to(tl.int64) * G + g, mask=col_ok, other=0).to(tl.int64)
+                            k_g = _load_keys(KT + g * stride_ktg + code[:, None] * stride_ktk + kt_cols[None, :],
+                                             col_ok, offs_d, HEAD_DIM, EVEN_D, False)
+                            v_g = _load_keys(VT + g * stride_vtg + code[:, None] * stride_vtk + vt_cols[None, :],
+                                             col_ok, offs_d, HEAD_DIM, EVEN_D, False)
+                            k_sum += k_g.to(tl.float32)
+                            v_sum += v_g.to(tl.float32)
+                    if HAS_K_BIAS:
+                        k_sum += k_bias[None, :]
+                    if HAS_V_BIAS:
+                        v_sum += v_bias[None, :]
+                    k_hi, k_lo = _dot_operands(k_sum, dot_dtype, SPLIT)
+                    v_hi, v_lo = _dot_operands(v_sum, dot_dtype, SPLIT)
+                else:
+                    k_hi = _load_keys(KT + k_rows + kt_cols[None, :], col_ok, offs_d, HEAD_DIM, EVEN_D, False)
+                    v_hi = _load_keys(VT + v_rows + vt_cols[None, :], col_ok, offs_d, HEAD_DIM, EVEN_D, False)
+                    k_hi = k_hi.to(dot_dtype)
+                    v_hi = v_hi.to(dot_dtype)
+                    k_lo = k_hi
+                    v_lo = v_hi
+                s = _scores(q, k_hi, k_lo, qk_scale, SPLIT) + s_bias[None, :]
             m_i, l_i, acc = _softmax_step(s, v_hi, v_lo, m_i, l_i, acc, SPLIT)
+
+    if ROTATE:
+        q = _load_query(Q + q_rows[:, None] + offs_d[None, :] * stride_qd, row_ok, offs_d, HEAD_DIM, EVEN_D, UPCAST)
 
     # Local segment. Query i sees local key j iff j <= i + Tl - Tq (causal): keys below
     # first_query + shift + 1 are visible to every row of this tile (no mask but the tail's),
@@ -270,10 +348,13 @@ def mixed_precision_attention(
     causal: bool,
     scale: float,
     formulation: str,
+    remote_rotation: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """q (B, H, Tq, d), k/v_local (B, Hkv, Tl, d), remote_codes (B, Tr, G) int32, tables (G, K, Hkv*d)
-    -> out (B, H, Tq, d) in q.dtype, lse (B, H, Tq) fp32. fp16/bf16/fp32 only."""
-    _checks.attention_op(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias, scale, formulation)
+    """q (B, H, Tq, d), k/v_local (B, Hkv, Tl, d), remote_codes (B, Tr, G) int32, tables (G, K, Hkv*d),
+    remote_rotation None or (2, Tr, d/2) (cos, sin; tokens only) -> out (B, H, Tq, d) in q.dtype,
+    lse (B, H, Tq) fp32. fp16/bf16/fp32 only."""
+    _checks.attention_op(q, k_local, v_local, remote_codes, k_table, v_table, k_bias, v_bias, scale, formulation,
+                         remote_rotation)
     if q.dtype == torch.float64:
         raise TypeError("the Triton mixed_precision_attention runs float32/float16/bfloat16; "
                         "use the 'reference' or 'cpu' backend for float64")
@@ -282,27 +363,30 @@ def mixed_precision_attention(
     tr, g = remote_codes.shape[1], remote_codes.shape[2]
     k = k_table.shape[1]
     remote = _NO_REMOTE if tr == 0 else (_CODEWORDS if formulation == "codewords" else _TOKENS)
+    rotate = remote == _TOKENS and remote_rotation is not None
     upcast = q.dtype == torch.float32 or (q.dtype == torch.bfloat16 and interpreted(_mp_attention_fwd_kernel))
     sum_rows = remote != _NO_REMOTE and ((remote == _TOKENS and g > 1) or k_bias is not None or v_bias is not None)
     group = h // hkv
     remote_keys = {_NO_REMOTE: 0, _TOKENS: tr, _CODEWORDS: k}[remote]
     cfg = attention_config(tq * group, max(remote_keys, tl_len), d, torch.float32 if upcast else q.dtype, q.device,
-                           summed_rows=sum_rows)
+                           summed_rows=sum_rows, rotary=rotate)
 
     out = torch.empty((b, h, tq, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((b, h, tq), dtype=torch.float32, device=q.device)
     log2_counts = _log2_counts(remote_codes, k) if remote == _CODEWORDS else lse  # lse: never read
     k_bias_arg = k_bias.contiguous() if k_bias is not None else lse  # never read without HAS_K_BIAS
     v_bias_arg = v_bias.contiguous() if v_bias is not None else lse
+    rotation_arg = remote_rotation if rotate else lse  # never read without ROTATE
+    rotation_strides = remote_rotation.stride() if rotate else (0, 0, 0)
     if out.numel() == 0:
         return out, lse
     with device_guard(q.device):
         _mp_attention_fwd_kernel[(triton.cdiv(tq * group, cfg.block_m), b * hkv)](
-            q, k_local, v_local, remote_codes, k_table, v_table, k_bias_arg, v_bias_arg, log2_counts, out, lse,
-            h, tq, tl_len, tr, g, k, scale * LOG2E,
-            *q.stride(), *k_local.stride(), *v_local.stride(), *k_table.stride(), *v_table.stride(),
+            q, k_local, v_local, remote_codes, k_table, v_table, k_bias_arg, v_bias_arg, log2_counts, rotation_arg,
+            out, lse, h, tq, tl_len, tr, g, k, scale * LOG2E,
+            *q.stride(), *k_local.stride(), *v_local.stride(), *k_table.stride(), *v_table.stride(), *rotation_strides,
             GROUP=group, HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d,
-            REMOTE=remote, SUM_ROWS=sum_rows, SPLIT=sum_rows and not upcast,
+            BLOCK_H=cfg.block_half, REMOTE=remote, ROTATE=rotate, SUM_ROWS=sum_rows, SPLIT=sum_rows and not upcast,
             HAS_K_BIAS=k_bias is not None, HAS_V_BIAS=v_bias is not None, CAUSAL=bool(causal) and tl_len > 0,
             UPCAST=upcast, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
