@@ -40,7 +40,7 @@ def _cases(device) -> dict:
         "vq_decode": (codes, cb.clone().requires_grad_()),
         "pack_codes": (flat, 4),
         "unpack_codes": (ak.pack_codes(flat, 4), 4, flat.numel()),
-        "mixed_precision_attention": (q.requires_grad_(), k, v, remote, *tables, rand(16), None, True, 0.25, "tokens"),
+        "mixed_precision_attention": (q.requires_grad_(), k, v, remote, *tables, rand(16), None, True, 0.25, "tokens", None),
         "merge_attention": (*parts, parts[0].flip(0).requires_grad_(), parts[1]),
         "attention_after": (rand(2, 2, 5, 4), rand(2, 2, 6, 4), rand(2, 2, 6, 4), *prior, True, 0.5),
     }

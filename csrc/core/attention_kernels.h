@@ -1,6 +1,6 @@
 // Row kernels of the fused attention (mp_attention.h): the online-softmax
-// update of a block of scores and the gather of remote keys/values from
-// projected tables. fp32 has one build per instruction set, selected at run
+// update of a block of scores, the gather of remote keys/values from
+// projected tables, and the GEMMs of scores and outputs. fp32 has one build per instruction set, selected at run
 // time; fp64 has one portable scalar build.
 #pragma once
 
@@ -58,6 +58,12 @@ struct AttentionKernels {
   Simd simd;
   void (*softmax_rows)(const SoftmaxRowsArgs<T>&);
   void (*gather)(const GatherArgs<T>&);
+  // Register-tiled GEMMs of this instruction set for the attention's shapes (attention_gemm_impl.h),
+  // with AttentionGemms' contract (mp_attention.h); null where none is built (fp64).
+  void (*gemm_abt)(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,
+                   int64_t ldc) = nullptr;
+  void (*gemm_ab_add)(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,
+                      int64_t ldc) = nullptr;
 };
 
 // fp32 kernels for `simd`; throws std::invalid_argument when this CPU or

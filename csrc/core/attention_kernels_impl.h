@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "core/attention_gemm_impl.h"
 #include "core/attention_kernels.h"
 
 namespace astra::core {
@@ -145,7 +146,7 @@ void gather(const GatherArgs<float>& a) {
 
 template <class S>
 constexpr AttentionKernels<float> make_attention_kernels(Simd simd) {
-  return AttentionKernels<float>{simd, &softmax_rows<S>, &gather<S>};
+  return AttentionKernels<float>{simd, &softmax_rows<S>, &gather<S>, &gemm_abt<S>, &gemm_ab_add<S>};
 }
 
 }  // namespace

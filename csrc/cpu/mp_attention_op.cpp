@@ -4,6 +4,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "core/attention_kernels.h"
 #include "core/cpu_features.h"
 #include "core/mp_attention.h"
@@ -34,6 +37,16 @@ void gemm_ab_add(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
                  T* c, int64_t ldc) {
   at::Tensor cv = matrix_view(c, m, n, ldc);
   at::addmm_out(cv, cv, matrix_view(a, m, k, lda), matrix_view(b, k, n, ldb));
+}
+
+// ASTRA_CPU_GEMM=aten runs the attention's GEMMs through ATen (MKL) instead of the core's register-tiled
+// ones (read once).
+bool core_gemms() {
+  static const bool core = [] {
+    const char* choice = std::getenv("ASTRA_CPU_GEMM");
+    return choice == nullptr || std::string(choice) != "aten";
+  }();
+  return core;
 }
 
 // In the compute dtype with a unit stride along d (any other strides), copying only if needed.
@@ -94,7 +107,10 @@ void run_attention(const core::AttentionShape& shape, const at::Tensor& q,
   at::parallel_for(0, plan.prepare_tasks(), 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) plan.prepare(b);
   });
-  const core::AttentionGemms<T> gemms{&gemm_abt<T>, &gemm_ab_add<T>};
+  const core::AttentionKernels<T>& kernels = row_kernels<T>();
+  const core::AttentionGemms<T> gemms = kernels.gemm_abt != nullptr && core_gemms()
+                                            ? core::AttentionGemms<T>{kernels.gemm_abt, kernels.gemm_ab_add}
+                                            : core::AttentionGemms<T>{&gemm_abt<T>, &gemm_ab_add<T>};
   at::parallel_for(0, plan.tasks(), 1,
                    [&](int64_t begin, int64_t end) { plan.run(begin, end, gemms, outputs); });
 }
