@@ -1,6 +1,7 @@
-"""GPU benchmark of mixed_precision_attention: our Triton kernel against torch SDPA on materialized K/V.
+"""GPU benchmark of mixed_precision_attention: our kernels against torch SDPA on materialized K/V.
 
-    python benchmarks/gpu/gpu_bench_attention.py results.json [--kv-heads 32 8 --groups 1 16 --masks causal full]
+    python benchmarks/gpu/gpu_bench_attention.py results.json [--kv-heads 32 8 --groups 1 16 --masks causal full
+                                                               --rope-groups 1 32 --rope-dtypes bf16 fp32]
 
 Default shape (one prefill chunk of a layer): bf16, B=1, H=32, d=128,
 Tq = Tl = 4096 local queries/keys, Tr = 12288 remote tokens, K = 1024
