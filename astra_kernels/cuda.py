@@ -3,7 +3,8 @@ behind a torch-free C ABI, ATen glue in ``csrc/cuda_ops``).
 
 Implements the backend contract of :mod:`astra_kernels.reference` for CUDA
 tensors; inputs arrive validated and flattened by :mod:`astra_kernels.ops`, and the extension
-checks shapes, codes and scale again (``csrc/ops_common/input_checks.h``, the same messages).
+checks shapes, codes, scale and remote rotation again (``csrc/ops_common/input_checks.h``, the
+same messages).
 Kernels run on the current stream of the inputs' device, and every output is
 a fresh tensor. Importing this module raises ImportError when the extension
 was not built (CPU-only torch, no nvcc, or ``ASTRA_BUILD_CUDA=0``).
@@ -26,4 +27,6 @@ vq_encode = _C_cuda.vq_encode
 vq_decode = _C_cuda.vq_decode
 pack_codes = _C_cuda.pack_codes
 unpack_codes = _C_cuda.unpack_codes
-mixed_precision_attention = _C_cuda.mixed_precision_attention  # fp32/fp16/bf16, d <= 256 (raises for fp64)
+# fp32/fp16/bf16, d <= 256 (raises for fp64); remote_rotation (2, Tr, d/2) or None, read in fp32, rotates the
+# remote keys inside the kernel (never written out rotated)
+mixed_precision_attention = _C_cuda.mixed_precision_attention

@@ -1,6 +1,7 @@
-"""GPU benchmark of mixed_precision_attention: our Triton kernel against torch SDPA on materialized K/V.
+"""GPU benchmark of mixed_precision_attention: our kernels against torch SDPA on materialized K/V.
 
-    python benchmarks/gpu/gpu_bench_attention.py results.json [--kv-heads 32 8 --groups 1 16 --masks causal full]
+    python benchmarks/gpu/gpu_bench_attention.py results.json [--kv-heads 32 8 --groups 1 16 --masks causal full
+                                                               --rope-groups 1 32 --rope-dtypes bf16 fp32]
 
 Default shape (one prefill chunk of a layer): bf16, B=1, H=32, d=128,
 Tq = Tl = 4096 local queries/keys, Tr = 12288 remote tokens, K = 1024
@@ -20,6 +21,24 @@ between runs):
   torch_sdpa_mask_only     the SDPA call of torch_gather_sdpa_mask alone, on
                     K/V materialized beforehand (torch's lower bound)
 
+With rotary remote keys (``remote_rotation``), at the attention shape of
+Llama-3.2-1B (B=1, H=32, Hkv=8, d=64; rope theta 500000) for one chunk of
+Tq = Tl = 512 causal local queries/keys after Tr = 512 remote tokens, K = 1024,
+for each G in --rope-groups (default 1 32) and dtype in --rope-dtypes (default
+bf16 fp16 fp32):
+
+  triton_tokens_rope, cuda_tokens_rope  our fused kernels (tokens formulation),
+                    each remote key rotated right after its gather
+  torch_gather_rotate_sdpa gather remote K/V from the tables, rotate the keys as
+                    Hugging Face's apply_rotary_pos_emb does (cos/sin duplicated
+                    over the halves and cast to the dtype beforehand, as its
+                    rotary module does once per forward), concat with the local
+                    K/V (expanded to H heads), one SDPA call with the mask above
+
+Both kernels are checked at that shape first; fp32 rows are compared with the
+card's fp32 CUDA-core peak (both kernels multiply fp32 exactly there). A
+backend that is missing or fails is recorded with its error.
+
 TFLOP/s = 4 * B * H * Tq * (keys attended) * d / t, where the keys attended are
 Tr (or K for the codewords formulation) plus the visible local keys (about
 Tl/2 when causal); it is compared with the card's dense 16-bit peak. GB/s
@@ -34,6 +53,7 @@ Exits with status 1 and a message when no CUDA GPU (or no triton) is present.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -44,6 +64,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root:
 from gpu_common import add_speedups, describe_device, require_gpu, time_ms  # noqa: E402 (this script's folder)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+ROPE_DTYPES = dict(DTYPES, fp32=torch.float32)
+# Llama-3.2-1B's attention heads, one 512-token local chunk after 512 remote tokens.
+ROPE_SHAPE = {"b": 1, "h": 32, "hkv": 8, "d": 64, "tq": 512, "tl": 512, "tr": 512, "k": 1024}
+ROPE_THETA = 500000.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,6 +88,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rep-ms", type=int, default=200, help="do_bench measuring time per case (default 200)")
     p.add_argument("--check-len", type=int, default=512,
                    help="Tq = Tl = this and Tr = 2x this for the correctness check (default 512)")
+    p.add_argument("--rope-groups", type=int, nargs="+", default=[1, 32],
+                   help="code groups G of the rotary cases at the Llama-3.2-1B shape (default 1 32)")
+    p.add_argument("--rope-dtypes", nargs="*", choices=sorted(ROPE_DTYPES), default=["bf16", "fp16", "fp32"],
+                   help="dtypes of the rotary cases (default bf16 fp16 fp32; none given skips them)")
     args = p.parse_args(argv)
     sizes = dict(batch=args.batch, heads=args.heads, d=args.d, tq=args.tq, k=args.k, check_len=args.check_len)
     for name, value in sizes.items():
@@ -76,6 +104,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"H={args.heads} is not a multiple of Hkv={hkv}")
     if any(g < 1 for g in args.groups):
         p.error("--groups must be >= 1")
+    if any(g < 1 for g in args.rope_groups):
+        p.error("--rope-groups must be >= 1")
     return args
 
 
@@ -104,15 +134,33 @@ def visible_local_keys(tq: int, tl: int, causal: bool) -> float:
     return sum(min(tl, max(0, i + tl - tq + 1)) for i in range(tq)) / tq if tq else 0.0
 
 
-def materialize(a: dict, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Remote K/V gathered from the tables, concatenated before the local K/V, expanded to H heads: (B, H, Tr+Tl, d)."""
+def rotation(positions: torch.Tensor, d: int, theta: float = ROPE_THETA) -> torch.Tensor:
+    """(2, T, d/2) float32 (cos, sin) of the rotary angles position * theta^(-2i/d), computed in float64."""
+    inv_freq = theta ** (-torch.arange(0, d, 2, dtype=torch.float64, device=positions.device) / d)
+    angles = positions.double()[:, None] * inv_freq[None, :]
+    return torch.stack([angles.cos(), angles.sin()]).float()
+
+
+def hf_cos_sin(rot: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hugging Face's layout of rot (2, T, d/2): cos and sin (T, d), duplicated over the halves, in dtype."""
+    return tuple(torch.cat([part, part], dim=-1).to(dtype) for part in rot)
+
+
+def materialize(a: dict, heads: int, cos_sin: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Remote K/V gathered from the tables, concatenated before the local K/V, expanded to H heads: (B, H, Tr+Tl, d).
+    With ``cos_sin`` (:func:`hf_cos_sin`), the remote keys are rotated first, as Hugging Face's
+    apply_rotary_pos_emb does: k * cos + rotate_half(k) * sin."""
     from astra_kernels import reference
 
     b, hkv, _, d = a["k_local"].shape
     tr = a["remote_codes"].shape[1]
     out = []
-    for table, local in ((a["k_table"], a["k_local"]), (a["v_table"], a["v_local"])):
+    parts = ((a["k_table"], a["k_local"], cos_sin is not None), (a["v_table"], a["v_local"], False))
+    for table, local, rotate in parts:
         remote = reference.gather_tables(a["remote_codes"], table).view(b, tr, hkv, d).transpose(1, 2)
+        if rotate:
+            x1, x2 = remote.chunk(2, dim=-1)
+            remote = remote * cos_sin[0] + torch.cat((-x2, x1), dim=-1) * cos_sin[1]
         out.append(torch.cat([remote, local], dim=2).repeat_interleave(heads // hkv, dim=1))
     return out[0], out[1]
 
@@ -175,17 +223,60 @@ def implementations(a: dict, heads: int, causal: bool, scale: float) -> dict:
     return impls
 
 
-def check_ours(a: dict, causal: bool, scale: float) -> list:
-    """Our kernel vs the reference, flash-attn rule (error vs fp64 <= 2x the same-precision reference's + 1e-5)."""
-    from astra_kernels import backends, reference
+def backend_op(backend: str):
+    """``backend``'s mixed_precision_attention or, where that backend cannot run, a function raising why."""
+    from astra_kernels import backends
 
-    ours = backends.get("triton")
+    try:
+        return backends.get(backend).mixed_precision_attention
+    except backends.BackendUnavailable as exc:
+        why = exc
+
+    def unavailable(*_):
+        raise why
+
+    return unavailable
+
+
+def rope_implementations(a: dict, rot: torch.Tensor, heads: int, causal: bool, scale: float) -> dict:
+    """name -> zero-argument callable computing the attention output of the case ``a`` with the remote keys
+    rotated by ``rot`` (2, Tr, d/2)."""
+    import torch.nn.functional as F
+
+    args = (*op_args(a), causal, scale, "tokens", rot)
+    impls = {f"{backend}_tokens_rope": functools.partial(backend_op(backend), *args) for backend in ("triton", "cuda")}
+    tq, tl, tr = a["q"].shape[2], a["k_local"].shape[2], a["remote_codes"].shape[1]
+    mask = local_mask(tq, tl, tr, causal, a["q"].device)
+    cos_sin = hf_cos_sin(rot, a["q"].dtype)
+
+    def gather_rotate_sdpa():
+        keys, values = materialize(a, heads, cos_sin)
+        return F.scaled_dot_product_attention(a["q"], keys, values, attn_mask=mask, scale=scale)
+
+    impls["torch_gather_rotate_sdpa"] = gather_rotate_sdpa
+    return impls
+
+
+def check_ours(a: dict, causal: bool, scale: float, backend: str = "triton", rot: torch.Tensor | None = None) -> list:
+    """Our kernel vs the reference, flash-attn rule (error vs fp64 <= 2x the same-precision reference's + 1e-5);
+    with ``rot`` (2, Tr, d/2), the tokens formulation with rotated remote keys. A kernel that raises is a FAIL
+    with its error."""
+    from astra_kernels import reference
+
     g = a["remote_codes"].shape[2]
     wide = {n: (t.double() if t.is_floating_point() else t) for n, t in a.items()}
+    extra = () if rot is None else (rot,)
     results = []
-    for formulation in ["tokens"] + (["codewords"] if g == 1 else []):
-        opts = (causal, scale, formulation)
-        out, lse = ours.mixed_precision_attention(*op_args(a), *opts)
+    for formulation in ["tokens"] + (["codewords"] if g == 1 and rot is None else []):
+        name = f"{backend}_{formulation}" + ("" if rot is None else "_rope")
+        opts = (causal, scale, formulation, *extra)
+        try:
+            out, lse = backend_op(backend)(*op_args(a), *opts)
+        except Exception as exc:  # recorded, not fatal: the timings still run
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            results.append({"backend": backend, "formulation": formulation, "error": error, "pass": False})
+            print(f"  check {name:19s} failed: {error}")
+            continue
         t_out, t_lse = reference.mixed_precision_attention(*op_args(wide), *opts)
         s_out, s_lse = reference.mixed_precision_attention(*op_args(a), *opts)
         err = (out.double() - t_out).abs().max().item()
@@ -193,9 +284,9 @@ def check_ours(a: dict, causal: bool, scale: float) -> list:
         lse_err = (lse.double() - t_lse.double()).abs().max().item()
         lse_budget = 2 * (s_lse.double() - t_lse.double()).abs().max().item() + 1e-5
         ok = err <= budget and lse_err <= lse_budget
-        results.append({"formulation": formulation, "out_err": err, "out_budget": budget, "lse_err": lse_err,
-                        "lse_budget": lse_budget, "pass": ok})
-        print(f"  check triton_{formulation:9s} out err {err:.3e} (budget {budget:.3e})  "
+        results.append({"backend": backend, "formulation": formulation, "out_err": err, "out_budget": budget,
+                        "lse_err": lse_err, "lse_budget": lse_budget, "pass": ok})
+        print(f"  check {name:19s} out err {err:.3e} (budget {budget:.3e})  "
               f"lse err {lse_err:.3e} (budget {lse_budget:.3e})  {'PASS' if ok else 'FAIL'}")
         del t_out, t_lse, s_out, s_lse
     torch.cuda.empty_cache()
@@ -208,7 +299,9 @@ def min_bytes(b, h, hkv, d, tq, tl, tr, g, k, size: int) -> int:
             + b * h * tq * d * size + b * h * tq * 4)
 
 
-def run_case(impls: dict, attended: dict, nbytes: int, peaks: dict | None, common: dict, rep_ms: int) -> list:
+def run_case(impls: dict, attended: dict, nbytes: int, peaks: dict | None, common: dict, rep_ms: int,
+             peak: str = "tflops_16bit") -> list:
+    """Times every implementation; ``peak`` names the compute roofline of ``peaks`` they are compared with."""
     rows = []
     for name, fn in impls.items():
         keys = attended["codewords"] if name == "triton_codewords" else attended["tokens"]
@@ -224,9 +317,9 @@ def run_case(impls: dict, attended: dict, nbytes: int, peaks: dict | None, commo
             continue
         row.update(ms=med, ms_p20=lo, ms_p80=hi, tflop_s=flops / med * 1e-9, gb_s=nbytes / med * 1e-6)
         if peaks:
-            row["pct_compute_peak"] = 100.0 * row["tflop_s"] / peaks["tflops_16bit"]
+            row["pct_compute_peak"] = 100.0 * row["tflop_s"] / peaks[peak]
             row["pct_hbm_peak"] = 100.0 * row["gb_s"] / (peaks["tb_s"] * 1e3)
-            row["roofline_ms"] = max(nbytes / (peaks["tb_s"] * 1e9), flops / (peaks["tflops_16bit"] * 1e9))
+            row["roofline_ms"] = max(nbytes / (peaks["tb_s"] * 1e9), flops / (peaks[peak] * 1e9))
         rows.append(row)
     add_speedups(rows)
     for row in rows:
@@ -239,6 +332,33 @@ def run_case(impls: dict, attended: dict, nbytes: int, peaks: dict | None, commo
         vs = "  ".join(f"{s:5.2f}x vs {b[6:]}" for b, s in row["speedup_vs"].items())
         print(f"  {row['impl']:26s} {row['ms']:8.3f} ms {row['tflop_s']:7.1f} TFLOP/s{peak_txt}  {vs}")
     return rows
+
+
+def rope_cases(args: argparse.Namespace, gen: torch.Generator, peaks: dict | None) -> tuple[list, list]:
+    """(checks, timing rows) of the rotary cases at ROPE_SHAPE, causal, for each of --rope-dtypes and --rope-groups."""
+    b, h, hkv, d, tq, tl, tr, k = (ROPE_SHAPE[n] for n in ("b", "h", "hkv", "d", "tq", "tl", "tr", "k"))
+    scale = d ** -0.5
+    rot = rotation(torch.arange(tr, device=gen.device), d)  # the remote tokens precede the local chunk
+    local_keys = visible_local_keys(tq, tl, True)
+    checks, rows = [], []
+    for dtype_name in args.rope_dtypes:
+        dtype = ROPE_DTYPES[dtype_name]
+        size = torch.tensor([], dtype=dtype).element_size()
+        peak = "tflops_fp32" if dtype == torch.float32 else "tflops_16bit"
+        for g in args.rope_groups:
+            common = {"B": b, "H": h, "Hkv": hkv, "d": d, "Tq": tq, "Tl": tl, "Tr": tr, "G": g, "K": k,
+                      "mask": "causal", "dtype": dtype_name, "remote_rotation": True}
+            print(f"\nrope causal H={h} Hkv={hkv} d={d} Tq={tq} Tl={tl} Tr={tr} G={g} K={k} {dtype_name}")
+            a = make_inputs(b, h, hkv, d, tq, tl, tr, g, k, dtype, gen)
+            for backend in ("triton", "cuda"):
+                checks += [dict(common, **c) for c in check_ours(a, True, scale, backend, rot)]
+            # the op also reads the (2, Tr, d/2) fp32 angles
+            nbytes = min_bytes(b, h, hkv, d, tq, tl, tr, g, k, size) + rot.numel() * rot.element_size()
+            rows += run_case(rope_implementations(a, rot, h, True, scale), {"tokens": tr + local_keys}, nbytes, peaks,
+                             common, args.rep_ms, peak)
+            del a
+            torch.cuda.empty_cache()
+    return checks, rows
 
 
 def main(argv=None) -> None:
@@ -275,6 +395,10 @@ def main(argv=None) -> None:
                                               args.rep_ms)
                 del a
                 torch.cuda.empty_cache()
+    if args.rope_dtypes:
+        checks, rows = rope_cases(args, gen, peaks)
+        report["checks"] += checks
+        report["results"] += rows
     args.json_path.parent.mkdir(parents=True, exist_ok=True)
     args.json_path.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {args.json_path}")

@@ -2,9 +2,10 @@
 # Everything a CUDA machine should check, in one call (the GPU lease is ~15 minutes):
 #   1. build the extension with CUDA (astra_kernels._C_cuda) against the machine's torch;
 #   2. run the kernel test suites on the GPU: Triton compiled (no interpreter), the CUDA
-#      extension, bf16 included, and the CUDA backends' bad-input checks (tests/test_cuda_bad_inputs.py);
-#   3. benchmark vq_encode/vq_decode and mixed-precision attention against torch baselines
-#      (do_bench; TFLOP/s and GB/s against the card's roofline);
+#      extension, bf16 included, rotary remote keys (tests/test_rope_attention.py), and the CUDA
+#      backends' bad-input checks (tests/test_cuda_bad_inputs.py);
+#   3. benchmark vq_encode/vq_decode and mixed-precision attention (rotary remote keys included)
+#      against torch baselines (do_bench; TFLOP/s and GB/s against the card's roofline);
 #   4. a functional ASTRA run on the GPU (2 ranks), with the NCCL transport attempted;
 #   5. the wire fault tests on NCCL (bad frames, codes >= K, handshake refusals, hung and dead peers; they
 #      need two GPUs and are skipped, saying so, on one).
@@ -42,7 +43,7 @@ $PY -c "import astra_kernels as ak; print('backends on cuda:', ak.available_back
 stage "kernel tests on the GPU (Triton compiled, CUDA extension, bf16)"
 run 600 tests.log $PY -m pytest -q -p no:cacheprovider tests/test_vq_encode.py tests/test_vq_decode.py \
   tests/test_pack_codes.py tests/test_bad_input.py tests/test_registration.py tests/test_mixed_precision_attention.py \
-  tests/test_op_checks.py tests/test_cuda_bad_inputs.py
+  tests/test_op_checks.py tests/test_cuda_bad_inputs.py tests/test_rope_attention.py
 
 stage "benchmarks"
 run 300 bench_vq.log $PY benchmarks/gpu/gpu_bench_vq.py "$OUT_DIR/gpu_vq.json"

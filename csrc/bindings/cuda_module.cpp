@@ -22,8 +22,9 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::arg("packed"), py::arg("bits"), py::arg("count"));
   m.def("mixed_precision_attention", &astra::cuda::mixed_precision_attention,
         "q (B, H, Tq, d), k_local/v_local (B, Hkv, Tl, d), remote_codes (B, Tr, G) int32, k_table/v_table "
-        "(G, K, Hkv*d), k_bias/v_bias (Hkv*d,) or None -> (out (B, H, Tq, d) in q's dtype, lse (B, H, Tq) float32)",
+        "(G, K, Hkv*d), k_bias/v_bias (Hkv*d,) or None, remote_rotation (2, Tr, d/2) (cos, sin) or None -> "
+        "(out (B, H, Tq, d) in q's dtype, lse (B, H, Tq) float32)",
         py::arg("q"), py::arg("k_local"), py::arg("v_local"), py::arg("remote_codes"), py::arg("k_table"),
         py::arg("v_table"), py::arg("k_bias"), py::arg("v_bias"), py::arg("causal"), py::arg("scale"),
-        py::arg("formulation"));
+        py::arg("formulation"), py::arg("remote_rotation") = py::none());
 }

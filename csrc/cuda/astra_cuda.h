@@ -54,7 +54,10 @@ cudaError_t astra_unpack_codes(const uint8_t* packed, int64_t count, int bits, i
 // h / (H / Hkv); the remote segment (Tr tokens known by their codes) precedes the
 // local one and is always visible; `causal` masks only the local segment, queries
 // aligned to the end of the local keys (query i sees local key j iff
-// j <= i + Tl - Tq); a query with no visible key gets out 0 and lse -inf.
+// j <= i + Tl - Tq); a query with no visible key gets out 0 and lse -inf. With
+// `rotation`, remote token t's key (sum of its G rows + bias, per kv head) is rotated
+// over the feature pairs (i, i + d/2): k'[i] = k[i] cos - k[i + d/2] sin,
+// k'[i + d/2] = k[i + d/2] cos + k[i] sin (angle i of token t); values never are.
 typedef enum astra_attention_formulation {
   ASTRA_ATTENTION_TOKENS = 0,     // each remote token's K/V = sum of its G table rows (+ bias)
   ASTRA_ATTENTION_CODEWORDS = 1,  // the K codewords, score bias log(token count); G = 1 only
@@ -85,6 +88,8 @@ typedef struct astra_mp_attention_problem {
   int causal;
   float scale;            // score = (q . k) * scale (+ log(count) for codewords)
   astra_attention_formulation formulation;
+  const float* rotation;  // (2, Tr, d/2) contiguous: cos then sin of the remote tokens' rotary
+                          // angles, or NULL; needs ASTRA_ATTENTION_TOKENS and an even d
   void* out;              // (B, H, Tq, d) contiguous, out
   float* lse;             // (B, H, Tq) contiguous, out: natural-log sum of exp of the scores
 } astra_mp_attention_problem;

@@ -13,6 +13,8 @@
 //           tokens with that code (an exact integer histogram; count 0 hides it);
 //           or "tokens": each remote token's K/V is the fp32 sum of its G table rows
 //           (+ bias), gathered tile by tile into shared memory, never into global;
+//           with rotary angles, both features of each pair (i, i + d/2) are gathered
+//           by one thread and the key rotated in its registers before it is staged;
 //   local   the full-precision keys; the causal mask (query i sees local key j iff
 //           j <= i + Tl - Tq) is evaluated only on tiles that cross it.
 // Epilogue: out = acc / l and lse = m + log(l); a row that saw no key (l = 0) gets
@@ -63,6 +65,7 @@ bool valid_problem(const astra_mp_attention_problem& pr) {
   const bool formulation_ok = pr.formulation == ASTRA_ATTENTION_TOKENS ||
                            (pr.formulation == ASTRA_ATTENTION_CODEWORDS && pr.groups == 1);
   if (!dtype_ok || !formulation_ok) return false;
+  if (pr.rotation != nullptr && (pr.formulation != ASTRA_ATTENTION_TOKENS || pr.head_dim % 2 != 0)) return false;
   if (pr.batch < 0 || pr.heads < 1 || pr.kv_heads < 1 || pr.heads % pr.kv_heads != 0) return false;
   if (pr.head_dim < 1 || pr.head_dim > kMaxHeadDim || pr.groups < 1 || pr.codebook_size < 1) return false;
   if (pr.queries < 0 || pr.local_keys < 0 || pr.remote_tokens < 0 || !(pr.scale == pr.scale)) return false;
@@ -104,6 +107,8 @@ extern "C" cudaError_t astra_mp_attention(const astra_mp_attention_problem* prob
   p.v_table = pr.v_table;
   p.k_bias = pr.k_bias;
   p.v_bias = pr.v_bias;
+  // Only the tokens formulation reads it (valid_problem), and only when there are remote tokens.
+  p.rotation = pr.remote_tokens > 0 ? pr.rotation : nullptr;
   p.out = pr.out;
   p.lse = pr.lse;
   p.batch = static_cast<int>(pr.batch);

@@ -1,7 +1,7 @@
 // Device code shared by the mixed-precision attention kernels (mp_attention_simt.cu,
 // mp_attention_mma.cu): their parameters, dtype conversions, the rows a block owns, query
-// loads, key/value staging (local keys, remote tokens summed from table rows, codewords),
-// the causal bounds of the local segment and the online-softmax pivot.
+// loads, key/value staging (local keys, remote tokens summed from table rows and optionally
+// rotated, codewords), the causal bounds of the local segment and the online-softmax pivot.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -54,6 +54,7 @@ struct AttnParams {
   const void* v_table;
   const void* k_bias;  // (Hkv*d,) or null
   const void* v_bias;
+  const float* rotation;  // (2, Tr, d/2) cos then sin of the remote tokens' angles; null unless tokens, Tr > 0
   void* out;   // (B, H, Tq, d) contiguous
   float* lse;  // (B, H, Tq) contiguous
   int batch, heads, kv_heads, group, queries, local, remote, groups, codebook_size, head_dim;
@@ -137,20 +138,78 @@ __device__ __forceinline__ KeyValue key_value(const AttnParams& p, Segment seg, 
   return kv;
 }
 
+// Features dd and dd + half of remote token `key` (in range) of this block's kv head, as
+// key_value gives them, its key rotated by the token's angle dd (pair (dd, dd + half), half = d/2).
+template <typename T>
+__device__ __forceinline__ void rotated_token_pair(const AttnParams& p, const BlockRows& blk, int key, int dd,
+                                                   int half, KeyValue& first, KeyValue& second) {
+  const T* k_table = static_cast<const T*>(p.k_table);
+  const T* v_table = static_cast<const T*>(p.v_table);
+  const int64_t width = static_cast<int64_t>(p.kv_heads) * p.head_dim;
+  const int64_t col = static_cast<int64_t>(blk.kvh) * p.head_dim + dd;
+  const int32_t* codes = p.codes + (blk.b * p.remote + key) * p.groups;
+  float k0 = 0.0f, k1 = 0.0f, v0 = 0.0f, v1 = 0.0f;
+  for (int g = 0; g < p.groups; ++g) {
+    const int64_t at = (static_cast<int64_t>(g) * p.codebook_size + codes[g]) * width + col;
+    k0 += to_float(k_table[at]);
+    k1 += to_float(k_table[at + half]);
+    v0 += to_float(v_table[at]);
+    v1 += to_float(v_table[at + half]);
+  }
+  if (p.k_bias != nullptr) {
+    const T* bias = static_cast<const T*>(p.k_bias) + col;
+    k0 += to_float(bias[0]);
+    k1 += to_float(bias[half]);
+  }
+  if (p.v_bias != nullptr) {
+    const T* bias = static_cast<const T*>(p.v_bias) + col;
+    v0 += to_float(bias[0]);
+    v1 += to_float(bias[half]);
+  }
+  const float* angle = p.rotation + static_cast<int64_t>(key) * half + dd;  // cos; sin Tr*half further
+  const float c = angle[0];
+  const float s = angle[static_cast<int64_t>(p.remote) * half];
+  first = {k0 * c - k1 * s, v0};
+  second = {k1 * c + k0 * s, v1};
+}
+
 // Stages keys [n0, n0 + kBlockN) of a segment: store(n, dd, kv) for every n < kBlockN and
 // dd < kDim (zeros past the segment or past d), and key_bias[n], the additive score bias
 // (0; log(count) for codewords; -inf hides unused codewords and keys past the segment).
-template <typename T, int kBlockN, int kDim, int kThreads, typename Store>
+// kRotated (p.rotation set, kernels compiled apart so that plain calls pay nothing): remote
+// tokens go by pairs, item (n, j), j < kDim / 2, stores features j and j + d/2 for j < d/2,
+// else the zero padding j + d/2 and j + kDim/2 (together [d, kDim)).
+template <typename T, int kBlockN, int kDim, int kThreads, bool kRotated, typename Store>
 __device__ __forceinline__ void stage_keys(const AttnParams& p, Segment seg, const BlockRows& blk, int n0,
                                            Store store, float* key_bias) {
   const int n_keys = segment_keys(p, seg);
-  for (int idx = threadIdx.x; idx < kBlockN * kDim; idx += kThreads) {
-    const int n = idx / kDim;
-    const int dd = idx % kDim;
-    const int key = n0 + n;
-    KeyValue kv{0.0f, 0.0f};
-    if (key < n_keys && dd < p.head_dim) kv = key_value<T>(p, seg, blk, key, dd);
-    store(n, dd, kv);
+  if (kRotated && seg == kSegTokens) {
+    constexpr int kPairs = kDim / 2;
+    const int half = p.head_dim / 2;
+    for (int idx = threadIdx.x; idx < kBlockN * kPairs; idx += kThreads) {
+      const int n = idx / kPairs;
+      const int j = idx % kPairs;
+      const int key = n0 + n;
+      KeyValue first{0.0f, 0.0f};
+      KeyValue second{0.0f, 0.0f};
+      if (j < half) {
+        if (key < n_keys) rotated_token_pair<T>(p, blk, key, j, half, first, second);
+        store(n, j, first);
+        store(n, j + half, second);
+      } else {
+        store(n, j + half, first);
+        store(n, j + kPairs, second);
+      }
+    }
+  } else {
+    for (int idx = threadIdx.x; idx < kBlockN * kDim; idx += kThreads) {
+      const int n = idx / kDim;
+      const int dd = idx % kDim;
+      const int key = n0 + n;
+      KeyValue kv{0.0f, 0.0f};
+      if (key < n_keys && dd < p.head_dim) kv = key_value<T>(p, seg, blk, key, dd);
+      store(n, dd, kv);
+    }
   }
   if (threadIdx.x < kBlockN) {
     const int key = n0 + static_cast<int>(threadIdx.x);

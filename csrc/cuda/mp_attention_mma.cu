@@ -1,8 +1,9 @@
 // Mixed-precision attention on tensor cores, fp16/bf16 with d % 16 == 0 and d <= 128 on
 // sm_80+: mma.sync m16n8k16 with fp32 accumulators, the FA2 register layout (scores never
 // leave registers). fp32 operands that 16 bits cannot hold exactly (remote K/V that are
-// sums of table rows or carry a bias, and the probabilities) enter the MMA as hi + lo
-// 16-bit parts, so they keep about twice the 16-bit precision, like the fp32 reference.
+// sums of table rows or carry a bias, rotated remote keys, and the probabilities) enter the
+// MMA as hi + lo 16-bit parts, so they keep about twice the 16-bit precision, like the fp32
+// reference.
 // Queries and local keys/values are exact in their own dtype. The algorithm: mp_attention.cu.
 //
 // 4 warps; warp w owns rows 16w..16w+15 of the block. Fragment layouts of mma.sync
@@ -95,7 +96,8 @@ __device__ __forceinline__ void split_pair(float x0, float x1, uint32_t& hi, uin
        (static_cast<uint32_t>(bits16(from_float<T>(x1 - to_float(h1)))) << 16);
 }
 
-template <typename T, int kDim>
+// kRotated: p.rotation is set (remote keys rotated while staged).
+template <typename T, int kDim, bool kRotated>
 __global__ void __launch_bounds__(kTcThreads, kMinBlocksPerSm) mp_attention_mma_kernel(AttnParams p) {
   using S = TcShape<kDim>;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -138,24 +140,23 @@ __global__ void __launch_bounds__(kTcThreads, kMinBlocksPerSm) mp_attention_mma_
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
 
-  // split: the keys/values need their lo parts (fp32 sums of table rows, or biased rows).
-  auto stage = [&](Segment seg, int n0, bool split) {
-    stage_keys<T, kTcBlockN, kDim, kTcThreads>(
+  // split_k, split_v: the keys, the values need their lo parts (fp32 sums of table rows, biased
+  // or rotated rows).
+  auto stage = [&](Segment seg, int n0, bool split_k, bool split_v) {
+    stage_keys<T, kTcBlockN, kDim, kTcThreads, kRotated>(
         p, seg, blk, n0,
         [&](int n, int dd, KeyValue kv) {
           const T kh = from_float<T>(kv.k);
           const T vh = from_float<T>(kv.v);
           k_hi[n * S::kQPitch + dd] = bits16(kh);
           vt_hi[dd * S::kVPitch + n] = bits16(vh);
-          if (split) {
-            k_lo[n * S::kQPitch + dd] = bits16(from_float<T>(kv.k - to_float(kh)));
-            vt_lo[dd * S::kVPitch + n] = bits16(from_float<T>(kv.v - to_float(vh)));
-          }
+          if (split_k) k_lo[n * S::kQPitch + dd] = bits16(from_float<T>(kv.k - to_float(kh)));
+          if (split_v) vt_lo[dd * S::kVPitch + n] = bits16(from_float<T>(kv.v - to_float(vh)));
         },
         key_bias);
   };
 
-  auto attend = [&](int n0, bool causal, bool split) {
+  auto attend = [&](int n0, bool causal, bool split_k, bool split_v) {
     __syncthreads();  // the tile (and Q) are staged
     float s[kTcKeyTiles][4];
 #pragma unroll
@@ -173,7 +174,7 @@ __global__ void __launch_bounds__(kTcThreads, kMinBlocksPerSm) mp_attention_mma_
           const int k_at = (nt * 8 + g) * S::kQPitch + ks * 16 + 2 * t;
           const uint32_t b[2] = {pair_at(k_hi + k_at), pair_at(k_hi + k_at + 8)};
           mma_m16n8k16<T>(s[nt], a, b);
-          if (split) {
+          if (split_k) {
             const uint32_t b_lo[2] = {pair_at(k_lo + k_at), pair_at(k_lo + k_at + 8)};
             mma_m16n8k16<T>(s[nt], a, b_lo);
           }
@@ -232,7 +233,7 @@ __global__ void __launch_bounds__(kTcThreads, kMinBlocksPerSm) mp_attention_mma_
           const uint32_t b[2] = {pair_at(vt_hi + v_at), pair_at(vt_hi + v_at + 8)};
           mma_m16n8k16<T>(acc[nt], a_hi, b);
           mma_m16n8k16<T>(acc[nt], a_lo, b);
-          if (split) {
+          if (split_v) {
             const uint32_t b_lo[2] = {pair_at(vt_lo + v_at), pair_at(vt_lo + v_at + 8)};
             mma_m16n8k16<T>(acc[nt], a_hi, b_lo);
           }
@@ -246,16 +247,18 @@ __global__ void __launch_bounds__(kTcThreads, kMinBlocksPerSm) mp_attention_mma_
     const Segment seg = p.remote_kind == kRemoteCodewords ? kSegCodewords : kSegTokens;
     // Single table rows without bias are exact in T; sums and biased rows are not.
     const bool split = (seg == kSegTokens && p.groups > 1) || p.k_bias != nullptr || p.v_bias != nullptr;
+    // A rotated key is a product of fp32 values: never exact in T. Its values are not rotated.
+    const bool split_k = split || (kRotated && seg == kSegTokens);
     const int n_keys = segment_keys(p, seg);
     for (int n0 = 0; n0 < n_keys; n0 += kTcBlockN) {
-      stage(seg, n0, split);
-      attend(n0, false, split);
+      stage(seg, n0, split_k, split);
+      attend(n0, false, split_k, split);
     }
   }
   const LocalKeys local = local_keys(p, blk.row0, kTcBlockM);
   for (int n0 = 0; n0 < local.end; n0 += kTcBlockN) {
-    stage(kSegLocal, n0, false);
-    attend(n0, p.causal && n0 + kTcBlockN > local.full, false);
+    stage(kSegLocal, n0, false, false);
+    attend(n0, p.causal && n0 + kTcBlockN > local.full, false, false);
   }
 
   T* out = static_cast<T*>(p.out);
@@ -281,6 +284,13 @@ __global__ void __launch_bounds__(kTcThreads, kMinBlocksPerSm) mp_attention_mma_
   }
 }
 
+template <typename T, int kDim>
+cudaError_t launch_mma_dim(const AttnParams& p, cudaStream_t stream) {
+  const auto kernel =
+      p.rotation != nullptr ? mp_attention_mma_kernel<T, kDim, true> : mp_attention_mma_kernel<T, kDim, false>;
+  return launch(kernel, p, kTcBlockM, kTcThreads, TcShape<kDim>::kSmemBytes, stream);
+}
+
 }  // namespace
 
 template <typename T>
@@ -288,7 +298,7 @@ cudaError_t tensor_cores_usable(int head_dim, bool* use) {
   *use = false;
   if (head_dim % 16 != 0 || head_dim > 128) return cudaSuccess;
   cudaFuncAttributes attr;
-  const cudaError_t err = cudaFuncGetAttributes(&attr, mp_attention_mma_kernel<T, 128>);
+  const cudaError_t err = cudaFuncGetAttributes(&attr, mp_attention_mma_kernel<T, 128, false>);
   if (err != cudaSuccess) return err;
   *use = attr.ptxVersion >= 80 && attr.binaryVersion >= 80;
   return cudaSuccess;
@@ -296,9 +306,8 @@ cudaError_t tensor_cores_usable(int head_dim, bool* use) {
 
 template <typename T>
 cudaError_t launch_mma(const AttnParams& p, cudaStream_t stream) {
-  if (p.head_dim <= 64)
-    return launch(mp_attention_mma_kernel<T, 64>, p, kTcBlockM, kTcThreads, TcShape<64>::kSmemBytes, stream);
-  return launch(mp_attention_mma_kernel<T, 128>, p, kTcBlockM, kTcThreads, TcShape<128>::kSmemBytes, stream);
+  if (p.head_dim <= 64) return launch_mma_dim<T, 64>(p, stream);
+  return launch_mma_dim<T, 128>(p, stream);
 }
 
 template cudaError_t tensor_cores_usable<__half>(int head_dim, bool* use);

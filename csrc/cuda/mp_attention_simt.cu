@@ -63,7 +63,8 @@ __device__ __forceinline__ void load_vec(const float* src, float (&dst)[N]) {
   }
 }
 
-template <typename T, int kDim>
+// kRotated: p.rotation is set (remote keys rotated while staged).
+template <typename T, int kDim, bool kRotated>
 __global__ void __launch_bounds__(kSimtThreads, kMinBlocksPerSm) mp_attention_simt_kernel(AttnParams p) {
   using S = SimtShape<kDim>;
   constexpr int kRows = S::kRows;
@@ -182,13 +183,13 @@ __global__ void __launch_bounds__(kSimtThreads, kMinBlocksPerSm) mp_attention_si
     const Segment seg = p.remote_kind == kRemoteCodewords ? kSegCodewords : kSegTokens;
     const int n_keys = segment_keys(p, seg);
     for (int n0 = 0; n0 < n_keys; n0 += kSimtBlockN) {
-      stage_keys<T, kSimtBlockN, kDim, kSimtThreads>(p, seg, blk, n0, store, key_bias);
+      stage_keys<T, kSimtBlockN, kDim, kSimtThreads, kRotated>(p, seg, blk, n0, store, key_bias);
       attend(n0, false);
     }
   }
   const LocalKeys local = local_keys(p, blk.row0, S::kBlockM);
   for (int n0 = 0; n0 < local.end; n0 += kSimtBlockN) {
-    stage_keys<T, kSimtBlockN, kDim, kSimtThreads>(p, kSegLocal, blk, n0, store, key_bias);
+    stage_keys<T, kSimtBlockN, kDim, kSimtThreads, kRotated>(p, kSegLocal, blk, n0, store, key_bias);
     attend(n0, p.causal && n0 + kSimtBlockN > local.full);
   }
 
@@ -214,21 +215,21 @@ __global__ void __launch_bounds__(kSimtThreads, kMinBlocksPerSm) mp_attention_si
   }
 }
 
+template <typename T, int kDim>
+cudaError_t launch_simt_dim(const AttnParams& p, cudaStream_t stream) {
+  const auto kernel =
+      p.rotation != nullptr ? mp_attention_simt_kernel<T, kDim, true> : mp_attention_simt_kernel<T, kDim, false>;
+  return launch(kernel, p, SimtShape<kDim>::kBlockM, kSimtThreads, SimtShape<kDim>::kSmemBytes, stream);
+}
+
 }  // namespace
 
 template <typename T>
 cudaError_t launch_simt(const AttnParams& p, cudaStream_t stream) {
-  if (p.head_dim <= 32)
-    return launch(mp_attention_simt_kernel<T, 32>, p, SimtShape<32>::kBlockM, kSimtThreads, SimtShape<32>::kSmemBytes,
-                  stream);
-  if (p.head_dim <= 64)
-    return launch(mp_attention_simt_kernel<T, 64>, p, SimtShape<64>::kBlockM, kSimtThreads, SimtShape<64>::kSmemBytes,
-                  stream);
-  if (p.head_dim <= 128)
-    return launch(mp_attention_simt_kernel<T, 128>, p, SimtShape<128>::kBlockM, kSimtThreads,
-                  SimtShape<128>::kSmemBytes, stream);
-  return launch(mp_attention_simt_kernel<T, 256>, p, SimtShape<256>::kBlockM, kSimtThreads,
-                SimtShape<256>::kSmemBytes, stream);
+  if (p.head_dim <= 32) return launch_simt_dim<T, 32>(p, stream);
+  if (p.head_dim <= 64) return launch_simt_dim<T, 64>(p, stream);
+  if (p.head_dim <= 128) return launch_simt_dim<T, 128>(p, stream);
+  return launch_simt_dim<T, 256>(p, stream);
 }
 
 template cudaError_t launch_simt<float>(const AttnParams& p, cudaStream_t stream);

@@ -32,7 +32,8 @@ void check_same_float_input(const at::Tensor& q, const at::Tensor& t, const char
 std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
     const at::Tensor& q, const at::Tensor& k_local, const at::Tensor& v_local, const at::Tensor& remote_codes,
     const at::Tensor& k_table, const at::Tensor& v_table, const std::optional<at::Tensor>& k_bias,
-    const std::optional<at::Tensor>& v_bias, bool causal, double scale, const std::string& formulation) {
+    const std::optional<at::Tensor>& v_bias, bool causal, double scale, const std::string& formulation,
+    const std::optional<at::Tensor>& remote_rotation) {
   check_cuda_tensor(q, "q");
   TORCH_CHECK(q.scalar_type() != at::kDouble,
               "the CUDA mixed_precision_attention runs float32, float16 or bfloat16 inputs, got float64; "
@@ -49,9 +50,10 @@ std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
   for (const auto& [bias, name] : {std::make_pair(&k_bias, "k_bias"), std::make_pair(&v_bias, "v_bias")}) {
     if (bias->has_value()) check_same_float_input(q, bias->value(), name);
   }
-  // shapes, biases, formulation, scale, and every code indexing the tables (one sync for their range)
+  // shapes, biases, formulation, scale, every code indexing the tables (one sync for their range) and the
+  // rotation's shape, dtype class and device
   const checks::AttentionSizes sizes = checks::attention_op(q, k_local, v_local, remote_codes, k_table, v_table,
-                                                            k_bias, v_bias, scale, formulation);
+                                                            k_bias, v_bias, scale, formulation, remote_rotation);
   const int64_t b = sizes.batch;
   const int64_t h = sizes.heads;
   const int64_t tq = sizes.queries;
@@ -74,6 +76,8 @@ std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
   const at::Tensor vt = v_table.contiguous();
   const at::Tensor kb = k_bias.has_value() ? k_bias->contiguous() : at::Tensor();
   const at::Tensor vb = v_bias.has_value() ? v_bias->contiguous() : at::Tensor();
+  // the kernels read the angles in fp32, whatever the dtype of q
+  const at::Tensor rot = remote_rotation.has_value() ? remote_rotation->to(at::kFloat).contiguous() : at::Tensor();
 
   astra_mp_attention_problem problem{};
   problem.dtype = dtype;
@@ -102,6 +106,7 @@ std::tuple<at::Tensor, at::Tensor> mixed_precision_attention(
   problem.causal = causal ? 1 : 0;
   problem.scale = static_cast<float>(scale);
   problem.formulation = formulation == "codewords" ? ASTRA_ATTENTION_CODEWORDS : ASTRA_ATTENTION_TOKENS;
+  problem.rotation = rot.defined() ? rot.data_ptr<float>() : nullptr;
   problem.out = out.data_ptr();
   problem.lse = lse.data_ptr<float>();
   const auto workspace_bytes = static_cast<int64_t>(astra_mp_attention_workspace_bytes(&problem));
