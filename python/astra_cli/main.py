@@ -242,9 +242,10 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     except MissingDependency as exc:
         print(f"astra train: {exc}", file=sys.stderr)
         return 2
-    module = {"fmnist": fmnist, "kjv": kjv, "minilm": minilm}[args.task]
-    cfg_cls = {"fmnist": fmnist.FmnistConfig, "kjv": kjv.KjvConfig, "minilm": minilm.MinilmConfig}[args.task]
-    cfg = module.QUICK if args.quick else cfg_cls()
+    module = {"fmnist": fmnist, "kjv": kjv, "kjv_llama": kjv, "minilm": minilm}[args.task]
+    configs = {"fmnist": (fmnist.FmnistConfig(), fmnist.QUICK), "kjv": (kjv.KjvConfig(), kjv.QUICK),
+               "kjv_llama": (kjv.LLAMA, kjv.QUICK_LLAMA), "minilm": (minilm.MinilmConfig(), minilm.QUICK)}
+    cfg = configs[args.task][1 if args.quick else 0]
     if args.ranks is not None:
         cfg = dc.replace(cfg, ranks=args.ranks)
     if args.quantize is not None:
@@ -261,7 +262,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"astra train: {exc}", file=sys.stderr)
         return 2
     for r in rows:
-        print(f"  {r['task']:<7} {r['variant']:<22} G={str(r['groups']):<4} N={r['ranks']}  {r['metric']} = {r['value']:.4f}")
+        print(f"  {r['task']:<9} {r['variant']:<22} G={str(r['groups']):<4} N={r['ranks']}  {r['metric']} = {r['value']:.4f}")
     if args.record:
         results.record(rows, args.record_json, args.record_md)
         print(f"recorded in {args.record_json} and {args.record_md}")
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     net.add_argument("--rate", type=float, default=10.0, help="Mbps")
     net.add_argument("--shared", action="store_true", help="one shared medium instead of a star")
     train = sub.add_parser("train", help="accuracy experiments: train, NAVQ-fine-tune and evaluate (records results)")
-    train.add_argument("task", choices=["fmnist", "kjv", "minilm"])
+    train.add_argument("task", choices=["fmnist", "kjv", "kjv_llama", "minilm"])
     train.add_argument("--quick", action="store_true", help="a tiny version (seconds), for tests")
     train.add_argument("--ranks", type=int, default=None, help="simulated ranks N (default: the task's)")
     train.add_argument("--groups", type=_csv(int), default=None,

@@ -1,4 +1,8 @@
-"""King James Bible: a byte-level GPT-2-architecture language model, perplexity before/after ASTRA.
+"""King James Bible: a byte-level language model, perplexity before/after ASTRA.
+
+Two architectures of the same size (:data:`ARCHITECTURES`): GPT-2 (task ``kjv``: learned positions,
+LayerNorm, GELU MLP) and Llama (task ``kjv_llama``: RoPE, grouped-query attention with Hkv < H,
+RMSNorm, SwiGLU MLP).
 
 1. train the original model on 95 % of the text (random windows), measure test
    perplexity on the last 5 % (non-overlapping windows);
@@ -27,11 +31,17 @@ transformers = require("transformers", extra="train", purpose="the KJV experimen
 tqdm = require("tqdm.auto", extra="train", purpose="the KJV experiment").tqdm
 
 
+# architecture -> its task name in the accuracy record
+ARCHITECTURES = {"gpt2": "kjv", "llama": "kjv_llama"}
+
+
 @dataclass
 class KjvConfig:
+    architecture: str = "gpt2"  # a key of ARCHITECTURES
     dim: int = 128
     layers: int = 4
     heads: int = 4
+    kv_heads: int = 2  # llama: grouped-query attention (gpt2 has one kv head per query head)
     context: int = 256
     steps: int = 2500
     batch: int = 16
@@ -50,16 +60,33 @@ class KjvConfig:
     out: str = "runs/accuracy/kjv"
 
 
-QUICK = KjvConfig(dim=32, layers=2, heads=2, context=32, steps=4, batch=4, codebook_size=16, groups=[1, 4], ft_steps=3,
-                  test_windows=8, calib_windows=4, out="runs/accuracy/kjv-quick")
+QUICK = KjvConfig(dim=32, layers=2, heads=2, kv_heads=1, context=32, steps=4, batch=4, codebook_size=16,
+                  groups=[1, 4], ft_steps=3, test_windows=8, calib_windows=4, out="runs/accuracy/kjv-quick")
+LLAMA = KjvConfig(architecture="llama", groups=[1, 16, 32], out="runs/accuracy/kjv_llama")
+QUICK_LLAMA = KjvConfig(**{**asdict(QUICK), "architecture": "llama", "out": "runs/accuracy/kjv_llama-quick"})
+
+
+def _model_class(cfg: KjvConfig):
+    if cfg.architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {cfg.architecture!r}")
+    return transformers.GPT2LMHeadModel if cfg.architecture == "gpt2" else transformers.LlamaForCausalLM
 
 
 def build_model(cfg: KjvConfig):
+    """A randomly initialised byte-level LM of ``cfg``'s architecture (vocabulary 256, tied embeddings)."""
+    cls = _model_class(cfg)
     torch.manual_seed(cfg.seed)
-    config = transformers.GPT2Config(vocab_size=256, n_positions=cfg.context, n_embd=cfg.dim, n_layer=cfg.layers,
-                                     n_head=cfg.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                     bos_token_id=0, eos_token_id=0)
-    return transformers.GPT2LMHeadModel(config)
+    if cfg.architecture == "gpt2":
+        config = transformers.GPT2Config(vocab_size=256, n_positions=cfg.context, n_embd=cfg.dim, n_layer=cfg.layers,
+                                         n_head=cfg.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                         bos_token_id=0, eos_token_id=0)
+    else:  # SwiGLU width 8/3 D rounded to a multiple of 8, as Llama sizes its MLP
+        config = transformers.LlamaConfig(vocab_size=256, hidden_size=cfg.dim, intermediate_size=(8 * cfg.dim // 3 + 7) // 8 * 8,
+                                          num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
+                                          num_key_value_heads=cfg.kv_heads, max_position_embeddings=cfg.context,
+                                          rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=0,
+                                          eos_token_id=0, attention_dropout=0.0)
+    return cls(config)
 
 
 def _windows(stream, cfg: KjvConfig, gen):
@@ -75,15 +102,17 @@ def _lm_loss(logits, targets):
 def train_original(cfg: KjvConfig, train, progress: bool):
     path = os.path.join(cfg.out, "original")
     meta = os.path.join(path, "astra_train.json")
-    want = {k: v for k, v in asdict(cfg).items() if k in ("dim", "layers", "heads", "context", "steps", "batch", "lr", "seed")}
+    want = {k: v for k, v in asdict(cfg).items()
+            if k in ("architecture", "dim", "layers", "heads", "kv_heads", "context", "steps", "batch", "lr", "seed")}
     if os.path.exists(meta) and json.load(open(meta)) == want:
-        return transformers.GPT2LMHeadModel.from_pretrained(path).eval()
+        return _model_class(cfg).from_pretrained(path).eval()
     model = build_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     sched = cosine_lr(opt, cfg.steps, warmup=cfg.steps // 20)
     batches = _windows(train, cfg, torch.Generator().manual_seed(cfg.seed))
     model.train()
-    bar = tqdm(range(cfg.steps), desc="kjv: train byte-level LM", unit="step", disable=not progress, leave=False)
+    bar = tqdm(range(cfg.steps), desc=f"{ARCHITECTURES[cfg.architecture]}: train byte-level LM", unit="step",
+               disable=not progress, leave=False)
     for _ in bar:
         b = next(batches)
         loss = _lm_loss(model(input_ids=b.inputs).logits, b.targets)
@@ -126,13 +155,14 @@ def run(cfg: KjvConfig, command: str, progress: bool = True) -> list[dict]:
     torch.manual_seed(cfg.seed)
     train, test = data.kjv_bytes()
     original = train_original(cfg, train, progress)
-    row = dict(task="kjv", command=command, metric="perplexity")
+    task = ARCHITECTURES[cfg.architecture]
+    row = dict(task=task, command=command, metric="perplexity")
     rows = [dict(row, ranks=1, groups=None, variant="original", value=perplexity(adapt(original), None, test, cfg, 1))]
     # Control: the same extra training without quantization (an under-trained LM improves with any training).
     control = copy.deepcopy(original)
     finetune(control, adapt(control), None, _windows(train, cfg, torch.Generator().manual_seed(cfg.seed)), cfg.ft_steps,
              cfg.ft_lr, 1, Variant("original_continued", 0), lambda out, b: _lm_loss(out.outputs, b.targets),
-             desc="kjv: continue training the original", progress=progress)
+             desc=f"{task}: continue training the original", progress=progress)
     rows.append(dict(row, ranks=1, groups=None, variant="original_continued",
                      value=perplexity(adapt(control), None, test, cfg, 1)))
     gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -149,11 +179,11 @@ def run(cfg: KjvConfig, command: str, progress: bool = True) -> list[dict]:
                              value=perplexity(adapter, quantizers, test, cfg, cfg.ranks)))
         finetune(model, adapter, quantizers, _windows(train, cfg, torch.Generator().manual_seed(cfg.seed + v.groups)),
                  cfg.ft_steps, cfg.ft_lr, cfg.ranks, v, lambda out, b: _lm_loss(out.outputs, b.targets),
-                 desc=f"kjv: NAVQ fine-tune {v.name} G={v.groups}", progress=progress)
+                 desc=f"{task}: NAVQ fine-tune {v.name} G={v.groups}", progress=progress)
         rows.append(dict(row, ranks=cfg.ranks, groups=v.groups, variant=variant_name(v.name, cfg.quantize),
                          value=perplexity(adapter, quantizers, test, cfg, cfg.ranks)))
         if v.name == "astra":  # the fine-tuned model and its codebooks, for the runtime (and the studies)
-            path = os.path.join(cfg.out, f"astra-G{v.groups}")
+            path = os.path.join(cfg.out, f"astra-G{v.groups}" + ("" if cfg.quantize == "input" else "-kv"))
             model.save_pretrained(path)
             codebooks_of(quantizers).save(path)
     return rows

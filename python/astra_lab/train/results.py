@@ -19,6 +19,7 @@ HIGHER_IS_BETTER = {"accuracy": True, "cosine_similarity": True, "perplexity": F
 TITLES = {
     "fmnist": "Fashion-MNIST, small ViT (patch 4: 49 tokens + class token)",
     "kjv": "King James Bible, byte-level GPT-2-architecture LM",
+    "kjv_llama": "King James Bible, byte-level Llama-architecture LM (RoPE, GQA 4/2 heads, RMSNorm, SwiGLU)",
     "minilm": "all-MiniLM-L6-v2 sentence embeddings (KJV verses)",
 }
 
