@@ -220,6 +220,34 @@ def test_tables_beyond_the_caches_are_gathered_once_for_several_query_blocks(thr
         torch.set_num_threads(before)
 
 
+_ATEN_GEMMS_CHECK = """
+import torch, astra_kernels as ak
+from test_mixed_precision_attention import make_inputs
+for case in (dict(), dict(tq=300, tl=300, tr=70, d=64, g=16, k=1024, b=1), dict(tl=0), dict(d=20, h=4, hkv=1)):
+    args = make_inputs(**case)
+    rotation = torch.randn(2, args["remote_codes"].shape[1], args["q"].shape[3] // 2)
+    got = ak.mixed_precision_attention(**args, causal=True, formulation="tokens", remote_rotation=rotation, backend="cpu")
+    want = ak.mixed_precision_attention(**args, causal=True, formulation="tokens", remote_rotation=rotation,
+                                        backend="reference")
+    for a, w in zip(got, want):
+        torch.testing.assert_close(a, w, rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+
+
+@pytest.mark.skipif("cpu" not in ak.available_backends("cpu"), reason="the C++ CPU extension is not built")
+def test_aten_gemms_give_the_same_attention(tmp_path):
+    """ASTRA_CPU_GEMM=aten (read once per process): the attention's GEMMs through ATen instead of the core's."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, ASTRA_CPU_GEMM="aten", PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), *sys.path]))
+    done = subprocess.run([sys.executable, "-c", _ATEN_GEMMS_CHECK], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
 @pytest.mark.parametrize("backend", MERGE_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
 def test_merge_matches_the_reference_with_empty_partials_and_strides(backend, dtype):
