@@ -89,7 +89,8 @@ class RateSchedule:
 
 class ScheduleThread:
     """Applies ``schedule`` in the background: ``set_rate(Mbps)`` at each offset after ``epoch``
-    (time.monotonic seconds); :meth:`stop` ends it early and restores the first rate."""
+    (time.monotonic seconds); :meth:`stop` ends it (early, or after :meth:`join`) and restores the first
+    rate."""
 
     def __init__(self, schedule: RateSchedule, set_rate: Callable[[float], None], epoch: float):
         self.schedule, self._set_rate, self.epoch = schedule, set_rate, epoch
@@ -108,6 +109,10 @@ class ScheduleThread:
                 self._changed = True
         except BaseException as exc:  # raised again by stop(), in the thread that owns the link
             self._error = exc
+
+    def join(self) -> None:
+        """Wait until the schedule's last step has been applied (or it was stopped)."""
+        self._thread.join()
 
     def stop(self) -> None:
         """End the schedule and set the first rate again; raises what made a rate change fail."""
