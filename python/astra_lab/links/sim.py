@@ -38,7 +38,7 @@ import torch
 
 from astra.transport.base import ExchangeRecord, Handle, PeerError, Transport
 
-from .loss import TcpLoss
+from .loss import TcpLoss, loss_permille
 from .schedule import RateSchedule
 
 TOPOLOGIES = ("star", "shared")
@@ -122,6 +122,7 @@ class SimLinkTransport(Transport):
             raise ValueError(f"medium_factor must be positive, got {medium_factor}")
         if delay_ms < 0:
             raise ValueError(f"delay must be >= 0 ms, got {delay_ms:g}")
+        loss_permille(loss_pct)
         self.inner, self.name = inner, f"{inner.name}+sim"
         self.set_rate(rate_mbps)
         self.latency_s, self.topology = latency_ms * 1e-3, topology
