@@ -4,6 +4,7 @@ the bench's latency percentiles, and the refusals of bad faults on the command l
 import math
 import random
 import re
+import threading
 import time
 
 import pytest
@@ -448,3 +449,66 @@ def test_netns_loss_without_nft_names_the_package(monkeypatch):
     monkeypatch.setattr(netns_mod, "_run", lambda *a, **k: pytest.fail(f"ran {a}"))
     with pytest.raises(NetnsError, match=r"needs `nft` \(Debian package nftables\)"):
         NetnsLink("tz").up(10.0, loss_pct=2.0)
+
+
+def test_bench_link_runs_the_schedule_on_every_sim_rank_from_rank_0s_clock():
+    """The bench's rank-side link: start_schedule hands rank 0's clock to every rank, whose sim links follow
+    the schedule; end_schedule puts them back at the first rate."""
+    from types import SimpleNamespace
+
+    from astra_lab.bench import rank as bench_rank
+
+    spec = SimpleNamespace(link="sim", rate_schedule="0:0.1,0.2:10", topology="star")
+    links = sim_links(rate_mbps=0.1)
+    out = {}
+
+    def work(r):
+        link = bench_rank._Link(spec, links[r])
+        link.start_schedule()
+        out[r] = (links[r].epoch, links[r].schedule.spec)
+        link.end_schedule()
+        out[r] += (links[r].schedule.spec,)
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out[0] == out[1] and out[0][1:] == ("0:0.1,0.2:10", "0:0.1")
+    assert 0 < time.monotonic() - out[0][0] < 5.0
+    none = bench_rank._Link(SimpleNamespace(link="sim", rate_schedule=None, topology="star"), links[0])
+    none.start_schedule()  # nothing to follow: no exchange, no change
+    assert links[0].schedule.spec == "0:0.1"
+
+
+@pytest.mark.slow
+def test_astra_bench_with_faults_on_sim_links_end_to_end(tmp_path):
+    """``astra bench --link sim --loss --delay --rate-schedule``: one point at the schedule's first rate, rows
+    with their faults, transport and percentiles, a Markdown table with p50/p99, runs no faster than the
+    delay allows."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "b.json"
+    cmd = [sys.executable, "-m", "astra", "bench", "--model", "gpt2", "--layers", "1", "--tokens", "64", "--ranks",
+           "2", "--link", "sim", "--methods", "astra,single", "--groups", "1", "--codebook-size", "16",
+           "--repeat", "4", "--loss", "5", "--delay", "30", "--rate-schedule", "0:100,0.3:10", "--json", str(out)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", ASTRA_CACHE=str(tmp_path / "cache"), TMPDIR=str(tmp_path))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [r["method"] for r in rows] == ["single", "astra"]
+    for r in rows:
+        assert (r["bandwidth_mbps"], r["loss_pct"], r["delay_ms"], r["rate_schedule"], r["transport"]) == \
+            (100.0, 5.0, 30.0, "0:100,0.3:10", "gloo")
+        runs = r["latency_runs_s"]
+        assert len(runs) == 4
+        assert r["latency_p50_s"] == sorted(runs)[1] and r["latency_s"] == sorted(runs)[2]
+        assert r["latency_p90_s"] == r["latency_p99_s"] == r["latency_max_s"] == max(runs)
+    # GPT-2 over 2 ranks: rank 0 sends its codes to rank 1 once per block, 30 ms one way at least
+    assert min(rows[1]["latency_runs_s"]) >= 0.03
+    md = (tmp_path / "b.md").read_text()
+    assert "link sim (star), 5 % loss, 30 ms delay, rate schedule 0:100,0.3:10 (s:Mbps)" in md
+    assert "| p50 (s) | p99 (s) |" in md
