@@ -9,11 +9,12 @@ restores the first rate when stopped.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,12 @@ class RateSchedule:
                 raise ValueError(f"rate schedule step {t:g}:{mbps:g} is not finite")
             if mbps <= 0:
                 raise ValueError(f"rate schedule step {t:g}:{mbps:g}: rates must be positive Mbps")
-        for a, b in zip(offsets, offsets[1:]):
+        for a, b in itertools.pairwise(offsets):
             if b <= a:
                 raise ValueError(f"rate schedule offsets must increase: {b:g} s follows {a:g} s")
 
     @classmethod
-    def parse(cls, spec: str) -> "RateSchedule":
+    def parse(cls, spec: str) -> RateSchedule:
         """``"0:50,2:5,4:50"``: 50 Mbps from 0 s, 5 Mbps from 2 s, 50 Mbps from 4 s on."""
         steps = []
         for part in spec.split(","):

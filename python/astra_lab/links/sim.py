@@ -32,7 +32,7 @@ import mmap
 import os
 import struct
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
