@@ -220,7 +220,7 @@ def test_sim_delay_is_one_way_per_message():
     """A tiny message at 1 Gbps takes the delay; two messages to two ranks queue on the uplink, each then
     takes the delay once (it is propagation, not occupancy)."""
     delay = 0.1
-    assert delay <= _send(sim_links(rate_mbps=1000.0, delay_ms=100.0), 0, 1, 1, "d") < delay + 0.08
+    assert delay <= _send(sim_links(rate_mbps=1000.0, delay_ms=100.0), 0, 1, 1, "d") < delay + 0.15
     nbytes, mbps = 2000, 0.1
     tx = nbytes * 8 / (mbps * 1e6)  # 0.16 s
     links = sim_links(3, rate_mbps=mbps, delay_ms=100.0)
@@ -233,8 +233,8 @@ def test_sim_delay_is_one_way_per_message():
     t1 = time.monotonic() - start
     h2.wait()
     t2 = time.monotonic() - start
-    assert tx + delay <= t1 < tx + delay + 0.08, t1
-    assert 2 * tx + delay <= t2 < 2 * tx + delay + 0.08, t2
+    assert tx + delay <= t1 < tx + delay + 0.15, t1
+    assert 2 * tx + delay <= t2 < 2 * tx + delay + 0.15, t2
 
 
 def test_sim_loss_delays_messages_by_the_drawn_repairs_in_order():
@@ -256,7 +256,7 @@ def test_sim_loss_delays_messages_by_the_drawn_repairs_in_order():
         assert torch.equal(got[0], random_bytes(nbytes, i))
     for i, t in enumerate(delivered):  # in order: no earlier than the latest repair so far
         due = max(late[: i + 1])
-        assert due <= t < due + 0.1, (i, t, late)
+        assert due <= t < due + 0.15, (i, t, late)
 
 
 def test_sim_loss_draws_follow_the_seed():
@@ -281,16 +281,16 @@ def test_sim_total_loss_is_a_peer_error_after_the_timeout():
 
 
 def test_sim_follows_a_rate_schedule_across_its_change():
-    """20 kbit from the schedule's start: 10 kbit in 0.1 s at 0.1 Mbps, the rest at 0.2 Mbps in 0.05 s."""
+    """20 kbit from the schedule's start: 10 kbit in 0.1 s at 0.1 Mbps, the rest at 1 Mbps in 0.01 s."""
     nbytes = 2500
     links = sim_links(rate_mbps=0.1)
     epoch = time.monotonic()
     for link in links:
-        link.follow(RateSchedule.parse("0:0.1,0.1:0.2"), epoch)
+        link.follow(RateSchedule.parse("0:0.1,0.1:1"), epoch)
     links[0].exchange(random_bytes(nbytes, 0), [1], {}, "m")
     links[1].exchange(EMPTY, [], {0: nbytes}, "m").wait()
     elapsed = time.monotonic() - epoch
-    assert 0.15 <= elapsed < 0.19, elapsed  # a constant 0.1 Mbps would take 0.2 s
+    assert 0.11 <= elapsed < 0.19, elapsed  # a constant 0.1 Mbps would take 0.2 s
     for link in links:
         link.set_rate(0.1)  # the schedule ends: a constant rate again
     assert links[0].transmit_end(epoch + 5.0, nbytes) == pytest.approx(epoch + 5.2)
