@@ -91,8 +91,8 @@ class _SimHandle(Handle):
             if link.topology == "star":  # converging messages queue on this rank's downlink
                 due = max(due, link.transmit_end(link._downlink_free, self._sizes[src]))
                 link._downlink_free = due
-            due = max(due + link.loss_late_s(src, self._sizes[src]), link._delivered.get(src, 0.0))
-            link._delivered[src] = due  # one connection per peer delivers in order
+            # a late message also holds back the later ones of its connection: they are waited for after it
+            due += link.loss_late_s(src, self._sizes[src])
             if due > deadline:
                 deadline, late_src = due, src
         deadline += link.latency_s
@@ -134,7 +134,6 @@ class SimLinkTransport(Transport):
         self.header_bytes = 8 * inner.world_size
         self._uplink_free = 0.0
         self._downlink_free = 0.0
-        self._delivered: dict[int, float] = {}  # source -> when its last message was delivered
         self._medium = SharedMedium(medium_path) if topology == "shared" else None
 
     def set_rate(self, rate_mbps: float) -> None:
