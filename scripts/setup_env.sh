@@ -16,7 +16,7 @@ log() { printf '[setup] %s\n' "$*"; }
 
 # System packages (Debian): MPI for the mpi4py transport, iproute2 for emulated links,
 # Fashion-MNIST and the KJV Bible for the accuracy experiments.
-APT_PACKAGES="openmpi-bin libopenmpi-dev iproute2 dataset-fashion-mnist bible-kjv bible-kjv-text"
+APT_PACKAGES="openmpi-bin libopenmpi-dev iproute2 nftables dataset-fashion-mnist bible-kjv bible-kjv-text"
 missing=""
 for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

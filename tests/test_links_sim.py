@@ -148,13 +148,13 @@ def test_sim_shared_medium_factor_two_doubles_a_message(tmp_path):
     assert torch.equal(got[0], payload)
 
 
-def test_sim_seconds_and_set_rate(tmp_path):
+def test_sim_transmit_end_and_set_rate(tmp_path):
     (s,) = sim_links(1, rate_mbps=8.0)
-    assert s.seconds(1000) == pytest.approx(1000 * 8 / 8e6, rel=1e-12)
+    assert s.transmit_end(5.0, 1000) == pytest.approx(5.0 + 1000 * 8 / 8e6, rel=1e-12)
     s.set_rate(80.0)
-    assert s.seconds(1000) == pytest.approx(1000 * 8 / 80e6, rel=1e-12)
+    assert s.transmit_end(5.0, 1000) == pytest.approx(5.0 + 1000 * 8 / 80e6, rel=1e-12)
     (w,) = sim_links(1, rate_mbps=8.0, topology="shared", medium_factor=2.0, medium_path=str(tmp_path / "m"))
-    assert w.seconds(1000) == pytest.approx(2 * 1000 * 8 / 8e6, rel=1e-12)
+    assert w.transmit_end(0.0, 1000) == pytest.approx(2 * 1000 * 8 / 8e6, rel=1e-12)
     assert s.name == "loopback+sim"
 
 

@@ -133,9 +133,16 @@ def _csv(kind):
     return parse
 
 
+LOSS_HELP = ("random loss per packet and direction, in percent (steps of 0.1): netns drops packets with nftables "
+             "(Debian package nftables), sim models TCP's retransmissions")
+DELAY_HELP = ("one-way delay per message, in ms: sim only (the netns links cannot delay packets: this kernel has no "
+              "netem qdisc)")
+RATE_SCHEDULE_HELP = ("the rate over time, seconds:Mbps from 0, e.g. 0:50,2:5,4:50 (replaces --{rate}); {when}")
+
+
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
     from astra_lab.baselines.pipeline_parallel import PP_CHUNKS
-    from astra_lab.bench.config import METHODS, BenchConfig
+    from astra_lab.bench.config import METHODS, TRANSPORTS, BenchConfig
 
     d = BenchConfig()
     p.add_argument("--model", type=_csv(str), default=d.models, help=",".join(models.FAMILIES))
@@ -144,7 +151,8 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=int, default=d.tokens)
     p.add_argument("--layers", type=int, default=d.layers, help="keep only the first L blocks (default: all)")
     p.add_argument("--ranks", type=_csv(int), default=d.ranks)
-    p.add_argument("--bandwidth", type=_csv(float), default=d.bandwidths, help="Mbps list")
+    p.add_argument("--bandwidth", type=_csv(float), default=None,
+                   help=f"Mbps list (default {','.join(f'{b:g}' for b in d.bandwidths)})")
     p.add_argument("--link", type=_csv(str), default=d.links,
                    help="sim,netns,real,emulated (emulated: each rank timed alone, the schedule replayed over "
                         "modelled links; any --ranks)")
@@ -160,6 +168,12 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topology", choices=["star", "shared"], default=d.topology)
     p.add_argument("--latency-ms", type=float, default=d.latency_ms,
                    help="per-message latency: sim's, or added to emulated's modelled one")
+    p.add_argument("--transport", choices=TRANSPORTS, default=d.transport, help="how the ranks exchange bytes")
+    p.add_argument("--loss", type=float, default=d.loss_pct, metavar="PCT", help=LOSS_HELP)
+    p.add_argument("--delay", type=float, default=d.delay_ms, metavar="MS", help=DELAY_HELP)
+    p.add_argument("--rate-schedule", default=d.rate_schedule, metavar="SPEC",
+                   help=RATE_SCHEDULE_HELP.format(rate="bandwidth", when="the rate follows it from the start of "
+                                                  "the timed runs, sim and netns links"))
     p.add_argument("--repeat", type=int, default=d.repeat)
     p.add_argument("--point-budget", type=float, default=d.point_budget_s, help="seconds of runs per point at most")
     p.add_argument("--threads", type=int, default=d.threads)
@@ -181,6 +195,9 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"astra bench: {exc}", file=sys.stderr)
         return 2
     sizes = args.size
+    if args.rate_schedule is not None and args.bandwidth is not None:
+        print("astra bench: --rate-schedule sets the rates; drop --bandwidth", file=sys.stderr)
+        return 2
     cfgs = []
     for model in args.model:
         if model not in models.FAMILIES:
@@ -188,10 +205,12 @@ def _bench(args: argparse.Namespace) -> int:
             return 2
         cfgs.append(BenchConfig(
             models=[model], sizes=sizes or [models.DEFAULT_SIZES[model]], tokens=args.tokens, layers=args.layers,
-            ranks=args.ranks, bandwidths=args.bandwidth, links=args.link, methods=args.methods, groups=args.groups,
+            ranks=args.ranks, bandwidths=BenchConfig().bandwidths if args.bandwidth is None else args.bandwidth,
+            links=args.link, methods=args.methods, groups=args.groups,
             codebook_size=args.codebook_size, quantize=args.quantize, table_budget_mib=args.table_budget_mib,
             encode=args.encode, exchange_parts=args.exchange_parts,
-            topology=args.topology, latency_ms=args.latency_ms, repeat=args.repeat,
+            topology=args.topology, latency_ms=args.latency_ms, transport=args.transport, loss_pct=args.loss,
+            delay_ms=args.delay, rate_schedule=args.rate_schedule, repeat=args.repeat,
             point_budget_s=args.point_budget, threads=args.threads, seed=args.seed, net_name=args.net_name,
             json=args.json, markdown=args.markdown, plot=args.plot, scaling_plot=args.scaling_plot,
         ))
@@ -208,17 +227,33 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _net(args: argparse.Namespace) -> int:
-    from astra_lab.links import NetnsError, NetnsLink
+    from astra_lab.links import NetnsError, NetnsLink, RateSchedule, loss_permille
 
+    faults = [f"--{name}" for name, value in (("loss", args.loss), ("delay", args.delay),
+                                              ("rate-schedule", args.rate_schedule)) if value is not None]
     try:
+        if faults and args.action != "up":
+            raise ValueError(f"{' and '.join(faults)}: only `astra net up` takes faults")
+        if args.delay:
+            raise ValueError("--delay: netns links cannot delay packets on this kernel (no netem qdisc); "
+                             "`astra bench --link sim --delay MS` models a one-way delay per message")
+        if args.rate is not None and args.rate_schedule is not None:
+            raise ValueError("--rate-schedule sets the rates; drop --rate")
+        schedule = None if args.rate_schedule is None else RateSchedule.parse(args.rate_schedule)
+        rate = schedule.first_mbps if schedule is not None else 10.0 if args.rate is None else args.rate
         link = NetnsLink(args.name, args.ranks, shared=args.shared)
         if args.action == "up":
-            link.up(args.rate)
+            loss = args.loss or 0.0
+            link.up(rate, loss_pct=loss)
             print(f"link {args.name!r} up: {args.ranks} namespaces {link.namespace(0)}..{link.namespace(args.ranks - 1)}, "
-                  f"{'shared medium' if args.shared else 'star'}, {args.rate:g} Mbps, addresses "
-                  f"{link.address(0)}..{link.address(args.ranks - 1)} (GLOO_SOCKET_IFNAME={link.host_if(0)}, ...)")
+                  f"{'shared medium' if args.shared else 'star'}, {rate:g} Mbps"
+                  f"{f', {loss_permille(loss) / 10:g} % loss' if loss else ''}, addresses "
+                  f"{link.address(0)}..{link.address(args.ranks - 1)} (GLOO_SOCKET_IFNAME={link.host_if(0)}, ...)",
+                  flush=True)
+            if schedule is not None:
+                _follow(schedule, link)
         elif args.action == "rate":
-            link.set_rate(args.rate)
+            link.set_rate(rate)
         elif args.action == "show":
             if not link.exists():
                 print(f"no link named {args.name!r}")
@@ -231,6 +266,27 @@ def _net(args: argparse.Namespace) -> int:
         print(f"astra net: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _follow(schedule, link) -> None:
+    """Run ``schedule`` on ``link`` in the foreground, each change printed, until its last step (or Ctrl-C);
+    the link stays up at the schedule's first rate."""
+    import time
+
+    from astra_lab.links import ScheduleThread
+
+    def change(mbps: float) -> None:
+        link.set_rate(mbps)
+        print(f"  {time.monotonic() - epoch:7.2f} s: {mbps:g} Mbps", flush=True)
+
+    print(f"rate schedule {schedule.spec} (s:Mbps), then back to {schedule.first_mbps:g} Mbps", flush=True)
+    epoch = time.monotonic()
+    thread = ScheduleThread(schedule, change, epoch)
+    try:
+        thread.join()
+    except KeyboardInterrupt:
+        pass
+    thread.stop()
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
@@ -303,8 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     net.add_argument("action", choices=["up", "down", "rate", "show"])
     net.add_argument("--name", default="astra")
     net.add_argument("--ranks", type=int, default=2)
-    net.add_argument("--rate", type=float, default=10.0, help="Mbps")
+    net.add_argument("--rate", type=float, default=None, help="Mbps (default 10)")
     net.add_argument("--shared", action="store_true", help="one shared medium instead of a star")
+    net.add_argument("--loss", type=float, default=None, metavar="PCT", help="up: " + LOSS_HELP)
+    net.add_argument("--delay", type=float, default=None, metavar="MS", help="refused: " + DELAY_HELP)
+    net.add_argument("--rate-schedule", default=None, metavar="SPEC",
+                     help="up: " + RATE_SCHEDULE_HELP.format(rate="rate", when="run in the foreground"))
     train = sub.add_parser("train", help="accuracy experiments: train, NAVQ-fine-tune and evaluate (records results)")
     train.add_argument("task", choices=["fmnist", "kjv", "kjv_llama", "minilm"])
     train.add_argument("--quick", action="store_true", help="a tiny version (seconds), for tests")

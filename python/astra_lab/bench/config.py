@@ -8,10 +8,16 @@ import astra_kernels as ak
 from astra.codebooks import QUANTIZE
 from astra.engine import ENCODINGS
 
+from ..links.loss import loss_permille
+from ..links.schedule import RateSchedule
+
 METHODS = ("astra", "single", "sp_fp32", "sp_fp16", "kv_sp", "tp", "tp_int8", "pp")
 DEFAULT_METHODS = ("astra", "single", "sp_fp32", "sp_fp16", "kv_sp", "tp")  # without --methods
 BANDWIDTHS_MBPS = (10, 20, 50, 100, 500, 1000)
 LINKS = ("sim", "netns", "real", "emulated")  # emulated: astra_lab.bench.emulated
+FAULTY_LINKS = ("sim", "netns")  # the links that model --loss and --rate-schedule (--delay: sim only)
+# the transports a bench rank can start: the driver launches the ranks with torch.distributed's env:// rendezvous
+TRANSPORTS = ("gloo",)
 
 
 @dataclass
@@ -30,9 +36,12 @@ class BenchConfig:
     table_budget_mib: float = ak.TABLE_BUDGET_BYTES / 2**20  # per layer, K and V tables together
     encode: str = "auto"  # astra.engine.ENCODINGS
     exchange_parts: int = 1  # messages per block and peer
-    transport: str = "gloo"
+    transport: str = "gloo"  # TRANSPORTS
     topology: str = "star"  # sim, netns and emulated: star (full duplex) or shared (one medium)
     latency_ms: float = 0.0  # sim: per-message latency; emulated: added to the modelled one
+    loss_pct: float = 0.0  # random loss per packet and direction (sim, netns), in steps of 0.1 %
+    delay_ms: float = 0.0  # one-way delay per message (sim)
+    rate_schedule: str | None = None  # "0:50,2:5,4:50" (seconds:Mbps) from the start of each point's runs
     repeat: int = 3
     point_budget_s: float = 60.0  # stop repeating a point once its runs took this long
     threads: int = 1
@@ -69,6 +78,29 @@ class BenchConfig:
             raise ValueError(f"latency must be >= 0 ms, got {self.latency_ms}")
         if self.repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {self.repeat}")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
+        loss_permille(self.loss_pct)
+        if self.delay_ms < 0:
+            raise ValueError(f"delay must be >= 0 ms, got {self.delay_ms:g}")
+        if self.rate_schedule is not None:
+            RateSchedule.parse(self.rate_schedule)
+        faults = [f"--{name}" for name, on in (("loss", self.loss_pct > 0), ("delay", self.delay_ms > 0),
+                                               ("rate-schedule", self.rate_schedule is not None)) if on]
+        unfaulty = [link for link in self.links if link not in FAULTY_LINKS]
+        if faults and unfaulty:
+            raise ValueError(f"{' and '.join(faults)}: the {' and '.join(unfaulty)} link(s) model no faults; "
+                             f"use --link {' or '.join(FAULTY_LINKS)}")
+        if self.delay_ms > 0 and "netns" in self.links:
+            raise ValueError("--delay: netns links cannot delay packets on this kernel (no netem qdisc); "
+                             "--link sim models a one-way delay per message")
+
+    @property
+    def bandwidths_swept(self) -> list[float]:
+        """The shaped rates of the sweep, fastest first; with a rate schedule, its first rate alone."""
+        if self.rate_schedule is not None:
+            return [RateSchedule.parse(self.rate_schedule).first_mbps]
+        return sorted(self.bandwidths, reverse=True)
 
 
 @dataclass
@@ -91,6 +123,10 @@ class RankSpec:
     link: str
     topology: str
     latency_ms: float
+    transport: str
+    loss_pct: float  # as applied: a multiple of 0.1
+    delay_ms: float
+    rate_schedule: str | None
     net_name: str
     net_ranks: int
     repeat: int

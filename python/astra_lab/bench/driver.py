@@ -28,7 +28,7 @@ from astra.launch import SETUP_TIMEOUT_S, LaunchTimeout, free_port, wait_ranks
 
 from .. import baselines
 from ..baselines.pipeline_parallel import chunk_counts, stage_blocks
-from ..links import NetnsLink, require_netns
+from ..links import NetnsLink, RateSchedule, loss_permille, require_netns, require_nft
 from . import emulated, report
 from .config import BenchConfig, RankSpec
 
@@ -73,6 +73,8 @@ def run(cfg: BenchConfig) -> list[dict]:
         require(package, extra="bench", purpose="the benchmark")
     if "netns" in cfg.links:
         require_netns()
+        if cfg.loss_pct > 0:
+            require_nft()
     torch.set_num_threads(cfg.threads)
     distributed = [m for m in cfg.methods if m != "single"]
     if not distributed or not any(n > 1 for n in cfg.ranks):
@@ -97,7 +99,7 @@ def run(cfg: BenchConfig) -> list[dict]:
                             iters=cfg.calibration_iters, seed=cfg.seed, progress=True, quantize=cfg.quantize)
                         files[str(g)] = books[str(g)].save(os.path.join(work, f"{name}-G{g}.safetensors"))
                 for link_mode in cfg.links:
-                    bws = [None] if link_mode == "real" else sorted(cfg.bandwidths, reverse=True)
+                    bws = [None] if link_mode == "real" else cfg.bandwidths_swept
                     for n in cfg.ranks:
                         if n < 2:
                             continue
@@ -129,17 +131,23 @@ def _run_setting(cfg, family, size, n, link_mode, bws, methods, books, work) -> 
         methods=methods, groups=cfg.groups, codebooks=books,
         table_budget_bytes=int(cfg.table_budget_mib * 2**20), encode=cfg.encode,
         exchange_parts=cfg.exchange_parts, bandwidths=bws, link=link_mode, topology=cfg.topology,
-        latency_ms=cfg.latency_ms, net_name=cfg.net_name, net_ranks=n, repeat=cfg.repeat,
+        latency_ms=cfg.latency_ms, transport=cfg.transport, loss_pct=loss_permille(cfg.loss_pct) / 10,
+        delay_ms=cfg.delay_ms,
+        rate_schedule=None if cfg.rate_schedule is None else RateSchedule.parse(cfg.rate_schedule).spec,
+        net_name=cfg.net_name, net_ranks=n, repeat=cfg.repeat,
         point_budget_s=cfg.point_budget_s, timeout_s=max(600.0, 4 * cfg.point_budget_s),
         medium_path=os.path.join(work, f"medium-{n}") if cfg.topology == "shared" else None, rows_path=rows_path,
     )
     spec_path = os.path.join(work, f"spec-{family}-{size}-{n}-{link_mode}.json")
     spec.dump(spec_path)
-    print(f"[bench] {family}-{size}: {n} ranks on {link_mode} links ({cfg.topology}), "
-          f"bandwidths {[b for b in bws]} Mbps, methods {methods}", flush=True)
+    faults = "".join([f", {spec.loss_pct:g} % loss" if spec.loss_pct else "",
+                      f", {spec.delay_ms:g} ms delay" if spec.delay_ms else "",
+                      f", rate schedule {spec.rate_schedule}" if spec.rate_schedule else ""])
+    print(f"[bench] {family}-{size}: {n} ranks on {link_mode} links ({cfg.topology}{faults}), "
+          f"bandwidths {[b for b in bws]} Mbps, methods {methods}, transport {cfg.transport}", flush=True)
     try:
         if link is not None:
-            link.up(bws[0])
+            link.up(bws[0], loss_pct=spec.loss_pct)
         _launch(spec, n, spec_path, link)
     finally:
         if link is not None:

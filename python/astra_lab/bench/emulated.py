@@ -38,7 +38,7 @@ from astra.launch import keep_freed_memory, pin_cores
 from ..emulation import Program, ReplayTransport, WireModel, capture, replay
 from . import methods as bench_methods
 from .config import BenchConfig
-from .rank import row_fields
+from .rank import fault_fields, row_fields
 
 
 def _time_single(single: bench_methods.SingleDevice, inputs) -> float:
@@ -113,7 +113,7 @@ def run_setting(cfg: BenchConfig, model, name: str, n: int, bandwidths: list[flo
             rows.append({
                 "model": name, "method": method, "ranks": 1 if method == "single" else n, "setting_ranks": n,
                 "groups": groups, "bandwidth_mbps": bw, "link": "emulated", "topology": cfg.topology,
-                "tokens": cfg.tokens, "layers": layers, **fields,
+                "tokens": cfg.tokens, "layers": layers, **fault_fields(cfg), **fields,
                 **bench_methods.method_fields(method, m, inputs, n),
                 **({} if decoding[i] is None else {"decode_tokens_per_s": decoding[i]}),
             })

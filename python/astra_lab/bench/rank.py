@@ -3,7 +3,9 @@
 Started by the driver (``python -m astra bench-rank SPEC``) inside the rank's
 network namespace for ``netns`` links. All ranks walk the same sweep in
 lockstep (barriers between runs); rank 0 changes the link rate, probes the
-achieved rate, and writes the rows. At each rate the methods' timed runs are
+achieved rate, and writes the rows. With a rate schedule, the rate follows it
+from the start of each point's timed runs (rank 0's clock) and returns to its
+first rate after them. At each rate the methods' timed runs are
 interleaved (single, astra, ..., single, astra, ...), so a slow spell of the
 shared host hits every method's runs alike instead of one method's point.
 For a decoder LLM, after the sweep, ASTRA decodes on the last rank after a
@@ -23,21 +25,25 @@ from astra.engine import PhaseTimer
 from astra.launch import keep_freed_memory, local_rank, make_transport, pin_cores
 from astra.transport import Transport
 
-from ..links import NetnsLink, SimLinkTransport
+from ..links import NetnsLink, RateSchedule, ScheduleThread, SimLinkTransport
 from . import methods as bench_methods
 from .config import RankSpec
+from .stats import latency_percentiles
 
 PROBE_SECONDS = 0.5  # bulk transfer per netns rate probe, at the configured rate
 
 
 class _Link:
-    """Sets the rate of this job's link (sim: every rank; netns: rank 0 runs tc) and reads netns counters."""
+    """Sets the rate of this job's link (sim: every rank; netns: rank 0 runs tc), runs its rate schedule and
+    reads netns counters."""
 
     def __init__(self, spec: RankSpec, transport: Transport):
         self.spec, self.transport = spec, transport
         self.netns = None
         if spec.link == "netns":
             self.netns = NetnsLink(spec.net_name, spec.net_ranks, shared=spec.topology == "shared")
+        self.schedule = None if spec.rate_schedule is None else RateSchedule.parse(spec.rate_schedule)
+        self._thread: ScheduleThread | None = None
 
     def set_rate(self, mbps: float | None) -> None:
         if mbps is None:
@@ -47,6 +53,27 @@ class _Link:
         elif self.netns is not None and self.transport.rank == 0:
             self.netns.set_rate(mbps)
         self.transport.barrier("rate")
+
+    def start_schedule(self) -> None:
+        """Start the rate schedule, if any, now: offset 0 is rank 0's clock, sent to every rank."""
+        if self.schedule is None:
+            return
+        epoch = self.transport.gather_json(time.monotonic(), "schedule/start")[0]
+        if isinstance(self.transport, SimLinkTransport):
+            self.transport.follow(self.schedule, epoch)
+        elif self.netns is not None and self.transport.rank == 0:
+            self._thread = ScheduleThread(self.schedule, self.netns.set_rate, epoch)
+
+    def end_schedule(self) -> None:
+        """Stop the rate schedule, if any, back at its first rate."""
+        if self.schedule is None:
+            return
+        if isinstance(self.transport, SimLinkTransport):
+            self.transport.set_rate(self.schedule.first_mbps)
+        elif self._thread is not None:
+            self._thread, thread = None, self._thread
+            thread.stop()
+        self.transport.barrier("schedule/end")
 
     def l2_bytes(self, rank: int | None = None) -> int | None:
         """L2 bytes sent so far by ``rank`` (every rank if None), read on rank 0; None elsewhere."""
@@ -93,11 +120,13 @@ def _run_once(method, inputs, transport: Transport, link: _Link, tag: str) -> di
 
 def row_fields(runs: list[dict], everyone: list[list[dict]]) -> dict:
     """Row fields of one method from every rank's runs (``everyone[rank][run]``: latency, wait, sent, l2;
-    ``runs`` is rank 0's): the median run, by the slowest rank's latency."""
+    ``runs`` is rank 0's): the median run (the upper middle one of an even number), by the slowest rank's
+    latency, and the percentiles of the runs' latencies (:mod:`.stats`)."""
     per_run = [max(e[i]["latency"] for e in everyone) for i in range(len(runs))]
     mid = sorted(range(len(runs)), key=lambda i: per_run[i])[len(runs) // 2]
     row = {
         "latency_s": per_run[mid],
+        **latency_percentiles(per_run),
         "latency_runs_s": per_run,
         "comm_wait_s": max(e[mid]["wait"] for e in everyone),
         "bytes_on_wire": sum(e[mid]["sent"] for e in everyone),
@@ -135,6 +164,14 @@ def _measure_point(methods, inputs, transport: Transport, link: _Link, spec: Ran
     return [row_fields(mine, [e[j] for e in everyone]) for j, mine in enumerate(runs)]
 
 
+def fault_fields(spec) -> dict:
+    """The fields of a row that describe its link's transport and faults (a RankSpec or a BenchConfig)."""
+    fields = {"transport": spec.transport, "loss_pct": spec.loss_pct, "delay_ms": spec.delay_ms}
+    if spec.rate_schedule is not None:
+        fields["rate_schedule"] = spec.rate_schedule
+    return fields
+
+
 def _decode_rates(methods, inputs, transport: Transport) -> list[float | None] | None:
     """Rank 0: per method, the decoding rate after its prefill (ASTRA on the last rank, the single device on
     rank 0), None for the other methods; None on the other ranks."""
@@ -157,11 +194,12 @@ def main(spec_path: str) -> None:
     spec = RankSpec.load(spec_path)
     torch.set_num_threads(spec.threads)
     keep_freed_memory()
-    transport = make_transport("gloo", spec.timeout_s)
+    transport = make_transport(spec.transport, spec.timeout_s)
     pin_cores(local_rank(), spec.threads)  # after the transport: its I/O threads stay free to run anywhere
     if spec.link == "sim":
         transport = SimLinkTransport(transport, spec.bandwidths[0], latency_ms=spec.latency_ms, topology=spec.topology,
-                                     medium_path=spec.medium_path)
+                                     medium_path=spec.medium_path, delay_ms=spec.delay_ms, loss_pct=spec.loss_pct,
+                                     seed=spec.seed)
     link = _Link(spec, transport)
     model = models.build(spec.model, spec.size, tokens=spec.tokens, layers=spec.layers, seed=spec.seed)
     inputs = models.example_inputs(model, spec.tokens, 1, seed=spec.seed)
@@ -190,14 +228,17 @@ def main(spec_path: str) -> None:
             if bar is not None:
                 bar.set_postfix_str(f"{what} @ {bw} Mbps", refresh=False)
                 bar.update(done)
+        link.start_schedule()
         measured = _measure_point(methods, inputs, transport, link, spec, str(bw), progress)
+        link.end_schedule()
         if rank0:
             for (name, groups, method), row in zip(methods, measured):
                 rows.append({
                     "model": f"{spec.model}-{spec.size}", "method": name,
                     "ranks": 1 if name == "single" else transport.world_size, "setting_ranks": transport.world_size,
                     "groups": groups, "bandwidth_mbps": bw, "link": spec.link, "topology": spec.topology,
-                    "tokens": spec.tokens, "layers": len(models.adapt(model).blocks), **row, **probe,
+                    "tokens": spec.tokens, "layers": len(models.adapt(model).blocks), **fault_fields(spec), **row,
+                    **probe,
                     **bench_methods.method_fields(name, method, inputs, transport.world_size),
                 })
     decoding = _decode_rates(methods, inputs, transport) if bench_methods.first_token(model) else None

@@ -47,20 +47,38 @@ def _setting(row: dict) -> tuple:
     return row["model"], row.get("setting_ranks", row["ranks"]), row["link"], row.get("topology", "star")
 
 
+def _faults(row: dict) -> tuple:
+    """(loss %, delay ms, rate schedule) of a row's link; zeros and None where it had none."""
+    return row.get("loss_pct", 0.0), row.get("delay_ms", 0.0), row.get("rate_schedule")
+
+
+def _faults_title(loss: float, delay: float, schedule: str | None) -> str:
+    parts = [f"{loss:g} % loss"] if loss else []
+    parts += [f"{delay:g} ms delay"] if delay else []
+    parts += [f"rate schedule {schedule} (s:Mbps)"] if schedule else []
+    return "".join(f", {p}" for p in parts)
+
+
 def markdown(rows: list[dict]) -> str:
-    """One table per (model, ranks, link), rows sorted by bandwidth then method (for the decoder LLMs, timed to
-    the first token, followed by the decoding rates); then, where the sweep ran points on both netns and emulated
-    links, a table of their latencies side by side."""
+    """One table per (model, ranks, link, faults), rows sorted by bandwidth then method (for the decoder LLMs,
+    timed to the first token, followed by the decoding rates); a link with loss or a rate schedule also shows
+    each point's p50 and p99 latency. Then, where the sweep ran points on both netns and emulated links, a table
+    of their latencies side by side."""
     out = []
     groups = defaultdict(list)
     for r in rows:
-        groups[_setting(r)].append(r)
-    for (model, n, link, topo), items in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        out.append(f"### {model}, N = {n}, link {link} ({topo})\n")
+        groups[(*_setting(r), *_faults(r))].append(r)
+    for (model, n, link, topo, *faults), items in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        out.append(f"### {model}, N = {n}, link {link} ({topo}){_faults_title(*faults)}\n")
         netns = link == "netns"
-        head = ("| bandwidth (Mbps) | method | latency (s) | speedup vs single | bytes on wire | compute (s) "
-                "| comm wait (s) |")
-        sep = "|---:|---|---:|---:|---:|---:|---:|"
+        spread = bool(faults[0] or faults[2])  # loss and rate changes make the runs differ
+        head = "| bandwidth (Mbps) | method | latency (s) |"
+        sep = "|---:|---|---:|"
+        if spread:
+            head += " p50 (s) | p99 (s) |"
+            sep += "---:|---:|"
+        head += " speedup vs single | bytes on wire | compute (s) | comm wait (s) |"
+        sep += "---:|---:|---:|---:|"
         if netns:
             head += " achieved L2 (Mbps) |"
             sep += "---:|"
@@ -69,9 +87,11 @@ def markdown(rows: list[dict]) -> str:
                                   r.get("pp_chunks") or 0, _label(r)))
         for r in items:
             bw = "unshaped" if r["bandwidth_mbps"] is None else f"{r['bandwidth_mbps']:g}"
-            line = (f"| {bw} | {_label(r)} | {r['latency_s']:.3f} | {r.get('speedup_vs_single', float('nan')):.2f}x | "
-                    f"{r.get('bytes_on_wire', 0):,.0f} | {r.get('compute_s', r['latency_s']):.3f} | "
-                    f"{r.get('comm_wait_s', 0.0):.3f} |")
+            line = f"| {bw} | {_label(r)} | {r['latency_s']:.3f} |"
+            if spread:
+                line += "".join(f" {r[k]:.3f} |" if k in r else " |" for k in ("latency_p50_s", "latency_p99_s"))
+            line += (f" {r.get('speedup_vs_single', float('nan')):.2f}x | {r.get('bytes_on_wire', 0):,.0f} | "
+                     f"{r.get('compute_s', r['latency_s']):.3f} | {r.get('comm_wait_s', 0.0):.3f} |")
             if netns:
                 line += f" {r['achieved_mbps']:.2f} |" if "achieved_mbps" in r else " |"
             out.append(line)

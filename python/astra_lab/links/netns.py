@@ -6,9 +6,13 @@ veth, so each rank has an up- and a downlink of the configured rate. Shared
 medium: every frame entering the switch is redirected through one ifb device
 with a single TBF, so all ranks share one bucket. Burst = max(1 frame,
 rate x 0.3 ms), as measured accurate in the design notes (a large burst lets
-small messages through unshaped). netem is not assumed (the development
-kernel lacks it): per-message delay, if wanted, is injected by the
-application. Needs root; every address lives inside these namespaces only.
+small messages through unshaped). Random loss (:mod:`.loss`) drops packets in
+nftables ``netdev`` ingress hooks, silently (a drop in an output hook of the
+sender's namespace would fail its ``sendto`` instead): on the switch ports of
+a star, on the ranks' interfaces of the shared medium. netem is not
+assumed (kernels like the development one lack it), so these links cannot
+delay packets: ``sim`` links model a delay. Needs root; every address lives
+inside these namespaces only.
 """
 from __future__ import annotations
 
@@ -18,8 +22,11 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from .loss import loss_permille
+
 SUBNET = "10.77.{net}.{host}"
 TBF_QUEUE_MS = 50
+LOSS_TABLE = "astra_loss"  # nftables table (family netdev) of the namespaces that drop
 
 
 class NetnsError(RuntimeError):
@@ -47,6 +54,13 @@ def require_netns() -> None:
     except NetnsError as exc:
         raise NetnsError(f"netns links need the right to create network namespaces (CAP_NET_ADMIN): {exc}") from None
     _run("ip", "netns", "del", probe, check=False)
+
+
+def require_nft() -> None:
+    """Random loss on netns links needs the nftables command line."""
+    if shutil.which("nft") is None:
+        raise NetnsError("random loss on netns links needs `nft` (Debian package nftables); "
+                         "install it, or use --link sim, which models loss")
 
 
 def burst_bytes(rate_mbps: float) -> int:
@@ -98,14 +112,20 @@ class NetnsLink:
         return self.switch in _run("ip", "netns", "list", check=False).split()
 
     # lifecycle ---------------------------------------------------------------
-    def up(self, rate_mbps: float) -> None:
-        """Create the namespaces, links and shaping (replacing a previous link of this name).
+    def up(self, rate_mbps: float, loss_pct: float = 0.0) -> None:
+        """Create the namespaces, links, shaping and random loss (replacing a previous link of this name).
 
         A failure part-way removes what was created before it is raised."""
+        if rate_mbps <= 0:
+            raise ValueError(f"rate must be positive, got {rate_mbps} Mbps")
+        loss_permille(loss_pct)  # a bad percentage is refused before anything is made
         require_netns()
+        if loss_pct > 0:
+            require_nft()
         self.down()
         try:
             self._create(rate_mbps)
+            self.set_loss(loss_pct)
         except BaseException:
             self.down()
             raise
@@ -145,16 +165,65 @@ class NetnsLink:
         ]
 
     def set_rate(self, rate_mbps: float, add: bool = False) -> None:
-        """(Re)shape every bucket to ``rate_mbps`` (an L2 rate: Ethernet/IP/TCP headers count)."""
+        """(Re)shape every bucket to ``rate_mbps`` (an L2 rate: Ethernet/IP/TCP headers count); a change keeps
+        the buckets and the packets queued in them."""
         if rate_mbps <= 0:
             raise ValueError(f"rate must be positive, got {rate_mbps} Mbps")
         rate = f"{rate_mbps * 1000:.0f}kbit"
         for ns, dev in self._shaped():
-            _run("tc", "-n", ns, "qdisc", "add" if add else "replace", "dev", dev, "root", "tbf", "rate", rate,
+            _run("tc", "-n", ns, "qdisc", "add" if add else "change", "dev", dev, "root", "tbf", "rate", rate,
                  "burst", str(burst_bytes(rate_mbps)), "latency", f"{TBF_QUEUE_MS}ms")
 
+    def set_loss(self, loss_pct: float) -> None:
+        """Drop ``loss_pct`` percent (in steps of 0.1) of the IPv4 packets on every rank's link, at random, once
+        per packet between two ranks; 0 removes the loss tables."""
+        permille = loss_permille(loss_pct)
+        if permille == 0:
+            self._drop_loss_tables()
+            return
+        require_nft()
+        hooks = self._lossy()
+        for ns in dict.fromkeys(ns for ns, _ in hooks):
+            _run("ip", "netns", "exec", ns, "nft", "add", "table", "netdev", LOSS_TABLE)
+            _run("ip", "netns", "exec", ns, "nft", "flush", "table", "netdev", LOSS_TABLE)  # a former percentage's
+        for ns, dev in hooks:
+            nft = ["ip", "netns", "exec", ns, "nft"]
+            _run(*nft, "add", "chain", "netdev", LOSS_TABLE, f"in_{dev}",
+                 f"{{ type filter hook ingress device {dev} priority 0; }}")
+            # IPv4 only: ARP passes, so that a lost neighbour resolution cannot stall a link for seconds;
+            # nft's numgen compares values 0..999 only, so 100 % drops every IPv4 packet unconditionally
+            match = ["numgen", "random", "mod", "1000", "<", str(permille)] if permille < 1000 else []
+            _run(*nft, "add", "rule", "netdev", LOSS_TABLE, f"in_{dev}", "meta", "protocol", "ip", *match, "drop")
+
+    def _lossy(self) -> list[tuple[str, str]]:
+        """(namespace, interface) of every ingress hook that drops: a star's switch ports (the packets a rank
+        sends); on the shared medium the ranks' own interfaces (the packets a rank receives), since the switch
+        ports' tc ingress redirects every packet to the ifb, and its return skips the ingress hooks."""
+        if self.shared:
+            return [(self.namespace(r), self.host_if(r)) for r in range(self.ranks)]
+        return [(self.switch, self.port_if(r)) for r in range(self.ranks)]
+
+    def loss_rules(self) -> dict[str, str]:
+        """The loss table of every namespace of this link that has one, as nft lists it, by namespace."""
+        if shutil.which("nft") is None:
+            return {}
+        listed = _run("ip", "netns", "list", check=False).split()
+        out = {}
+        for ns, _ in self._lossy():
+            if ns in listed:
+                text = _run("ip", "netns", "exec", ns, "nft", "list", "table", "netdev", LOSS_TABLE, check=False)
+                if text.strip():
+                    out[ns] = text
+        return out
+
+    def _drop_loss_tables(self) -> None:
+        for ns in self.loss_rules():
+            _run("ip", "netns", "exec", ns, "nft", "delete", "table", "netdev", LOSS_TABLE)
+
     def down(self) -> None:
-        """Delete every namespace of this link (their veths and ifb go with them); idempotent."""
+        """Delete the loss table and every namespace of this link (their veths and ifb go with them);
+        idempotent."""
+        self._drop_loss_tables()
         listed = _run("ip", "netns", "list", check=False).split()
         for ns in [self.switch] + [self.namespace(r) for r in range(self.ranks)]:
             if ns in listed:
