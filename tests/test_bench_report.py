@@ -48,3 +48,22 @@ def test_plot_refuses_rows_without_bandwidth(tmp_path):
     with pytest.raises(ValueError, match="no shaped rows"):
         report.plot(rows, str(tmp_path / "x.png"))
     assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_draws_the_ideal_line_at_single_over_n(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    drawn = {}
+    original = matplotlib.axes.Axes.plot
+
+    def record(self, x, y, *args, **kwargs):
+        drawn[kwargs.get("label")] = (list(x), list(y))
+        return original(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", record)
+    rows = synthetic_rows()
+    report.plot(rows, str(tmp_path / "latency.png"))
+    single = sorted((r["bandwidth_mbps"], r["latency_s"]) for r in rows if r["method"] == "single")
+    ranks = {r["setting_ranks"] if "setting_ranks" in r else r["ranks"] for r in rows if r["method"] != "single"}
+    (n,) = ranks
+    assert drawn[f"ideal (single/{n})"] == ([bw for bw, _ in single], [lat / n for _, lat in single])

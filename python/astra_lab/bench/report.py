@@ -109,7 +109,8 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: str) -> str:
-    """Log-log latency vs bandwidth, one panel per (model, ranks, link), one line per method."""
+    """Log-log latency vs bandwidth, one panel per (model, ranks, link), one line per method, and the ideal
+    single-device latency / N."""
     matplotlib = require("matplotlib", extra="bench", purpose="the latency plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -131,6 +132,9 @@ def plot(rows: list[dict], path: str) -> str:
             pts.sort()
             style = "-" if label.startswith("astra") else ("--" if label == "single" else ":")
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=label)
+        if "single" in lines and n > 1:  # what N devices would give with free links and perfect splitting
+            pts = sorted(lines["single"])
+            ax.plot([p[0] for p in pts], [p[1] / n for p in pts], color="0.6", linestyle="--", label=f"ideal (single/{n})")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("link bandwidth (Mbps)")
