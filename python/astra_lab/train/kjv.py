@@ -7,7 +7,7 @@ RMSNorm, SwiGLU MLP).
 1. train the original model on 95 % of the text (random windows), measure test
    perplexity on the last 5 % (non-overlapping windows);
 2. for each G: k-means codebooks (zero-shot perplexity), NAVQ fine-tuning in
-   the N-device simulation, perplexity; ablation: no noise at the last G.
+   the N-device simulation, perplexity; ablation (``ablation``): no noise at the last G.
 """
 from __future__ import annotations
 
@@ -57,12 +57,13 @@ class KjvConfig:
     calib_windows: int = 32
     seed: int = 0
     quantize: str = "input"  # what the tokens send: attention inputs, or keys and values ("kv")
+    ablation: bool = True  # also fine-tune the last G without NAVQ's noise
     out: str = "runs/accuracy/kjv"
 
 
 QUICK = KjvConfig(dim=32, layers=2, heads=2, kv_heads=1, context=32, steps=4, batch=4, codebook_size=16,
                   groups=[1, 4], ft_steps=3, test_windows=8, calib_windows=4, out="runs/accuracy/kjv-quick")
-LLAMA = KjvConfig(architecture="llama", groups=[1, 16, 32], out="runs/accuracy/kjv_llama")
+LLAMA = KjvConfig(architecture="llama", groups=[1, 16, 32], ablation=False, out="runs/accuracy/kjv_llama")
 QUICK_LLAMA = KjvConfig(**{**asdict(QUICK), "architecture": "llama", "out": "runs/accuracy/kjv_llama-quick"})
 
 
@@ -168,7 +169,8 @@ def run(cfg: KjvConfig, command: str, progress: bool = True) -> list[dict]:
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     calib = [data.random_windows(train, cfg.context, 8, gen)[:, :-1] for _ in range(max(1, cfg.calib_windows // 8))]
     variants = [Variant("astra", g, cfg.noise, cfg.beta) for g in cfg.groups]
-    variants.append(Variant("astra_no_noise", cfg.groups[-1], 0.0, cfg.beta))
+    if cfg.ablation:
+        variants.append(Variant("astra_no_noise", cfg.groups[-1], 0.0, cfg.beta))
     for v in variants:
         model = copy.deepcopy(original)
         adapter = adapt(model)
