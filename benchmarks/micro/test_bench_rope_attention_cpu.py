@@ -43,14 +43,6 @@ OPS = ("astra_rope", "gather_rotate_sdpa", "runtime_plan")
 CASES = [(g, op) for g in (1, 32) for op in OPS]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _rotation(first: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos, sin) (count, d) of positions first.., Hugging Face's layout (each half a copy of the other)."""
     inv_freq = THETA ** (-torch.arange(0, HEAD_DIM, 2, dtype=torch.float64) / HEAD_DIM)

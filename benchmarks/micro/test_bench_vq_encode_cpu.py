@@ -62,20 +62,6 @@ def _distances(tokens: int, groups: int, codes: torch.Tensor) -> torch.Tensor:
     return ((x_groups.double() - chosen.double()) ** 2).sum(-1).T
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    faiss = _faiss()
-    threads = torch.get_num_threads()
-    faiss_threads = faiss.omp_get_max_threads() if faiss is not None else None
-    torch.set_num_threads(1)
-    if faiss is not None:
-        faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    if faiss is not None:
-        faiss.omp_set_num_threads(faiss_threads)
-
-
 def _faiss():
     try:
         import faiss
