@@ -63,7 +63,7 @@ class KjvConfig:
 
 QUICK = KjvConfig(dim=32, layers=2, heads=2, kv_heads=1, context=32, steps=4, batch=4, codebook_size=16,
                   groups=[1, 4], ft_steps=3, test_windows=8, calib_windows=4, out="runs/accuracy/kjv-quick")
-LLAMA = KjvConfig(architecture="llama", groups=[1, 16, 32], ablation=False, out="runs/accuracy/kjv_llama")
+LLAMA = KjvConfig(architecture="llama", groups=[1, 16, 32], ft_steps=300, ablation=False, out="runs/accuracy/kjv_llama")
 QUICK_LLAMA = KjvConfig(**{**asdict(QUICK), "architecture": "llama", "out": "runs/accuracy/kjv_llama-quick"})
 
 
