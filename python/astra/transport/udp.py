@@ -1,0 +1,476 @@
+"""Transport over UDP datagrams with forward error correction: a lost packet costs no retransmission wait.
+
+ASTRA's messages are a few packets (640 B of codes per block at G = 1). Over TCP one lost packet of such a
+message waits for a retransmission timeout; here every message goes out with redundancy instead:
+
+- A message is the frame of :mod:`.framing` (sequence, exchange, source, length, CRC-32: the same checks as on
+  every transport). It is cut into stripes of at most :data:`STRIPE_PIECES` pieces of at most
+  :data:`PIECE_BYTES` bytes, and each stripe is sent as its k data pieces plus n - k parity pieces of the
+  erasure code (:mod:`.erasure`): the receiver rebuilds the stripe from *any* k of the n.
+- The redundancy n - k follows the measured loss: every receiver counts, per peer, the pieces missing over the
+  pieces sent (decayed over the messages, updated at every message) and reports it back in each datagram it
+  sends to that peer. A sender picks the smallest n - k that loses a stripe with probability at most
+  ``target`` at the reported loss (at least ``min_loss``), or at a fixed ``loss`` when one is given.
+- When more pieces are lost than the redundancy covers, the receiver asks for more (a repair request, after
+  ``repair_s`` without progress) and the sender answers with new parity pieces: one round trip, not a timeout.
+  A peer that stays silent until the exchange's deadline is a :class:`~astra.transport.PeerError` naming it and
+  the exchange (block).
+- Every datagram carries a header with its own CRC-32 and the job's id: a corrupted datagram, one of another
+  job, or one that does not fit its message is discarded and counted (:attr:`UDPTransport.discarded`), never
+  used; the rebuilt message is then checked as a frame. Pieces of an earlier message arriving late are
+  discarded by their sequence number (and counted as arrived for the loss measure); duplicates are ignored.
+- Ranks find each other through the rendezvous of torch.distributed's TCP store at MASTER_ADDR:MASTER_PORT
+  (:func:`rendezvous`): each binds a UDP socket on an ephemeral port and publishes its address, rank 0 the job
+  id. ``ASTRA_UDP_HOST`` overrides the address a rank publishes (default: the local address that routes to
+  MASTER_ADDR).
+
+What it does not do: encrypt or authenticate (trusted machines on a trusted network, as every ASTRA transport;
+see :mod:`astra.transport`), control congestion (the messages are small and once per block), or multicast
+(each peer gets its own datagrams, so a rank's uplink carries its codes N - 1 times).
+
+Datagram layout (little-endian), a 40-byte header and one piece::
+
+    offset  bytes  field
+         0      4  magic b"ASU1"
+         4      4  checksum: zlib.crc32 of bytes 8..end
+         8      4  job id (chosen by rank 0 at the rendezvous)
+        12      2  source rank
+        14      2  stripe
+        16      4  exchange id (as the frame's)
+        20      8  sequence number (as the frame's)
+        28      4  frame bytes (the whole message)
+        32      1  kind: 0 a piece, 1 a repair request
+        33      1  piece index
+        34      2  n: pieces of the stripe sent at first (a piece), pieces held (a repair request)
+        36      2  the sender's measured loss on the receiver's pieces, in 1/65535
+        38      2  reserved (0)
+        40         the piece (kind 0; none for a repair request)
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import random
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections import OrderedDict, defaultdict
+from typing import Callable
+
+import torch
+
+from . import erasure, framing
+from .base import FramedTransport, FrameWait, PeerError
+
+MAGIC = b"ASU1"
+HEADER = struct.Struct("<4sIIHHIQIBBHHH")
+HEADER_BYTES = HEADER.size
+#: bytes of one piece: header + piece stay below the 1280-byte IPv6 minimum MTU
+PIECE_BYTES = 1200
+#: data pieces per stripe (each stripe is coded on its own; n <= 256 pieces per stripe)
+STRIPE_PIECES = 32
+PIECE, REPAIR = 0, 1
+_LOSS_SCALE = 65535
+#: messages a sender keeps to answer repair requests from
+_HISTORY = 256
+#: how far ahead of the next expected message a sequence number may be (further: not of this job's run)
+_AHEAD = 64
+
+
+def stripes(frame_bytes: int) -> list[tuple[int, int, int]]:
+    """The stripes of a message: (offset, bytes, k) each; k = data pieces of that stripe."""
+    span = STRIPE_PIECES * PIECE_BYTES
+    out = []
+    for offset in range(0, max(frame_bytes, 1), span):
+        size = min(span, frame_bytes - offset)
+        out.append((offset, size, max(1, -(-size // PIECE_BYTES))))
+    return out
+
+
+def piece_bytes(size: int, k: int) -> int:
+    """Bytes of each piece of a stripe of ``size`` bytes in k pieces (as :func:`erasure.split` cuts it)."""
+    return -(-size // k) if size else 1
+
+
+def parity_for(k: int, loss: float, target: float) -> int:
+    """The fewest parity pieces m such that k data pieces plus m lose more than m (the stripe) with probability
+    at most ``target`` when each piece is lost independently with probability ``loss``."""
+    if not 0 <= loss < 1:
+        raise ValueError(f"loss must be in [0, 1), got {loss}")
+    for m in range(erasure.MAX_PIECES - k + 1):
+        n = k + m
+        failing = sum(math.comb(n, j) * loss ** j * (1 - loss) ** (n - j) for j in range(m + 1, n + 1))
+        if failing <= target:
+            return m
+    return erasure.MAX_PIECES - k
+
+
+def random_drop(fraction: float, seed: int) -> Callable[[int, int, int], bool]:
+    """A drop hook (:attr:`UDPTransport.drop`) that drops each outgoing piece with probability ``fraction``,
+    seeded."""
+    rng = random.Random(seed)
+    return lambda destination, stripe, index: rng.random() < fraction
+
+
+class _Message:
+    """Pieces of one message from one source, as they arrive."""
+
+    def __init__(self, frame_bytes: int):
+        self.frame_bytes = frame_bytes
+        self.layout = stripes(frame_bytes)
+        self.pieces: list[dict[int, bytes]] = [{} for _ in self.layout]
+        self.sent = [0] * len(self.layout)  # n of each stripe, as the sender said
+        self.last = time.monotonic()  # the last piece's arrival (or when the receive was posted)
+        self.asked = 0.0  # the last repair request
+
+    def complete(self) -> bool:
+        return all(len(p) >= k for p, (_, _, k) in zip(self.pieces, self.layout))
+
+    def held(self) -> str:
+        return ", ".join(f"{len(p)} of {k}" for p, (_, _, k) in zip(self.pieces, self.layout))
+
+    def first_round(self) -> tuple[int, int]:
+        """(pieces sent at first, of them arrived)."""
+        return sum(self.sent), sum(sum(1 for i in p if i < n) for p, n in zip(self.pieces, self.sent))
+
+    def rebuild(self) -> torch.Tensor:
+        out = torch.empty(self.frame_bytes, dtype=torch.uint8)
+        for (offset, size, k), pieces in zip(self.layout, self.pieces):
+            got = {i: torch.frombuffer(bytearray(b), dtype=torch.uint8) for i, b in sorted(pieces.items())[:k]}
+            out[offset: offset + size] = erasure.decode(got, k, size)
+        return out
+
+
+class _Sent:
+    """A message this rank sent to one peer: per stripe its data pieces, the pieces sent at first, and the next
+    index to send on a repair."""
+
+    def __init__(self, frame_bytes: int, data: list[torch.Tensor], first: list[int]):
+        self.frame_bytes, self.data, self.first, self.following = frame_bytes, data, first, list(first)
+
+
+class _UDPFrames(FrameWait):
+    def __init__(self, transport: "UDPTransport", tag: str, keys: dict[int, tuple[int, int, int]],
+                 frame_sizes: dict[int, int]):
+        self._t, self._tag, self._keys, self._sizes = transport, tag, keys, frame_sizes
+
+    def wait(self, timeout_s: float) -> dict[int, tuple[torch.Tensor, int | None]]:
+        t = self._t
+        deadline = time.monotonic() + timeout_s
+        pending, out = dict(self._keys), {}
+        with t._ready:
+            while pending:
+                for src, key in list(pending.items()):
+                    message = t._inbox.get(key)
+                    if message is not None and message.complete():
+                        out[src] = (message.rebuild(), message.frame_bytes)
+                        t._consume(key)
+                        del pending[src]
+                if not pending:
+                    break
+                now = time.monotonic()
+                if now >= deadline:
+                    src, key = next(iter(pending.items()))
+                    message = t._inbox.get(key)
+                    held = f"holding {message.held()} pieces" if message is not None else "no piece arrived"
+                    raise PeerError(t.rank, src, self._tag, f"timed out after {timeout_s:g} s ({held})")
+                if t.repair_s is not None:
+                    for src, key in pending.items():
+                        t._ask(src, key, self._sizes[src], now)
+                t._ready.wait(min(deadline - now, t.repair_s or deadline - now))
+        return out
+
+
+class UDPTransport(FramedTransport):
+    """UDP transport of rank ``rank`` on the bound socket ``sock``; ``addresses[r]`` = (host, port) of rank r.
+
+    ``job``: the job id every rank's datagrams carry (the same on all ranks). ``loss``: assume this loss rate
+    when sizing the redundancy (None: the loss the peers measure, at least ``min_loss``). ``target``: the
+    probability of a stripe missing more pieces than its redundancy. ``repair_s``: ask for more pieces after this
+    long without progress (None: never; FEC alone). Create the ranks' transports with :func:`rendezvous`, or
+    directly with sockets and addresses (tests, fixed setups)."""
+
+    name = "udp"
+
+    def __init__(self, rank: int, world_size: int, sock: socket.socket, addresses: list[tuple[str, int]], *,
+                 job: int = 0, timeout_s: float = 60.0, loss: float | None = None, min_loss: float = 0.005,
+                 target: float = 1e-3, repair_s: float | None = 0.01):
+        super().__init__(rank, world_size, timeout_s)
+        if len(addresses) != world_size:
+            raise ValueError(f"udp: {len(addresses)} addresses for {world_size} ranks")
+        if loss is not None and not 0 <= loss < 1:
+            raise ValueError(f"udp: loss must be in [0, 1), got {loss}")
+        if not 0 < target < 1:
+            raise ValueError(f"udp: target must be in (0, 1), got {target}")
+        if repair_s is not None and repair_s <= 0:
+            raise ValueError(f"udp: repair_s must be positive or None, got {repair_s}")
+        self.sock, self.addresses, self.job = sock, [tuple(a) for a in addresses], job & 0xFFFFFFFF
+        self.loss, self.min_loss, self.target, self.repair_s = loss, min_loss, target, repair_s
+        #: test hook: called as drop(destination, stripe, index) for each outgoing piece; True drops it
+        self.drop: Callable[[int, int, int], bool] | None = None
+        #: datagrams discarded on receipt, by reason
+        self.discarded: dict[str, int] = defaultdict(int)
+        self.pieces_sent = self.pieces_dropped = self.repairs_asked = 0
+        self._ready = threading.Condition()
+        self._inbox: dict[tuple[int, int, int], _Message] = {}  # (source, exchange, sequence) -> pieces
+        self._next: dict[tuple[int, int], int] = defaultdict(int)  # (source, exchange) -> next expected sequence
+        self._tally: dict[int, list[tuple[tuple[int, int, int], _Message]]] = defaultdict(list)  # rebuilt, counting
+        self._counts: dict[int, list[float]] = {}  # source -> decayed [pieces sent, missing]
+        self._reported: dict[int, float] = {}  # destination -> loss it measured on our pieces
+        self._history: OrderedDict[tuple[int, int, int], _Sent] = OrderedDict()  # (destination, exchange, seq)
+        self._sending = threading.Lock()
+        self._closed = False
+        self.sock.settimeout(0.2)  # the receiver thread checks for close this often
+        self._thread = threading.Thread(target=self._receive_loop, name=f"astra-udp-rank{rank}", daemon=True)
+        self._thread.start()
+
+    # --- the loss measure ----------------------------------------------------
+
+    def measured_loss(self, peer: int) -> float:
+        """The fraction of ``peer``'s pieces to this rank that did not arrive (decayed over its messages)."""
+        sent, missing = self._counts.get(peer, (0.0, 0.0))
+        return missing / sent if sent else 0.0
+
+    def reported_loss(self, peer: int) -> float:
+        """The loss ``peer`` last reported on this rank's pieces to it."""
+        return self._reported.get(peer, 0.0)
+
+    def _sizing_loss(self, peer: int) -> float:
+        return self.loss if self.loss is not None else max(self.reported_loss(peer), self.min_loss)
+
+    def _consume(self, key: tuple[int, int, int]) -> None:
+        """``key``'s message was rebuilt: later pieces of it are late. Counts the loss of the source's earlier
+        messages (whose late pieces had until now to arrive). Called under ``_ready``."""
+        src, exchange, sequence = key
+        self._next[(src, exchange)] = max(self._next[(src, exchange)], sequence + 1)
+        counts = self._counts.setdefault(src, [0.0, 0.0])
+        for _, message in self._tally[src]:
+            sent, arrived = message.first_round()
+            counts[0] = 0.9 * counts[0] + sent
+            counts[1] = 0.9 * counts[1] + (sent - arrived)
+        self._tally[src] = [(key, self._inbox.pop(key))]
+        for old in [k for k in self._inbox if k[:2] == (src, exchange) and k[2] < sequence]:
+            del self._inbox[old]
+
+    # --- sending -------------------------------------------------------------
+
+    def _datagram(self, kind: int, dst: int, stripe: int, exchange: int, sequence: int, frame_bytes: int,
+                  count: int, index: int, piece: bytes = b"") -> bytes:
+        loss = round(min(self.measured_loss(dst), 1.0) * _LOSS_SCALE)
+        head = HEADER.pack(MAGIC, 0, self.job, self.rank, stripe, exchange, sequence, frame_bytes, kind, index,
+                           count, loss, 0)
+        body = head[8:] + piece
+        return MAGIC + struct.pack("<I", zlib.crc32(body)) + body
+
+    def _send_pieces(self, dst: int, key: tuple[int, int], sent: _Sent, stripe: int, pieces: torch.Tensor,
+                     indices: list[int]) -> None:
+        """Send ``pieces`` (indices ``indices``) of one stripe of ``sent`` to ``dst``; raises OSError."""
+        exchange, sequence = key
+        for index, piece in zip(indices, pieces):
+            self.pieces_sent += 1
+            if self.drop is not None and self.drop(dst, stripe, index):
+                self.pieces_dropped += 1
+                continue
+            # the piece's bytes without numpy, through framing's buffer view
+            self.sock.sendto(self._datagram(PIECE, dst, stripe, exchange, sequence, sent.frame_bytes,
+                                            sent.first[stripe], index, framing._memory(piece).tobytes()),
+                             self.addresses[dst])
+
+    def _receive_frames(self, frame_sizes: dict[int, int], tag: str):
+        exchange, keys = framing.exchange_id(tag), {}
+        with self._ready:
+            for src, size in frame_sizes.items():
+                # FramedTransport counted this receive already: its sequence number is the count before
+                key = (src, exchange, self._received[(tag, src)] - 1)
+                keys[src] = key
+                message = self._inbox.setdefault(key, _Message(size))
+                message.last = time.monotonic()
+        return keys, frame_sizes
+
+    def _send_frames(self, frames: dict[int, torch.Tensor], receives, tag: str) -> FrameWait:
+        exchange = framing.exchange_id(tag)
+        for dst, frame in frames.items():
+            sequence = self._sent[(tag, dst)] - 1  # counted by FramedTransport before this call
+            data, first, coded = [], [], []
+            for offset, size, k in stripes(frame.numel()):
+                pieces = erasure.encode(frame[offset: offset + size], k, k + parity_for(k, self._sizing_loss(dst),
+                                                                                            self.target))
+                data.append(pieces[:k])
+                first.append(pieces.shape[0])
+                coded.append(pieces)
+            sent = _Sent(frame.numel(), data, first)
+            with self._sending:
+                self._history[(dst, exchange, sequence)] = sent
+                while len(self._history) > _HISTORY:
+                    self._history.popitem(last=False)
+            try:
+                for stripe, pieces in enumerate(coded):
+                    self._send_pieces(dst, (exchange, sequence), sent, stripe, pieces, list(range(pieces.shape[0])))
+            except OSError as exc:
+                raise PeerError(self.rank, dst, tag, f"could not send to {self.addresses[dst]}: {exc}") from None
+        keys, sizes = receives if receives is not None else ({}, {})
+        return _UDPFrames(self, tag, keys, sizes)
+
+    def _ask(self, src: int, key: tuple[int, int, int], frame_bytes: int, now: float) -> None:
+        """Ask ``src`` for more pieces of ``key``'s stripes that lack some, once per ``repair_s`` without
+        progress. Called under ``_ready``."""
+        message = self._inbox.get(key)
+        if message is None or now - max(message.last, message.asked) < self.repair_s:
+            return
+        message.asked = now
+        for stripe, (pieces, (_, _, k)) in enumerate(zip(message.pieces, message.layout)):
+            if len(pieces) < k:
+                self.repairs_asked += 1
+                self.sock.sendto(self._datagram(REPAIR, src, stripe, key[1], key[2], message.frame_bytes,
+                                                len(pieces), 0), self.addresses[src])
+
+    def _repair(self, dst: int, stripe: int, exchange: int, sequence: int, held: int) -> None:
+        """Answer ``dst``'s repair request: new parity pieces of one stripe (after the last index: data pieces
+        again), as many as it lacks plus the redundancy for them."""
+        with self._sending:
+            sent = self._history.get((dst, exchange, sequence))
+            if sent is None or stripe >= len(sent.data):
+                return
+            data = sent.data[stripe]
+            k = data.shape[0]
+            lacking = max(k - held, 1)
+            count = min(lacking + parity_for(lacking, self._sizing_loss(dst), self.target), erasure.MAX_PIECES)
+            indices = [(sent.following[stripe] + j) % erasure.MAX_PIECES for j in range(count)]
+            sent.following[stripe] += count
+        parity = [i - k for i in indices if i >= k]
+        extra = erasure.parity(data, min(parity), max(parity) - min(parity) + 1) if parity else None
+        pieces = torch.stack([data[i] if i < k else extra[i - k - min(parity)] for i in indices])
+        try:
+            self._send_pieces(dst, (exchange, sequence), sent, stripe, pieces, indices)
+        except OSError:
+            pass  # the requester asks again, or its wait names this rank at the deadline
+
+    # --- receiving -----------------------------------------------------------
+
+    def _receive_loop(self) -> None:
+        while not self._closed:
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return  # closed
+            self._on_datagram(data)
+
+    def _on_datagram(self, data: bytes) -> None:
+        reason = self._take(data)
+        if reason is not None:
+            with self._ready:
+                self.discarded[reason] += 1
+
+    def _take(self, data: bytes) -> str | None:
+        """Use one datagram; returns why it was discarded (None: used)."""
+        if len(data) < HEADER_BYTES:
+            return "short"
+        (magic, checksum, job, src, stripe, exchange, sequence, frame_bytes, kind, index, count, loss,
+         _) = HEADER.unpack_from(data)
+        if magic != MAGIC:
+            return "not astra"
+        if zlib.crc32(memoryview(data)[8:]) != checksum:
+            return "checksum"
+        if job != self.job:
+            return "other job"
+        if src == self.rank or src >= self.world_size:
+            return "source"
+        if kind == REPAIR:
+            self._repair(src, stripe, exchange, sequence, count)
+            return None
+        if kind != PIECE:
+            return "kind"
+        piece = data[HEADER_BYTES:]
+        with self._ready:
+            self._reported[src] = loss / _LOSS_SCALE
+            key = (src, exchange, sequence)
+            if sequence < self._next[(src, exchange)]:
+                # late: still counts as arrived for the loss measure while the message is being tallied
+                for tallied, message in self._tally[src]:
+                    if tallied == key and stripe < len(message.pieces):
+                        message.pieces[stripe].setdefault(index, piece)
+                return "late"
+            if sequence >= self._next[(src, exchange)] + _AHEAD:
+                return "sequence"
+            message = self._inbox.get(key)
+            if message is None or (frame_bytes != message.frame_bytes and not any(message.pieces)):
+                # a message of another size than posted is rebuilt at its own size: its frame check then says so
+                message = self._inbox[key] = _Message(frame_bytes)
+            if frame_bytes != message.frame_bytes or stripe >= len(message.layout):
+                return "layout"
+            _, size, k = message.layout[stripe]
+            if len(piece) != piece_bytes(size, k):
+                return "layout"
+            if index in message.pieces[stripe]:
+                return "duplicate"
+            message.pieces[stripe][index] = piece
+            message.sent[stripe] = max(message.sent[stripe], count)
+            message.last = time.monotonic()
+            if message.complete():
+                self._ready.notify_all()
+        return None
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.sock.close()
+            self._thread.join(timeout=5.0)
+
+
+def _advertised_host(master_addr: str) -> str:
+    """The local address that routes to ``master_addr`` (no packet is sent), or ASTRA_UDP_HOST."""
+    if os.environ.get("ASTRA_UDP_HOST"):
+        return os.environ["ASTRA_UDP_HOST"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((master_addr, 9))
+        except OSError as exc:
+            raise RuntimeError(f"udp: no route to MASTER_ADDR {master_addr!r} ({exc}); set ASTRA_UDP_HOST to this "
+                               f"rank's address") from None
+        return probe.getsockname()[0]
+
+
+def rendezvous(rank: int, world_size: int, master_addr: str, master_port: int, *, timeout_s: float = 60.0,
+               setup_timeout_s: float | None = None, **options) -> UDPTransport:
+    """This rank's :class:`UDPTransport`: binds a UDP socket, publishes its address in torch.distributed's TCP
+    store at ``master_addr:master_port`` (rank 0 hosts it), and reads every other rank's. ``setup_timeout_s``
+    bounds the wait for the other ranks (default ``timeout_s``); ``options`` go to :class:`UDPTransport`."""
+    from torch.distributed import TCPStore
+
+    setup = setup_timeout_s or timeout_s
+    host = _advertised_host(master_addr)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.bind((host, 0))
+        try:
+            store = TCPStore(master_addr, master_port, world_size, rank == 0,
+                             timeout=datetime.timedelta(seconds=setup), wait_for_workers=False)
+        except (RuntimeError, OSError) as exc:
+            raise RuntimeError(f"udp: rank {rank} could not reach the rendezvous at {master_addr}:{master_port} "
+                               f"within {setup:g} s: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+        if rank == 0:
+            store.set("astra-udp/job", str(random.getrandbits(32)))
+        store.set(f"astra-udp/{rank}", f"{host}:{sock.getsockname()[1]}")
+        try:
+            job = int(store.get("astra-udp/job"))
+            addresses = []
+            for r in range(world_size):
+                peer_host, _, port = store.get(f"astra-udp/{r}").decode().rpartition(":")
+                addresses.append((peer_host, int(port)))
+            store.set(f"astra-udp/ready/{rank}", "1")
+            if rank == 0:  # the store lives in rank 0: keep it until every rank has read it
+                store.wait([f"astra-udp/ready/{r}" for r in range(world_size)])
+        except RuntimeError as exc:
+            raise RuntimeError(f"udp: rank {rank}: the other ranks did not all arrive at the rendezvous within "
+                               f"{setup:g} s ({str(exc).splitlines()[0]})") from None
+        del store
+        return UDPTransport(rank, world_size, sock, addresses, job=job, timeout_s=timeout_s, **options)
+    except BaseException:
+        sock.close()
+        raise
