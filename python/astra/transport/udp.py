@@ -174,8 +174,8 @@ class _UDPFrames(FrameWait):
                 now = time.monotonic()
                 if now >= deadline:
                     src, key = next(iter(pending.items()))
-                    message = t._inbox.get(key)
-                    held = f"holding {message.held()} pieces" if message is not None else "no piece arrived"
+                    message = t._inbox[key]  # posted in _receive_frames, removed only when rebuilt
+                    held = f"holding {message.held()} pieces" if any(message.pieces) else "no piece arrived"
                     raise PeerError(t.rank, src, self._tag, f"timed out after {timeout_s:g} s ({held})")
                 if t.repair_s is not None:
                     for src, key in pending.items():
