@@ -9,7 +9,7 @@ message waits for a retransmission timeout; here every message goes out with red
   erasure code (:mod:`.erasure`): the receiver rebuilds the stripe from *any* k of the n.
 - The redundancy n - k follows the measured loss: every receiver counts, per peer, the pieces missing over the
   pieces sent (decayed over the messages, updated at every message) and reports it back in each datagram it
-  sends to that peer. A sender picks the smallest n - k that loses a stripe with probability at most
+  sends to that peer (in a loss report of its own where it sends that peer nothing). A sender picks the smallest n - k that loses a stripe with probability at most
   ``target`` at the reported loss (at least ``min_loss``), or at a fixed ``loss`` when one is given.
 - When more pieces are lost than the redundancy covers, the receiver asks for more (a repair request, after
   ``repair_s`` without progress) and the sender answers with new parity pieces: one round trip, not a timeout.
@@ -39,12 +39,12 @@ Datagram layout (little-endian), a 40-byte header and one piece::
         16      4  exchange id (as the frame's)
         20      8  sequence number (as the frame's)
         28      4  frame bytes (the whole message)
-        32      1  kind: 0 a piece, 1 a repair request
+        32      1  kind: 0 a piece, 1 a repair request, 2 a loss report
         33      1  piece index
         34      2  n: pieces of the stripe sent at first (a piece), pieces held (a repair request)
         36      2  the sender's measured loss on the receiver's pieces, in 1/65535
         38      2  reserved (0)
-        40         the piece (kind 0; none for a repair request)
+        40         the piece (kind 0; none for the other kinds)
 """
 from __future__ import annotations
 
@@ -72,7 +72,9 @@ HEADER_BYTES = HEADER.size
 PIECE_BYTES = 1200
 #: data pieces per stripe (each stripe is coded on its own; n <= 256 pieces per stripe)
 STRIPE_PIECES = 32
-PIECE, REPAIR = 0, 1
+PIECE, REPAIR, REPORT = 0, 1, 2
+#: a receiver that sends nothing else to a peer reports its loss measure when it moved by this much
+_REPORT_STEP = 0.005
 _LOSS_SCALE = 65535
 #: messages a sender keeps to answer repair requests from
 _HISTORY = 256
@@ -153,9 +155,8 @@ class _Sent:
 
 
 class _UDPFrames(FrameWait):
-    def __init__(self, transport: "UDPTransport", tag: str, keys: dict[int, tuple[int, int, int]],
-                 frame_sizes: dict[int, int]):
-        self._t, self._tag, self._keys, self._sizes = transport, tag, keys, frame_sizes
+    def __init__(self, transport: "UDPTransport", tag: str, keys: dict[int, tuple[int, int, int]]):
+        self._t, self._tag, self._keys = transport, tag, keys
 
     def wait(self, timeout_s: float) -> dict[int, tuple[torch.Tensor, int | None]]:
         t = self._t
@@ -168,6 +169,7 @@ class _UDPFrames(FrameWait):
                     if message is not None and message.complete():
                         out[src] = (message.rebuild(), message.frame_bytes)
                         t._consume(key)
+                        t._report(src)
                         del pending[src]
                 if not pending:
                     break
@@ -179,7 +181,7 @@ class _UDPFrames(FrameWait):
                     raise PeerError(t.rank, src, self._tag, f"timed out after {timeout_s:g} s ({held})")
                 if t.repair_s is not None:
                     for src, key in pending.items():
-                        t._ask(src, key, self._sizes[src], now)
+                        t._ask(src, key, now)
                 t._ready.wait(min(deadline - now, t.repair_s or deadline - now))
         return out
 
@@ -220,6 +222,7 @@ class UDPTransport(FramedTransport):
         self._tally: dict[int, list[tuple[tuple[int, int, int], _Message]]] = defaultdict(list)  # rebuilt, counting
         self._counts: dict[int, list[float]] = {}  # source -> decayed [pieces sent, missing]
         self._reported: dict[int, float] = {}  # destination -> loss it measured on our pieces
+        self._told: dict[int, float] = {}  # source -> the loss measure last sent to it
         self._history: OrderedDict[tuple[int, int, int], _Sent] = OrderedDict()  # (destination, exchange, seq)
         self._sending = threading.Lock()
         self._closed = False
@@ -260,6 +263,7 @@ class UDPTransport(FramedTransport):
     def _datagram(self, kind: int, dst: int, stripe: int, exchange: int, sequence: int, frame_bytes: int,
                   count: int, index: int, piece: bytes = b"") -> bytes:
         loss = round(min(self.measured_loss(dst), 1.0) * _LOSS_SCALE)
+        self._told[dst] = loss / _LOSS_SCALE
         head = HEADER.pack(MAGIC, 0, self.job, self.rank, stripe, exchange, sequence, frame_bytes, kind, index,
                            count, loss, 0)
         body = head[8:] + piece
@@ -288,7 +292,7 @@ class UDPTransport(FramedTransport):
                 keys[src] = key
                 message = self._inbox.setdefault(key, _Message(size))
                 message.last = time.monotonic()
-        return keys, frame_sizes
+        return keys
 
     def _send_frames(self, frames: dict[int, torch.Tensor], receives, tag: str) -> FrameWait:
         exchange = framing.exchange_id(tag)
@@ -311,10 +315,9 @@ class UDPTransport(FramedTransport):
                     self._send_pieces(dst, (exchange, sequence), sent, stripe, pieces, list(range(pieces.shape[0])))
             except OSError as exc:
                 raise PeerError(self.rank, dst, tag, f"could not send to {self.addresses[dst]}: {exc}") from None
-        keys, sizes = receives if receives is not None else ({}, {})
-        return _UDPFrames(self, tag, keys, sizes)
+        return _UDPFrames(self, tag, receives or {})
 
-    def _ask(self, src: int, key: tuple[int, int, int], frame_bytes: int, now: float) -> None:
+    def _ask(self, src: int, key: tuple[int, int, int], now: float) -> None:
         """Ask ``src`` for more pieces of ``key``'s stripes that lack some, once per ``repair_s`` without
         progress. Called under ``_ready``."""
         message = self._inbox.get(key)
@@ -326,6 +329,15 @@ class UDPTransport(FramedTransport):
                 self.repairs_asked += 1
                 self.sock.sendto(self._datagram(REPAIR, src, stripe, key[1], key[2], message.frame_bytes,
                                                 len(pieces), 0), self.addresses[src])
+
+    def _report(self, src: int) -> None:
+        """Tell ``src`` the loss measured on its pieces where it moved since this rank last told it (in any
+        datagram). Called under ``_ready``."""
+        if abs(self.measured_loss(src) - self._told.get(src, 0.0)) >= _REPORT_STEP:
+            try:
+                self.sock.sendto(self._datagram(REPORT, src, 0, 0, 0, 0, 0, 0), self.addresses[src])
+            except OSError:
+                pass  # advisory: the next message's report tries again
 
     def _repair(self, dst: int, stripe: int, exchange: int, sequence: int, held: int) -> None:
         """Answer ``dst``'s repair request: new parity pieces of one stripe (after the last index: data pieces
@@ -358,13 +370,13 @@ class UDPTransport(FramedTransport):
                 continue
             except OSError:
                 return  # closed
-            self._on_datagram(data)
-
-    def _on_datagram(self, data: bytes) -> None:
-        reason = self._take(data)
-        if reason is not None:
-            with self._ready:
-                self.discarded[reason] += 1
+            try:
+                reason = self._take(data)
+            except Exception as exc:  # noqa: BLE001 - the thread must keep receiving; the count shows it
+                reason = f"error: {type(exc).__name__}: {exc}"
+            if reason is not None:
+                with self._ready:
+                    self.discarded[reason] += 1
 
     def _take(self, data: bytes) -> str | None:
         """Use one datagram; returns why it was discarded (None: used)."""
@@ -380,14 +392,16 @@ class UDPTransport(FramedTransport):
             return "other job"
         if src == self.rank or src >= self.world_size:
             return "source"
-        if kind == REPAIR:
-            self._repair(src, stripe, exchange, sequence, count)
-            return None
-        if kind != PIECE:
+        if kind not in (PIECE, REPAIR, REPORT):
             return "kind"
-        piece = data[HEADER_BYTES:]
         with self._ready:
             self._reported[src] = loss / _LOSS_SCALE
+        if kind == REPAIR:
+            self._repair(src, stripe, exchange, sequence, count)
+        if kind != PIECE:
+            return None
+        piece = data[HEADER_BYTES:]
+        with self._ready:
             key = (src, exchange, sequence)
             if sequence < self._next[(src, exchange)]:
                 # late: still counts as arrived for the loss measure while the message is being tallied
