@@ -9,17 +9,19 @@ message waits for a retransmission timeout; here every message goes out with red
   erasure code (:mod:`.erasure`): the receiver rebuilds the stripe from *any* k of the n.
 - The redundancy n - k follows the measured loss: every receiver counts, per peer, the pieces missing over the
   pieces sent (decayed over the messages, updated at every message) and reports it back in each datagram it
-  sends to that peer (in a loss report of its own where it sends that peer nothing). A sender picks the smallest n - k that loses a stripe with probability at most
-  ``target`` at the reported loss (at least ``min_loss``), or at a fixed ``loss`` when one is given.
+  sends to that peer (in a loss report of its own where it sends that peer nothing else). A sender picks the
+  smallest n - k that loses a stripe with probability at most ``target`` at the reported loss (at least
+  ``min_loss``), or at a fixed ``loss`` when one is given.
 - When more pieces are lost than the redundancy covers, the receiver asks for more (a repair request, after
   ``repair_s`` without progress) and the sender answers with new parity pieces: one round trip, not a timeout.
+  Unanswered requests (a peer still computing) are repeated at doubling intervals, up to 128 ``repair_s``.
   A peer that stays silent until the exchange's deadline is a :class:`~astra.transport.PeerError` naming it and
   the exchange (block).
 - Every datagram carries a header with its own CRC-32 and the job's id: a corrupted datagram, one of another
   job, or one that does not fit its message is discarded and counted (:attr:`UDPTransport.discarded`), never
   used; the rebuilt message is then checked as a frame. Pieces of an earlier message arriving late are
   discarded by their sequence number (and counted as arrived for the loss measure); duplicates are ignored.
-- Ranks find each other through the rendezvous of torch.distributed's TCP store at MASTER_ADDR:MASTER_PORT
+- IPv4. Ranks find each other through the rendezvous of torch.distributed's TCP store at MASTER_ADDR:MASTER_PORT
   (:func:`rendezvous`): each binds a UDP socket on an ephemeral port and publishes its address, rank 0 the job
   id. ``ASTRA_UDP_HOST`` overrides the address a rank publishes (default: the local address that routes to
   MASTER_ADDR).
@@ -68,7 +70,8 @@ from .base import FramedTransport, FrameWait, PeerError
 MAGIC = b"ASU1"
 HEADER = struct.Struct("<4sIIHHIQIBBHHH")
 HEADER_BYTES = HEADER.size
-#: bytes of one piece: header + piece stay below the 1280-byte IPv6 minimum MTU
+#: bytes of one piece: with the 40-byte header and UDP/IPv4's 28, a datagram of 1268 bytes passes links and
+#: tunnels with an MTU down to 1280 unfragmented
 PIECE_BYTES = 1200
 #: data pieces per stripe (each stripe is coded on its own; n <= 256 pieces per stripe)
 STRIPE_PIECES = 32
@@ -126,7 +129,7 @@ class _Message:
         self.pieces: list[dict[int, bytes]] = [{} for _ in self.layout]
         self.sent = [0] * len(self.layout)  # n of each stripe, as the sender said
         self.last = time.monotonic()  # the last piece's arrival (or when the receive was posted)
-        self.asked = 0.0  # the last repair request
+        self.asked, self.tries = 0.0, 0  # the last repair request; requests since the last piece
 
     def complete(self) -> bool:
         return all(len(p) >= k for p, (_, _, k) in zip(self.pieces, self.layout))
@@ -219,7 +222,8 @@ class UDPTransport(FramedTransport):
         self._ready = threading.Condition()
         self._inbox: dict[tuple[int, int, int], _Message] = {}  # (source, exchange, sequence) -> pieces
         self._next: dict[tuple[int, int], int] = defaultdict(int)  # (source, exchange) -> next expected sequence
-        self._tally: dict[int, list[tuple[tuple[int, int, int], _Message]]] = defaultdict(list)  # rebuilt, counting
+        # source -> its last rebuilt message (key, pieces): late pieces still count as arrived until the next one
+        self._tally: dict[int, tuple[tuple[int, int, int], _Message]] = {}
         self._counts: dict[int, list[float]] = {}  # source -> decayed [pieces sent, missing]
         self._reported: dict[int, float] = {}  # destination -> loss it measured on our pieces
         self._told: dict[int, float] = {}  # source -> the loss measure last sent to it
@@ -250,11 +254,11 @@ class UDPTransport(FramedTransport):
         src, exchange, sequence = key
         self._next[(src, exchange)] = max(self._next[(src, exchange)], sequence + 1)
         counts = self._counts.setdefault(src, [0.0, 0.0])
-        for _, message in self._tally[src]:
-            sent, arrived = message.first_round()
+        if src in self._tally:
+            sent, arrived = self._tally[src][1].first_round()
             counts[0] = 0.9 * counts[0] + sent
             counts[1] = 0.9 * counts[1] + (sent - arrived)
-        self._tally[src] = [(key, self._inbox.pop(key))]
+        self._tally[src] = (key, self._inbox.pop(key))
         for old in [k for k in self._inbox if k[:2] == (src, exchange) and k[2] < sequence]:
             del self._inbox[old]
 
@@ -321,14 +325,17 @@ class UDPTransport(FramedTransport):
         """Ask ``src`` for more pieces of ``key``'s stripes that lack some, once per ``repair_s`` without
         progress. Called under ``_ready``."""
         message = self._inbox.get(key)
-        if message is None or now - max(message.last, message.asked) < self.repair_s:
+        if message is None or now - max(message.last, message.asked) < self.repair_s * 2 ** min(message.tries, 7):
             return
-        message.asked = now
+        message.asked, message.tries = now, message.tries + 1
         for stripe, (pieces, (_, _, k)) in enumerate(zip(message.pieces, message.layout)):
             if len(pieces) < k:
                 self.repairs_asked += 1
-                self.sock.sendto(self._datagram(REPAIR, src, stripe, key[1], key[2], message.frame_bytes,
-                                                len(pieces), 0), self.addresses[src])
+                try:
+                    self.sock.sendto(self._datagram(REPAIR, src, stripe, key[1], key[2], message.frame_bytes,
+                                                    len(pieces), 0), self.addresses[src])
+                except OSError:
+                    pass  # asked again later; the deadline still bounds the wait
 
     def _report(self, src: int) -> None:
         """Tell ``src`` the loss measured on its pieces where it moved since this rank last told it (in any
@@ -405,9 +412,9 @@ class UDPTransport(FramedTransport):
             key = (src, exchange, sequence)
             if sequence < self._next[(src, exchange)]:
                 # late: still counts as arrived for the loss measure while the message is being tallied
-                for tallied, message in self._tally[src]:
-                    if tallied == key and stripe < len(message.pieces):
-                        message.pieces[stripe].setdefault(index, piece)
+                tallied, message = self._tally.get(src, (None, None))
+                if tallied == key and stripe < len(message.pieces):
+                    message.pieces[stripe].setdefault(index, piece)
                 return "late"
             if sequence >= self._next[(src, exchange)] + _AHEAD:
                 return "sequence"
@@ -424,7 +431,7 @@ class UDPTransport(FramedTransport):
                 return "duplicate"
             message.pieces[stripe][index] = piece
             message.sent[stripe] = max(message.sent[stripe], count)
-            message.last = time.monotonic()
+            message.last, message.tries = time.monotonic(), 0
             if message.complete():
                 self._ready.notify_all()
         return None
