@@ -32,3 +32,25 @@ def test_vit_two_ranks_udp_class_tokens_equal_the_simulation(tmp_path):
                        "8", "--codebook-size", "16", "--repeat", "2", "--ranks", "2")
     assert report["transport"] == "udp" and report["tokens_per_rank"] == [8, 8]
     assert report["max_abs_diff_vs_simulation"] == 0.0
+
+
+def test_faults_on_udp(tmp_path, monkeypatch):
+    """The wire fault cases of tests/test_wire_faults.py on 2 processes over udp: every rank ends within the
+    timeout naming the right peer, and no wrong output is returned. A short or long message is told by its
+    size (the datagrams carry it); a dead peer, which UDP cannot see, is a timeout."""
+    import test_wire_faults as faults
+
+    frame = faults.FRAME
+    for case, text in [("short", "sent a short message: 41 bytes where a 82-byte frame was expected"),
+                       ("long", "sent a long message: 89 bytes where a 82-byte frame was expected"),
+                       ("hang", "timed out after 3 s (no piece arrived)")]:
+        monkeypatch.setitem(faults.VICTIM, case, frame + text)
+    cases = faults.CASES + ["die"]
+    proc, _ = faults._spawned(tmp_path, "udp", cases)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [0, 9]  # rank 1 died in the last case
+    results = faults._results(tmp_path, cases)
+    faults._check(results, "udp", faults.CASES)
+    died = results["die", 0]
+    assert died["error"] == f"PeerError: {frame}timed out after 3 s (no piece arrived)", died
+    assert died["seconds"] < faults.TIMEOUT_S + faults.SLACK_S and results["die", 1] is None
