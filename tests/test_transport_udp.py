@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from astra.launch import free_port, make_transport
-from astra.transport import PeerError, TransportFailed
-from astra.transport import udp
+from astra.transport import PeerError, TransportFailed, udp
 from astra.transport.udp import PIECE_BYTES, STRIPE_PIECES, UDPTransport, parity_for, random_drop, rendezvous
 
 
@@ -146,7 +145,7 @@ def test_one_loss_past_the_redundancy_is_a_peer_error_without_repair_and_repaire
     ts[0].drop = _drop_first(m + 1)
     outcomes = _run(ts, fns)
     assert isinstance(outcomes[1], PeerError) and outcomes[1].peer == 0 and outcomes[1].tag == "block0"
-    assert f"holding {k + m - (m + 1)} of {k} pieces" in str(outcomes[1]) and "timed out after 0.5 s" in str(outcomes[1])
+    assert f"timed out after 0.5 s (holding {k - 1} of {k} pieces)" in str(outcomes[1])
     with pytest.raises(TransportFailed):
         ts[1].exchange(payloads[0][1], [0], {0: size}, "block1")
 
@@ -168,6 +167,48 @@ def test_random_loss_is_measured_and_the_redundancy_follows_it(closing):
     assert 0.05 < measured < 0.3, measured
     assert ts[0].reported_loss(1) > 0.05  # rank 1 told rank 0 what it measured
     assert ts[0].measured_loss(1) == 0.0 and ts[1].reported_loss(0) == 0.0  # the other direction is clean
+    # rank 0's last message to rank 1 carried the redundancy for the reported loss, rank 1's the floor's
+    k = -(-(4 * PIECE_BYTES + 32) // PIECE_BYTES)
+    last = next(reversed(ts[0]._history.values()))
+    assert last.first[0] - k == parity_for(k, ts[0].reported_loss(1), ts[0].target) > parity_for(k, 0.005, 1e-3)
+    assert next(reversed(ts[1]._history.values())).first[0] - 1 == parity_for(1, 0.005, 1e-3)
+
+
+def test_repairs_alone_recover_a_lossy_link(closing):
+    ts = _transports(2, timeout_s=5.0, loss=0.0, repair_s=0.005)  # no redundancy: every loss needs a repair
+    closing(ts)
+    ts[0].drop = random_drop(0.3, seed=5)
+    fns, payloads = _all_to_all([STRIPE_PIECES * PIECE_BYTES * 2 + 500, 10], blocks=4, seed=6)
+    _check(_run(ts, fns), payloads)
+    assert ts[0].pieces_dropped > 10 and ts[1].repairs_asked >= 4
+
+
+def test_repairs_run_through_every_parity_index_and_then_the_data_pieces_again(closing):
+    ts = _transports(2, timeout_s=5.0, loss=0.0, repair_s=None)
+    closing(ts)
+    size = 2 * PIECE_BYTES - 32  # a frame of 2 pieces, sent with no parity
+    first_round, offered = [True], []
+
+    def drop(destination, stripe, index):
+        offered.append(index)
+        return first_round[0] or index >= 2
+
+    ts[0].drop = drop
+    payload = _payload(size, 1)
+    sender = ts[0].exchange(payload, [1], {}, "block0")
+    first_round[0] = False
+    sender.wait()
+    got = {}
+    receiver = threading.Thread(target=lambda: got.update(ts[1].exchange(_payload(0, 0), [], {0: size},
+                                                                         "block0").wait()))
+    receiver.start()
+    exchange = zlib.crc32(b"block0")
+    for _ in range(128):  # 127 requests send parity 2..255, the 128th data pieces 0 and 1 again
+        ts[0]._repair(1, 0, exchange, 0, held=0)
+    receiver.join(timeout=10)
+    assert torch.equal(got[0], payload)
+    assert offered == list(range(256)) + [0, 1]
+    assert [udp.HEADER.unpack_from(d)[9] for d, _ in ts[0].sock.sent] == [0, 1]  # only those were not dropped
 
 
 def test_a_receiver_that_sends_nothing_back_still_reports_its_loss(closing):
