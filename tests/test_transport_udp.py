@@ -183,6 +183,22 @@ def test_repairs_alone_recover_a_lossy_link(closing):
     assert ts[0].pieces_dropped > 10 and ts[1].repairs_asked >= 4
 
 
+def test_a_closing_rank_still_answers_repairs_of_its_last_message(closing):
+    ts = _transports(2, timeout_s=2.0, loss=0.0, repair_s=0.05)  # rank 0 lingers 0.5 s
+    closing(ts)
+    ts[1].repair_s = 0.3  # rank 1 asks after its receiver thread would have ended without the linger
+    ts[0].drop = lambda destination, stripe, index: index == 0  # the one piece of the first round
+    payload = _payload(500, 3)
+    got = {}
+    receiver = threading.Thread(target=lambda: got.update(ts[1].exchange(_payload(0, 0), [], {0: 500},
+                                                                         "class").wait()))
+    receiver.start()
+    ts[0].exchange(payload, [1], {}, "class").wait()
+    ts[0].close()  # at once: the receiver has not asked yet
+    receiver.join(timeout=5)
+    assert torch.equal(got[0], payload) and ts[0].pieces_dropped == 1 and ts[1].repairs_asked >= 1
+
+
 def test_repairs_run_through_every_parity_index_and_then_the_data_pieces_again(closing):
     ts = _transports(2, timeout_s=5.0, loss=0.0, repair_s=None)
     closing(ts)

@@ -14,7 +14,7 @@ message waits for a retransmission timeout; here every message goes out with red
   ``min_loss``), or at a fixed ``loss`` when one is given.
 - When more pieces are lost than the redundancy covers, the receiver asks for more (a repair request, after
   ``repair_s`` without progress) and the sender answers with new parity pieces: one round trip, not a timeout.
-  Unanswered requests (a peer still computing) are repeated at doubling intervals, up to 128 ``repair_s``.
+  Unanswered requests (a peer still computing) are repeated at doubling intervals, up to 8 ``repair_s``.
   A peer that stays silent until the exchange's deadline is a :class:`~astra.transport.PeerError` naming it and
   the exchange (block).
 - Every datagram carries a header with its own CRC-32 and the job's id: a corrupted datagram, one of another
@@ -24,7 +24,8 @@ message waits for a retransmission timeout; here every message goes out with red
 - IPv4. Ranks find each other through the rendezvous of torch.distributed's TCP store at MASTER_ADDR:MASTER_PORT
   (:func:`rendezvous`): each binds a UDP socket on an ephemeral port and publishes its address, rank 0 the job
   id. ``ASTRA_UDP_HOST`` overrides the address a rank publishes (default: the local address that routes to
-  MASTER_ADDR).
+  MASTER_ADDR). Each socket asks for a 4 MiB receive buffer (the kernel caps it at net.core.rmem_max), and a
+  thread per rank takes the datagrams off it while the rank computes.
 
 What it does not do: encrypt or authenticate (trusted machines on a trusted network, as every ASTRA transport;
 see :mod:`astra.transport`), control congestion (the messages are small and once per block), or multicast
@@ -54,6 +55,7 @@ import datetime
 import math
 import os
 import random
+import select
 import socket
 import struct
 import threading
@@ -230,7 +232,8 @@ class UDPTransport(FramedTransport):
         self._history: OrderedDict[tuple[int, int, int], _Sent] = OrderedDict()  # (destination, exchange, seq)
         self._sending = threading.Lock()
         self._closed = False
-        self.sock.settimeout(0.2)  # the receiver thread checks for close this often
+        self._asked_at = 0.0  # when a peer last asked this rank for a repair
+        self.sock.settimeout(None)  # sends block while the link drains the socket's buffer: that paces them
         self._thread = threading.Thread(target=self._receive_loop, name=f"astra-udp-rank{rank}", daemon=True)
         self._thread.start()
 
@@ -325,7 +328,7 @@ class UDPTransport(FramedTransport):
         """Ask ``src`` for more pieces of ``key``'s stripes that lack some, once per ``repair_s`` without
         progress. Called under ``_ready``."""
         message = self._inbox.get(key)
-        if message is None or now - max(message.last, message.asked) < self.repair_s * 2 ** min(message.tries, 7):
+        if message is None or now - max(message.last, message.asked) < self.repair_s * 2 ** min(message.tries, 3):
             return
         message.asked, message.tries = now, message.tries + 1
         for stripe, (pieces, (_, _, k)) in enumerate(zip(message.pieces, message.layout)):
@@ -372,10 +375,10 @@ class UDPTransport(FramedTransport):
     def _receive_loop(self) -> None:
         while not self._closed:
             try:
+                if not select.select([self.sock], [], [], 0.2)[0]:  # checks for close this often
+                    continue
                 data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
+            except (OSError, ValueError):
                 return  # closed
             try:
                 reason = self._take(data)
@@ -404,6 +407,7 @@ class UDPTransport(FramedTransport):
         with self._ready:
             self._reported[src] = loss / _LOSS_SCALE
         if kind == REPAIR:
+            self._asked_at = time.monotonic()
             self._repair(src, stripe, exchange, sequence, count)
         if kind != PIECE:
             return None
@@ -437,10 +441,18 @@ class UDPTransport(FramedTransport):
         return None
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.sock.close()
-            self._thread.join(timeout=5.0)
+        """Stop; first answer repair requests until none came for ``10 repair_s`` (at most 1 s): the peers may
+        still be rebuilding this rank's last messages, and ask at most ``8 repair_s`` apart."""
+        if self._closed:
+            return
+        if self.repair_s is not None:
+            start = time.monotonic()
+            quiet = 10 * self.repair_s
+            while time.monotonic() - max(start, self._asked_at) < quiet and time.monotonic() - start < 1.0:
+                time.sleep(self.repair_s)
+        self._closed = True
+        self._thread.join(timeout=5.0)
+        self.sock.close()
 
 
 def _advertised_host(master_addr: str) -> str:
