@@ -113,6 +113,19 @@ def test_three_ranks_all_gather_and_handshake_json(closing):
     assert got == [[{"rank": r, "x": [1, 2]} for r in range(3)]] * 3
 
 
+def test_each_peer_gets_the_redundancy_of_its_own_link(closing):
+    ts = _transports(3, timeout_s=3.0)
+    closing(ts)
+    drop = random_drop(0.2, seed=2)
+    ts[0].drop = lambda destination, stripe, index: destination == 2 and drop(destination, stripe, index)
+    fns, payloads = _all_to_all([3 * PIECE_BYTES, 100, 100], blocks=20, seed=4)
+    _check(_run(ts, fns), payloads)
+    last = {dst: sent.first[0] for (dst, _, _), sent in ts[0]._history.items()}  # the last message to each
+    k = -(-(3 * PIECE_BYTES + 32) // PIECE_BYTES)
+    assert last[1] - k == parity_for(k, 0.005, 1e-3) < last[2] - k
+    assert ts[2].measured_loss(0) > 0.05 and ts[1].measured_loss(0) == 0.0
+
+
 def _drop_first(count):
     """A drop hook that drops pieces 0 .. count-1 (the data pieces first) of every stripe."""
     return lambda destination, stripe, index: index < count

@@ -52,6 +52,7 @@ Datagram layout (little-endian), a 40-byte header and one piece::
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 import os
 import random
@@ -102,6 +103,7 @@ def piece_bytes(size: int, k: int) -> int:
     return -(-size // k) if size else 1
 
 
+@functools.lru_cache(maxsize=4096)  # the losses a sender sees repeat: they travel in 1/65535 steps
 def parity_for(k: int, loss: float, target: float) -> int:
     """The fewest parity pieces m such that k data pieces plus m lose more than m (the stripe) with probability
     at most ``target`` when each piece is lost independently with probability ``loss``."""
@@ -303,15 +305,20 @@ class UDPTransport(FramedTransport):
 
     def _send_frames(self, frames: dict[int, torch.Tensor], receives, tag: str) -> FrameWait:
         exchange = framing.exchange_id(tag)
+        encoded: dict[tuple[int, ...], tuple[torch.Tensor, list[torch.Tensor]]] = {}  # the frames to all peers
         for dst, frame in frames.items():
             sequence = self._sent[(tag, dst)] - 1  # counted by FramedTransport before this call
-            data, first, coded = [], [], []
-            for offset, size, k in stripes(frame.numel()):
-                pieces = erasure.encode(frame[offset: offset + size], k, k + parity_for(k, self._sizing_loss(dst),
-                                                                                            self.target))
-                data.append(pieces[:k])
-                first.append(pieces.shape[0])
-                coded.append(pieces)
+            layout = stripes(frame.numel())
+            first = [k + parity_for(k, self._sizing_loss(dst), self.target) for _, _, k in layout]
+            # peers with the same redundancy get the same pieces: the frames differ only where sequences do
+            same = encoded.get(tuple(first))
+            if same is not None and torch.equal(same[0], frame):
+                coded = same[1]
+            else:
+                coded = [erasure.encode(frame[offset: offset + size], k, n)
+                         for (offset, size, k), n in zip(layout, first)]
+                encoded[tuple(first)] = (frame, coded)
+            data = [pieces[:k] for pieces, (_, _, k) in zip(coded, layout)]
             sent = _Sent(frame.numel(), data, first)
             with self._sending:
                 self._history[(dst, exchange, sequence)] = sent
