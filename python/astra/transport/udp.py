@@ -11,7 +11,7 @@ message waits for a retransmission timeout; here every message goes out with red
   pieces sent (decayed over the messages, updated at every message) and reports it back in each datagram it
   sends to that peer (in a loss report of its own where it sends that peer nothing else). A sender picks the
   smallest n - k that loses a stripe with probability at most ``target`` at the reported loss (at least
-  ``min_loss``), or at a fixed ``loss`` when one is given.
+  ``min_loss``, at most 50 %), or at a fixed ``loss`` when one is given.
 - When more pieces are lost than the redundancy covers, the receiver asks for more (a repair request, after
   ``repair_s`` without progress) and the sender answers with new parity pieces: one round trip, not a timeout.
   Unanswered requests (a peer still computing) are repeated at doubling intervals, up to 8 ``repair_s``.
@@ -82,6 +82,10 @@ PIECE, REPAIR, REPORT = 0, 1, 2
 #: a receiver that sends nothing else to a peer reports its loss measure when it moved by this much
 _REPORT_STEP = 0.005
 _LOSS_SCALE = 65535
+#: the loss measure starts as if this many pieces had arrived (a peer's first few pieces say little)
+_PRIOR_PIECES = 20.0
+#: the most loss the redundancy is sized for (past it, repairs fill in; a link that loses more is broken)
+_SIZING_LOSS = 0.5
 #: messages a sender keeps to answer repair requests from
 _HISTORY = 256
 #: how far ahead of the next expected message a sequence number may be (further: not of this job's run)
@@ -251,14 +255,16 @@ class UDPTransport(FramedTransport):
         return self._reported.get(peer, 0.0)
 
     def _sizing_loss(self, peer: int) -> float:
-        return self.loss if self.loss is not None else max(self.reported_loss(peer), self.min_loss)
+        if self.loss is not None:
+            return self.loss
+        return min(max(self.reported_loss(peer), self.min_loss), _SIZING_LOSS)
 
     def _consume(self, key: tuple[int, int, int]) -> None:
         """``key``'s message was rebuilt: later pieces of it are late. Counts the loss of the source's earlier
         messages (whose late pieces had until now to arrive). Called under ``_ready``."""
         src, exchange, sequence = key
         self._next[(src, exchange)] = max(self._next[(src, exchange)], sequence + 1)
-        counts = self._counts.setdefault(src, [0.0, 0.0])
+        counts = self._counts.setdefault(src, [_PRIOR_PIECES, 0.0])
         if src in self._tally:
             sent, arrived = self._tally[src][1].first_round()
             counts[0] = 0.9 * counts[0] + sent
