@@ -180,10 +180,11 @@ def test_random_loss_is_measured_and_the_redundancy_follows_it(closing):
     assert 0.05 < measured < 0.3, measured
     assert ts[0].reported_loss(1) > 0.05  # rank 1 told rank 0 what it measured
     assert ts[0].measured_loss(1) == 0.0 and ts[1].reported_loss(0) == 0.0  # the other direction is clean
-    # rank 0's last message to rank 1 carried the redundancy for the reported loss, rank 1's the floor's
+    # rank 0's last message to rank 1 carried the redundancy for a loss of more than 5 % (the report may have
+    # moved since), rank 1's the floor's
     k = -(-(4 * PIECE_BYTES + 32) // PIECE_BYTES)
-    last = next(reversed(ts[0]._history.values()))
-    assert last.first[0] - k == parity_for(k, ts[0].reported_loss(1), ts[0].target) > parity_for(k, 0.005, 1e-3)
+    parity = next(reversed(ts[0]._history.values())).first[0] - k
+    assert parity_for(k, 0.5, 1e-3) >= parity >= parity_for(k, 0.05, 1e-3) > parity_for(k, 0.005, 1e-3)
     assert next(reversed(ts[1]._history.values())).first[0] - 1 == parity_for(1, 0.005, 1e-3)
 
 
