@@ -29,7 +29,8 @@ message waits for a retransmission timeout; here every message goes out with red
 
 What it does not do: encrypt or authenticate (trusted machines on a trusted network, as every ASTRA transport;
 see :mod:`astra.transport`), control congestion (the messages are small and once per block), or multicast
-(each peer gets its own datagrams, so a rank's uplink carries its codes N - 1 times).
+(each peer gets its own datagrams, so a rank's uplink carries its codes N - 1 times). A peer that dies is
+noticed at the deadline, not at once as over TCP: UDP has no connection to close.
 
 Datagram layout (little-endian), a 40-byte header and one piece::
 
