@@ -7,7 +7,7 @@ in which every rank needs every other rank's codes. Rank 1 misbehaves as the cas
 ``OUT_DIR/<case>.rank<r>.json``: each returned output's largest difference from the simulation, and the error
 that ended the case on this rank, with the seconds it took to arrive.
 
-TRANSPORT: gloo, gloo-grouped (gloo with the NCCL path's grouped exchanges), nccl, mpi.
+TRANSPORT: gloo, gloo-grouped (gloo with the NCCL path's grouped exchanges), nccl, mpi, udp.
 """
 from __future__ import annotations
 
@@ -55,6 +55,10 @@ def _transport(kind: str, rank: int, port: int | None):
         from astra.transport.mpi import MPITransport
 
         return MPITransport(timeout_s=TIMEOUT_S, comm=MPI.COMM_WORLD.Dup())
+    if kind == "udp":
+        from astra.transport.udp import rendezvous
+
+        return rendezvous(rank, 2, "127.0.0.1", port, timeout_s=TIMEOUT_S, setup_timeout_s=SETUP_TIMEOUT_S)
     from astra.transport.torch_dist import TorchDistTransport
 
     t = TorchDistTransport("nccl" if kind == "nccl" else "gloo", timeout_s=TIMEOUT_S, setup_timeout_s=SETUP_TIMEOUT_S,

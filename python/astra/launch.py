@@ -109,16 +109,15 @@ def keep_freed_memory() -> bool:
 
 
 def make_transport(name: str, timeout_s: float, setup_timeout_s: float = SETUP_TIMEOUT_S) -> Transport:
-    """The transport of this rank: "gloo" / "nccl" (torch.distributed) or "mpi" (mpi4py).
+    """The transport of this rank: "gloo" / "nccl" (torch.distributed), "mpi" (mpi4py) or "udp" (datagrams with
+    forward error correction, :mod:`astra.transport.udp`; it meets the other ranks as gloo does).
 
     ``timeout_s`` bounds every exchange, ``setup_timeout_s`` the rendezvous of the ranks."""
     if name == "mpi":
         from .transport.mpi import MPITransport
 
         return MPITransport(timeout_s=timeout_s)
-    if name in ("gloo", "nccl"):
-        from .transport.torch_dist import TorchDistTransport
-
+    if name in ("gloo", "nccl", "udp"):
         place = rank_env()
         if place is not None and place.launcher != "torchrun":
             # torch.distributed's env:// rendezvous reads RANK/WORLD_SIZE; map the MPI/Slurm names.
@@ -127,8 +126,15 @@ def make_transport(name: str, timeout_s: float, setup_timeout_s: float = SETUP_T
         for var in ("MASTER_ADDR", "MASTER_PORT"):
             if var not in os.environ:
                 raise RuntimeError(f"{name}: {var} is not set; launch with torchrun or `astra run --ranks N`")
+        if name == "udp":
+            from .transport.udp import rendezvous
+
+            return rendezvous(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), os.environ["MASTER_ADDR"],
+                              int(os.environ["MASTER_PORT"]), timeout_s=timeout_s, setup_timeout_s=setup_timeout_s)
+        from .transport.torch_dist import TorchDistTransport
+
         return TorchDistTransport(name, timeout_s=timeout_s, setup_timeout_s=setup_timeout_s)
-    raise ValueError(f"unknown transport {name!r}; choose gloo, nccl or mpi")
+    raise ValueError(f"unknown transport {name!r}; choose gloo, nccl, mpi or udp")
 
 
 def free_port() -> int:

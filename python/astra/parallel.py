@@ -72,7 +72,7 @@ def parallelize(model: torch.nn.Module, codebooks: Codebooks, *, transport: str 
     Args:
         model: any model :func:`astra.adapt` supports (GPT-2, ViT, BERT, Llama, Mistral, Qwen2, Qwen3, Tiny).
         codebooks: one codebook per block (``astra.calibrate`` or ``Codebooks.load``).
-        transport: "gloo", "nccl" or "mpi" (the launcher's environment names rank and world size),
+        transport: "gloo", "nccl", "mpi" or "udp" (the launcher's environment names rank and world size),
             or an already created :class:`astra.transport.Transport` (then ``timeout_s`` is unused).
         timeout_s: a silent peer becomes a :class:`astra.PeerError` after this long.
         setup_timeout_s: how long the ranks wait for each other to arrive (the rendezvous and the handshake):

@@ -41,8 +41,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--groups", type=int, default=d.groups, help="VQ groups G")
     p.add_argument("--codebook-size", type=int, default=d.codebook_size, help="codewords K")
     p.add_argument("--quantize", choices=QUANTIZE, default=d.quantize, help=QUANTIZE_HELP)
-    p.add_argument("--transport", choices=["gloo", "nccl", "mpi"], default=d.transport,
-                   help="how ranks exchange bytes: gloo or nccl (torch.distributed), or mpi (mpi4py)")
+    p.add_argument("--transport", choices=["gloo", "nccl", "mpi", "udp"], default=d.transport,
+                   help="how ranks exchange bytes: gloo or nccl (torch.distributed), mpi (mpi4py), or udp "
+                        "(datagrams with forward error correction)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=d.device)
     p.add_argument("--dtype", choices=list(DTYPES), default=d.dtype, help="the model's weights and activations")
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads per rank (default 1: N ranks use N cores)")

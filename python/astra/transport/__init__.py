@@ -1,4 +1,5 @@
-"""Transports: how ranks exchange bytes (torch.distributed, MPI, in-process loopback).
+"""Transports: how ranks exchange bytes (torch.distributed, MPI, UDP datagrams with forward error correction,
+in-process loopback).
 
 What the wire guarantees:
 
