@@ -17,7 +17,7 @@ BANDWIDTHS_MBPS = (10, 20, 50, 100, 500, 1000)
 LINKS = ("sim", "netns", "real", "emulated")  # emulated: astra_lab.bench.emulated
 FAULTY_LINKS = ("sim", "netns")  # the links that model --loss and --rate-schedule (--delay: sim only)
 # the transports a bench rank can start: the driver launches the ranks with torch.distributed's env:// rendezvous
-TRANSPORTS = ("gloo",)
+TRANSPORTS = ("gloo", "udp")
 
 
 @dataclass
@@ -91,6 +91,12 @@ class BenchConfig:
         if faults and unfaulty:
             raise ValueError(f"{' and '.join(faults)}: the {' and '.join(unfaulty)} link(s) model no faults; "
                              f"use --link {' or '.join(FAULTY_LINKS)}")
+        if self.transport == "udp" and "emulated" in self.links:
+            raise ValueError("--transport udp: the rank emulation models TCP connections (gloo); "
+                             "measure the udp transport on --link netns")
+        if self.transport == "udp" and self.loss_pct > 0 and "sim" in self.links:
+            raise ValueError("--transport udp --loss: the sim link models TCP's retransmissions; "
+                             "measure the udp transport's losses on --link netns")
         if self.delay_ms > 0 and "netns" in self.links:
             raise ValueError("--delay: netns links cannot delay packets on this kernel (no netem qdisc); "
                              "--link sim models a one-way delay per message")
