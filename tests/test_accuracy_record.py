@@ -33,3 +33,12 @@ def test_record_replaces_the_rows_of_a_rerun_and_keeps_the_others(tmp_path):
     rows = json.loads(json_path.read_text())
     assert sorted((r["variant"], r["value"]) for r in rows) == [("astra", 0.86), ("original", 0.90)]
     assert "| astra | 16 | 4 | accuracy | 86.00 % | -4.00 pt |" in md_path.read_text()
+
+
+def test_a_tasks_note_follows_its_table_only(monkeypatch):
+    monkeypatch.setitem(results.NOTES, "fmnist", "Why G = 16.")
+    rows = [_row("original", 0.9), dict(_row("original", 3.0), task="kjv", metric="perplexity")]
+    text = results.markdown(rows)
+    fmnist, kjv = text.index("## Fashion-MNIST"), text.index("## King James")
+    assert fmnist < text.index("Why G = 16.") < kjv  # tasks in name order: under the Fashion-MNIST table
+    assert text.count("Why G = 16.") == 1

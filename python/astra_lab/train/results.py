@@ -24,6 +24,20 @@ TITLES = {
 }
 
 
+# What a task's table decides, printed under it (the figures it cites are the table's own rows).
+NOTES = {
+    "kjv_llama": (
+        "The default `quantize` for the Llama families stays `input`. At N = 4 both choices keep the perplexity "
+        "within 0.4 % of the original at every G, zero-shot and fine-tuned (G = 32: input 3.3781, kv 3.3765, "
+        "against 3.3857 for the original trained on for as many steps), so accuracy does not choose between "
+        "them. The bytes do: `kv` sends 2G codes per token (the key's and the value's), twice `input`'s at the "
+        "same G. On the SmolLM2-135M shape at N = 2 and G = 32 (benchmarks/RESULTS.md, L6) `kv` is a little "
+        "faster where the link is not the limit (10 Mbps: 1.71x against 1.58x, no projection of the remote "
+        "tokens), and far slower where it is (2 Mbps: 0.81x against 1.69x, 1.2 MB against 0.6 MB per prompt)."
+    ),
+}
+
+
 def machine() -> str:
     """This host's CPU model (``/proc/cpuinfo``'s model name where it exists, else what ``platform`` knows)."""
     try:
@@ -90,6 +104,8 @@ def markdown(rows: list[dict]) -> str:
             out.append(f"| {r['variant']} | {r['groups'] if r['groups'] is not None else '-'} | {r['ranks']} | "
                        f"{r['metric']} | {value} | {delta} | `{r['command']}` |")
         out.append("")
+        if task in NOTES:
+            out += [NOTES[task], ""]
     return "\n".join(out)
 
 
