@@ -200,7 +200,7 @@ MERGE_BACKENDS = [b for b in ak.available_backends("cpu") if b in ("cpu", "refer
 
 @pytest.mark.skipif("cpu" not in ak.available_backends("cpu"), reason="the C++ CPU extension is not built")
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("b,hkv,tq", [(1, 2, 300), (2, 3, 397), (1, 1, 1)])
+@pytest.mark.parametrize("b,hkv,tq", [(1, 2, 300), (2, 3, 397), (1, 1, 1), (1, 2, 0)])
 def test_tables_beyond_the_caches_are_gathered_once_for_several_query_blocks(threads, b, hkv, tq):
     """Tables past the kernel's shared-gather size (8 MiB here): a task takes several kv heads and query
     blocks, each remote tile attended block by block, for any thread count (tasks split to keep threads busy)."""

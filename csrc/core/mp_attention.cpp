@@ -110,7 +110,7 @@ AttentionPlan<T>::AttentionPlan(const AttentionShape& shape, const AttentionInpu
     const int64_t query_tasks = (workers + head_tasks - 1) / head_tasks;  // what the threads still need
     const int64_t block_elements = heads_per_task_ * block_queries_ * group_size_ * d;
     blocks_per_task = std::clamp<int64_t>(std::min(query_blocks / query_tasks, kSharedTaskElements / block_elements),
-                                          1, query_blocks);
+                                          1, std::max<int64_t>(1, query_blocks));  // no queries: one empty block
   }
   task_queries_ = blocks_per_task * block_queries_;
   query_blocks_ = (shape.queries + task_queries_ - 1) / task_queries_;
