@@ -94,3 +94,22 @@ def run_threads(engine, inputs, world_size, fn=None, timeout_s=30.0):
     if errors:
         raise errors[0]
     return outs, transports
+
+
+def run_per_rank(transports, fns, join_timeout_s=60.0) -> list:
+    """Run ``fns[r](transports[r])`` in one thread per rank; each rank's result, or the exception it raised."""
+    outcomes = [None] * len(fns)
+
+    def work(r):
+        try:
+            outcomes[r] = fns[r](transports[r])
+        except Exception as exc:  # noqa: BLE001 - returned to the test
+            outcomes[r] = exc
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(len(fns))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=join_timeout_s)
+        assert not t.is_alive(), "a rank hung"
+    return outcomes

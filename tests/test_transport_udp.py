@@ -9,6 +9,7 @@ import zlib
 
 import pytest
 import torch
+from runtime_helpers import run_per_rank
 
 from astra.launch import free_port, make_transport
 from astra.transport import PeerError, TransportFailed, udp
@@ -38,21 +39,7 @@ def _transports(n, timeout_s=5.0, **options):
 
 def _run(transports, fns):
     """Run ``fns[r](transports[r])`` in one thread per rank; each rank's result or exception."""
-    outcomes = [None] * len(fns)
-
-    def work(r):
-        try:
-            outcomes[r] = fns[r](transports[r])
-        except Exception as exc:  # noqa: BLE001 - returned to the test
-            outcomes[r] = exc
-
-    threads = [threading.Thread(target=work, args=(r,)) for r in range(len(fns))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-        assert not t.is_alive(), "a rank hung"
-    return outcomes
+    return run_per_rank(transports, fns)
 
 
 def _payload(n, seed):

@@ -6,12 +6,11 @@ import importlib
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 import torch
-from runtime_helpers import tiny_classifier, tiny_lm
+from runtime_helpers import run_per_rank, tiny_classifier, tiny_lm
 
 import astra
 from astra import digest
@@ -31,21 +30,7 @@ def _ids(model, tokens=40, batch=2, seed=1):
 def _run_ranks(fns, timeout_s=20.0):
     """Run ``fns[r](transport_r)`` in one thread per rank over loopback; returns each rank's result or exception."""
     transports = LoopbackHub(len(fns)).transports(timeout_s)
-    outcomes = [None] * len(fns)
-
-    def work(r):
-        try:
-            outcomes[r] = fns[r](transports[r])
-        except Exception as exc:  # noqa: BLE001 - returned to the test
-            outcomes[r] = exc
-
-    threads = [threading.Thread(target=work, args=(r,)) for r in range(len(fns))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-        assert not t.is_alive(), "a rank hung"
-    return outcomes, transports
+    return run_per_rank(transports, fns), transports
 
 
 # --- bad frames over loopback -------------------------------------------------------------------------------
