@@ -216,6 +216,10 @@ class RemotePlan:
             k, v = (self._heads(self._summed_rows(codes, table.flatten(0, 1))) for table in self.tables())
         return B.key_norm(self.block, k), v
 
+    def _require_rotation(self, codes: torch.Tensor, rotation: B.Rotation | None) -> None:
+        if self.block.rotary and rotation is None and codes.shape[1] > 0:
+            raise ValueError("this block has rotary positions: remote keys need their tokens' rotation (cos, sin)")
+
     def remote_kv(self, codes: torch.Tensor, rotation: B.Rotation | None = None, *, queries: int = 1,
                   backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Materialized remote keys (rotated) and values (B, Hkv, Tr, d) of codes (B, Tr, codes per token), as
@@ -223,8 +227,7 @@ class RemotePlan:
 
         ``rotation``: (cos, sin) (Tr, d) of the remote tokens' global positions, for blocks with rotary positions.
         """
-        if self.block.rotary and rotation is None and codes.shape[1] > 0:
-            raise ValueError("this block has rotary positions: remote keys need their tokens' rotation (cos, sin)")
+        self._require_rotation(codes, rotation)
         k, v = self._materialized_kv(codes, self.choose(codes.shape[0], queries, codes.shape[1], backend))
         return B.rotate(k, rotation), v
 
@@ -249,11 +252,8 @@ class RemotePlan:
             # every remote token precedes every query (no mask on them); merged with the local partial
             return ak.attention(q, rk, rv, prior=local, backend=backend)[0]
         k_table, v_table = self.tables()
-        remote_rotation = None
-        if self.block.rotary and codes.shape[1] > 0:
-            if rotation is None:
-                raise ValueError("this block has rotary positions: remote keys need their tokens' rotation (cos, sin)")
-            remote_rotation = half_angles(rotation)
+        self._require_rotation(codes, rotation)
+        remote_rotation = half_angles(rotation) if self.block.rotary and codes.shape[1] > 0 else None
         return ak.mixed_precision_attention(q, k, v, codes, k_table, v_table, causal=causal, formulation=how,
                                             remote_rotation=remote_rotation, backend=backend)[0]
 
