@@ -18,12 +18,27 @@ FLT_MAX = tl.constexpr(3.4028234663852886e38)  # largest finite fp32
 
 
 @triton.jit
+def _dot_acc(a, b, acc, POSITION_FREE: tl.constexpr):
+    """acc + a @ b for a (M, D), b (D, K) fp32 tiles.
+
+    POSITION_FREE: an elementwise product summed over D in one fixed order, so
+    equal columns of b give bit-equal results wherever they sit. The interpreter
+    needs it: numpy's matmul may round a column differently by its position in
+    the tile, and a later duplicate codeword could then beat the first.
+    """
+    if POSITION_FREE:
+        return acc + tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
+    return tl.dot(a, b, acc, input_precision="ieee")
+
+
+@triton.jit
 def _vq_encode_kernel(
     X, E, E_SQ, CODES, SQDIST,
     N, K, Dg, G,
     stride_xn, stride_xd,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     SINGLE_CHUNK: tl.constexpr, UPCAST: tl.constexpr, DG_ALIGN: tl.constexpr,
+    POSITION_FREE: tl.constexpr,
 ):
     """Nearest codeword of group g for BLOCK_N rows.
 
@@ -33,7 +48,7 @@ def _vq_encode_kernel(
     SINGLE_CHUNK: Dg <= BLOCK_D, the x tile is loaded once; else the dot
     accumulates over BLOCK_D-wide feature chunks. UPCAST: fp32 operands (bf16
     under the interpreter, which cannot do bf16 arithmetic). DG_ALIGN: a power
-    of two dividing Dg.
+    of two dividing Dg. POSITION_FREE: see _dot_acc (set under the interpreter).
     """
     # Same value; written so the compiler knows the alignment (vector loads, cp.async pipelining).
     Dg = (Dg // DG_ALIGN) * DG_ALIGN
@@ -66,7 +81,7 @@ def _vq_encode_kernel(
             e = tl.load(e_ptrs, mask=(offs_d < Dg)[:, None] & col_ok[None, :], other=0.0)
             if UPCAST:
                 e = e.to(tl.float32)
-            dots = tl.dot(x, e, dots, input_precision="ieee")
+            dots = _dot_acc(x, e, dots, POSITION_FREE)
         else:
             for d0 in range(0, Dg, BLOCK_D):
                 feats = d0 + offs_d
@@ -77,7 +92,7 @@ def _vq_encode_kernel(
                 if UPCAST:
                     xc = xc.to(tl.float32)
                     ec = ec.to(tl.float32)
-                dots = tl.dot(xc, ec, dots, input_precision="ieee")
+                dots = _dot_acc(xc, ec, dots, POSITION_FREE)
         # Columns >= K read ||e||^2 = NaN, which the NaN rule below turns into +inf.
         e_sq = tl.load(e_sq_ptrs, mask=col_ok, other=float("nan"))
         scores = e_sq[None, :] - 2.0 * dots
@@ -134,7 +149,8 @@ def vq_encode(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tensor, t
     g, k, dg = codebooks.shape
     cb = codebooks.contiguous()  # G*K*Dg elements: small next to the N*K*D encode work
     e_sq = cb.float().square().sum(-1)  # (G, K) fp32, once per call
-    upcast = x.dtype == torch.bfloat16 and interpreted(_vq_encode_kernel)
+    on_numpy = interpreted(_vq_encode_kernel)
+    upcast = x.dtype == torch.bfloat16 and on_numpy
     cfg = encode_config(n, k, dg, torch.float32 if upcast else x.dtype, x.device)
     codes = torch.empty((n, g), dtype=torch.int32, device=x.device)
     sqdist = torch.empty((n, g), dtype=torch.float32, device=x.device)
@@ -145,6 +161,6 @@ def vq_encode(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tensor, t
             x.stride(0), x.stride(1),
             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_D=cfg.block_d,
             SINGLE_CHUNK=cfg.single_chunk, UPCAST=upcast, DG_ALIGN=pow2_divisor(dg),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            POSITION_FREE=on_numpy, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     return codes, sqdist
