@@ -12,7 +12,7 @@ from runtime_helpers import hf_decoder
 
 import astra
 import astra_kernels as ak
-from astra.partition import Layout
+from astra.partition import sequence_layout
 from astra_lab import baselines
 from astra_lab.bench import emulated, report
 from astra_lab.bench import methods as bench_methods
@@ -73,7 +73,7 @@ def test_more_ranks_at_unlimited_bandwidth_are_faster_for_sequence_parallelism()
             break
     assert t4 < 0.8 * t2, seen
     # every byte counted: rank r sends its fp32 block inputs to every later rank (causal)
-    layout = Layout(512, 4, causal=True)
+    layout = sequence_layout(astra.adapt(model), 512, 4)  # the baseline cuts as ASTRA does
     for r, p in enumerate(four):
         assert p.bytes_sent == 4 * layout.size(r) * 128 * 4 * len(layout.destinations(r))
 
@@ -119,6 +119,7 @@ def test_astra_bench_sim_and_emulated_end_to_end(tmp_path):
     by = {(r["method"], r["setting_ranks"], r["bandwidth_mbps"]): r for r in emu}
     wire = WireModel()
     bits = ak.code_bits(16)
+    adapter = astra.adapt(astra.models.build("gpt2", "small", tokens=64, layers=1, seed=0))
     for (method, n, bw), r in by.items():
         assert keys <= set(r), sorted(keys - set(r))
         assert r["ranks"] == (1 if method == "single" else n) and r["layers"] == 1 and r["topology"] == "star"
@@ -131,7 +132,7 @@ def test_astra_bench_sim_and_emulated_end_to_end(tmp_path):
             continue
         # the slowest rank cannot finish before its own compute, nor wait a negative time
         assert r["latency_s"] >= max(r["rank_compute_s"]) - 1e-12 and r["comm_wait_s"] >= 0
-        layout = Layout(64, n, causal=True)
+        layout = sequence_layout(adapter, 64, n)
         per_token = 768 * 4 if method == "sp_fp32" else None
         sizes = [ak.packed_size(layout.size(s), bits) if method == "astra" else layout.size(s) * per_token
                  for s in range(n)]

@@ -25,7 +25,7 @@ import astra_kernels as ak
 from . import block as B
 from .codebooks import Codebooks, check_quantize
 from .models import adapt
-from .partition import Layout, part_bounds
+from .partition import Layout, check_partition, part_bounds, sequence_layout
 from .remote import RemotePlan
 from .transport import Transport
 
@@ -112,13 +112,17 @@ class AstraEngine:
             before computes its output part by part and sends each part's codes as soon as they exist, so the
             link carries the first parts while the rest are computed; the parts' smaller matrix products cost
             compute, so it pays only where the link time is long against a block's (benchmarks/RESULTS.md).
+        partition: how the sequence is cut over the ranks (:mod:`astra.partition`): "balanced" (causal
+            models: the later ranks, which attend to more earlier tokens, get fewer tokens) or "even".
     """
 
     def __init__(self, model: torch.nn.Module, codebooks: Codebooks, *, formulation: str = "auto",
                  backend: str | None = None, table_budget_bytes: int = ak.TABLE_BUDGET_BYTES,
-                 encode: str = "auto", quantize: str | None = None, exchange_parts: int = 1):
+                 encode: str = "auto", quantize: str | None = None, exchange_parts: int = 1,
+                 partition: str = "balanced"):
         if encode not in ENCODINGS:
             raise ValueError(f"encode must be one of {', '.join(ENCODINGS)}, got {encode!r}")
+        self.partition = check_partition(partition)
         if isinstance(exchange_parts, bool) or not isinstance(exchange_parts, int) or exchange_parts < 1:
             raise ValueError(f"exchange_parts must be a count >= 1, got {exchange_parts!r}")
         self.exchange_parts = exchange_parts
@@ -144,7 +148,7 @@ class AstraEngine:
     def layout(self, inputs: torch.Tensor, world_size: int) -> Layout:
         tokens = self.adapter.num_tokens(inputs)
         self.adapter.check_positions(tokens)  # every rank refuses alike, before any exchange
-        return Layout(tokens, world_size, self.causal)
+        return sequence_layout(self.adapter, tokens, world_size, self.partition)
 
     def remote_formulations(self, inputs: torch.Tensor, world_size: int) -> list[str]:
         """The remote-attention formulations the blocks pick for the last rank's shape (the most remote tokens)."""

@@ -47,6 +47,7 @@ def setup_digest(engine, world_size: int, **extra) -> dict:
         "quantize": engine.quantize,
         "formulation": sorted({p.formulation for p in engine.plans}),
         "exchange_parts": engine.exchange_parts,
+        "partition": engine.partition,
         **extra,
     }
 

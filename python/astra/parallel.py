@@ -63,7 +63,7 @@ def parallelize(model: torch.nn.Module, codebooks: Codebooks, *, transport: str 
                 timeout_s: float = 60.0, setup_timeout_s: float = SETUP_TIMEOUT_S, formulation: str = "auto",
                 backend: str | None = None, table_budget_bytes: int = ak.TABLE_BUDGET_BYTES,
                 encode: str = "auto", quantize: str | None = None,
-                exchange_parts: int = 1) -> ParallelModel:
+                exchange_parts: int = 1, partition: str = "balanced") -> ParallelModel:
     """Wrap an unmodified model for this rank of an N-process job.
 
     Every rank then checks with the others that they hold the same setup (:mod:`astra.handshake`: weights,
@@ -77,11 +77,12 @@ def parallelize(model: torch.nn.Module, codebooks: Codebooks, *, transport: str 
         timeout_s: a silent peer becomes a :class:`astra.PeerError` after this long.
         setup_timeout_s: how long the ranks wait for each other to arrive (the rendezvous and the handshake):
             ranks that calibrate their codebooks may arrive minutes apart.
-        formulation, backend, table_budget_bytes, encode, quantize, exchange_parts: as :class:`astra.AstraEngine`.
+        formulation, backend, table_budget_bytes, encode, quantize, exchange_parts, partition: as
+            :class:`astra.AstraEngine`.
     """
     astra_engine = AstraEngine(model, codebooks, formulation=formulation, backend=backend,
                                table_budget_bytes=table_budget_bytes, encode=encode, quantize=quantize,
-                               exchange_parts=exchange_parts)
+                               exchange_parts=exchange_parts, partition=partition)
     created = isinstance(transport, str)
     if created:
         transport = make_transport(transport, timeout_s, setup_timeout_s)

@@ -11,6 +11,7 @@ import astra_kernels as ak
 from astra import models
 from astra._optional import MissingDependency
 from astra.codebooks import QUANTIZE
+from astra.partition import PARTITIONS
 from astra.engine import ENCODINGS
 from astra.remote import FORMULATIONS
 
@@ -25,6 +26,8 @@ QUANTIZE_HELP = ("what each token sends codes of: input (its attention input, D 
 
 EXCHANGE_PARTS_HELP = ("messages that carry a rank's codes of one block to each peer (default 1); with more, the block "
                        "before computes its output part by part and sends each part's codes at once")
+PARTITION_HELP = ("how the sequence is cut over the ranks: balanced (causal models: later ranks, which attend to "
+                  "more earlier tokens, get fewer) or even")
 ENCODE_HELP = ("how tokens are quantized: exact (nearest codeword), int8 (int8-estimated scores: faster where "
                "its SIMD kernels beat the exact search, some codes near-nearest) or auto (int8 where it is faster)")
 
@@ -55,6 +58,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table-budget-mib", type=float, default=d.table_budget_mib, help=TABLE_BUDGET_HELP)
     p.add_argument("--encode", choices=ENCODINGS, default=d.encode, help=ENCODE_HELP)
     p.add_argument("--exchange-parts", type=int, default=d.exchange_parts, help=EXCHANGE_PARTS_HELP)
+    p.add_argument("--partition", choices=PARTITIONS, default=d.partition, help=PARTITION_HELP)
     p.add_argument("--backend", choices=ak.BACKENDS, default=d.backend)
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds before a silent peer is an error")
     p.add_argument("--setup-timeout", type=float, default=d.setup_timeout,
@@ -166,6 +170,7 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table-budget-mib", type=float, default=d.table_budget_mib, help=TABLE_BUDGET_HELP)
     p.add_argument("--encode", choices=ENCODINGS, default=d.encode, help=ENCODE_HELP)
     p.add_argument("--exchange-parts", type=int, default=d.exchange_parts, help=EXCHANGE_PARTS_HELP)
+    p.add_argument("--partition", choices=PARTITIONS, default=d.partition, help=PARTITION_HELP)
     p.add_argument("--topology", choices=["star", "shared"], default=d.topology)
     p.add_argument("--latency-ms", type=float, default=d.latency_ms,
                    help="per-message latency: sim's, or added to emulated's modelled one")
@@ -209,7 +214,7 @@ def _bench(args: argparse.Namespace) -> int:
             ranks=args.ranks, bandwidths=BenchConfig().bandwidths if args.bandwidth is None else args.bandwidth,
             links=args.link, methods=args.methods, groups=args.groups,
             codebook_size=args.codebook_size, quantize=args.quantize, table_budget_mib=args.table_budget_mib,
-            encode=args.encode, exchange_parts=args.exchange_parts,
+            encode=args.encode, exchange_parts=args.exchange_parts, partition=args.partition,
             topology=args.topology, latency_ms=args.latency_ms, transport=args.transport, loss_pct=args.loss,
             delay_ms=args.delay, rate_schedule=args.rate_schedule, repeat=args.repeat,
             point_budget_s=args.point_budget, threads=args.threads, seed=args.seed, net_name=args.net_name,

@@ -68,6 +68,7 @@ class RunConfig:
     formulation: str = "auto"
     encode: str = "auto"
     exchange_parts: int = 1
+    partition: str = "balanced"
     table_budget_mib: float = ak.TABLE_BUDGET_BYTES / 2**20
     backend: str | None = None
     timeout: float = 60.0
@@ -136,7 +137,7 @@ def prepare(cfg: RunConfig, verbose: bool) -> tuple[AstraEngine, torch.Tensor]:
     books = load_codebooks(model, cfg, verbose)
     engine = AstraEngine(model, books, formulation=cfg.formulation, backend=cfg.backend,
                          table_budget_bytes=int(cfg.table_budget_mib * 2**20), encode=cfg.encode, quantize=cfg.quantize,
-                         exchange_parts=cfg.exchange_parts)
+                         exchange_parts=cfg.exchange_parts, partition=cfg.partition)
     return engine, inputs
 
 

@@ -89,6 +89,17 @@ class BlockWeights:
         """Hkv*d: the width of one token's keys (and of its values)."""
         return self.kv_heads * self.head_dim
 
+    @property
+    def macs_per_token(self) -> int:
+        """Multiply-adds of the block's matrix products for one token (q/k/v, output projection, MLP)."""
+        weights = (self.w_qkv, self.w_out, self.w_fc1, self.w_fc2, self.w_gate)
+        return sum(w.numel() for w in weights if w is not None)
+
+    @property
+    def macs_per_pair(self) -> int:
+        """Multiply-adds of attention for one (query, key) pair: q.k and p.v over every query head."""
+        return 2 * self.heads * self.head_dim
+
     def _slice(self, t: torch.Tensor | None, part: str) -> torch.Tensor | None:
         if t is None:
             return None

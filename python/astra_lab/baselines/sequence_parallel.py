@@ -20,7 +20,7 @@ import astra_kernels as ak
 from astra import block as B
 from astra.engine import PhaseTimer
 from astra.models import adapt
-from astra.partition import Layout
+from astra.partition import Layout, sequence_layout
 from astra.transport import Transport
 
 
@@ -54,7 +54,7 @@ class SequenceParallel:
         if logits_to_keep is not None and (a.class_tokens or logits_to_keep < 0):
             raise ValueError(f"logits_to_keep={logits_to_keep}: a count >= 0 of per-token outputs, for models "
                              "without a class token")
-        layout = Layout(a.num_tokens(inputs), transport.world_size, a.causal)
+        layout = sequence_layout(a, a.num_tokens(inputs), transport.world_size)  # the cut ASTRA makes
         rank = transport.rank
         dests, srcs = layout.destinations(rank), layout.sources(rank)
         with timer("embed"):

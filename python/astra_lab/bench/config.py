@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 import astra_kernels as ak
 from astra.codebooks import QUANTIZE
 from astra.engine import ENCODINGS
+from astra.partition import check_partition
 
 from ..links.loss import loss_permille
 from ..links.schedule import RateSchedule
@@ -36,6 +37,7 @@ class BenchConfig:
     table_budget_mib: float = ak.TABLE_BUDGET_BYTES / 2**20  # per layer, K and V tables together
     encode: str = "auto"  # astra.engine.ENCODINGS
     exchange_parts: int = 1  # messages per block and peer
+    partition: str = "balanced"  # how the sequence is cut over the ranks (astra.partition)
     transport: str = "gloo"  # TRANSPORTS
     topology: str = "star"  # sim, netns and emulated: star (full duplex) or shared (one medium)
     latency_ms: float = 0.0  # sim: per-message latency; emulated: added to the modelled one
@@ -72,6 +74,7 @@ class BenchConfig:
             raise ValueError(f"quantize must be one of {', '.join(QUANTIZE)}, got {self.quantize!r}")
         if self.encode not in ENCODINGS:
             raise ValueError(f"encode must be one of {', '.join(ENCODINGS)}, got {self.encode!r}")
+        check_partition(self.partition)
         if self.exchange_parts < 1:
             raise ValueError(f"exchange parts must be >= 1, got {self.exchange_parts}")
         if self.latency_ms < 0:
@@ -125,6 +128,7 @@ class RankSpec:
     table_budget_bytes: int
     encode: str
     exchange_parts: int
+    partition: str
     bandwidths: list[float | None]  # None: unshaped (real link)
     link: str
     topology: str

@@ -130,7 +130,7 @@ def _run_setting(cfg, family, size, n, link_mode, bws, methods, books, work) -> 
         model=family, size=size, tokens=cfg.tokens, layers=cfg.layers, seed=cfg.seed, threads=cfg.threads,
         methods=methods, groups=cfg.groups, codebooks=books,
         table_budget_bytes=int(cfg.table_budget_mib * 2**20), encode=cfg.encode,
-        exchange_parts=cfg.exchange_parts, bandwidths=bws, link=link_mode, topology=cfg.topology,
+        exchange_parts=cfg.exchange_parts, partition=cfg.partition, bandwidths=bws, link=link_mode, topology=cfg.topology,
         latency_ms=cfg.latency_ms, transport=cfg.transport, loss_pct=loss_permille(cfg.loss_pct) / 10,
         delay_ms=cfg.delay_ms,
         rate_schedule=None if cfg.rate_schedule is None else RateSchedule.parse(cfg.rate_schedule).spec,

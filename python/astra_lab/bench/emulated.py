@@ -70,7 +70,8 @@ def run_setting(cfg: BenchConfig, model, name: str, n: int, bandwidths: list[flo
     inputs = models.example_inputs(model, cfg.tokens, 1, seed=cfg.seed)
     compared = bench_methods.build(model, methods, cfg.groups, books,
                                    table_budget_bytes=int(cfg.table_budget_mib * 2**20), encode=cfg.encode,
-                                   tokens=cfg.tokens, exchange_parts=cfg.exchange_parts)
+                                   tokens=cfg.tokens, exchange_parts=cfg.exchange_parts,
+                                   partition=cfg.partition)
     wire = wire_model(cfg)
     keep_freed_memory()
     print(f"[bench] {name}: {n} emulated ranks ({cfg.topology}), bandwidths {bandwidths} Mbps, methods {methods}",

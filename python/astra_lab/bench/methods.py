@@ -89,7 +89,7 @@ class FirstToken:
 
 def build(model, names: list[str], groups: list[int], codebooks: dict[str, str | Codebooks], *,
           table_budget_bytes: int, encode: str, tokens: int,
-          exchange_parts: int = 1) -> list[tuple[str, int | None, object]]:
+          exchange_parts: int = 1, partition: str = "balanced") -> list[tuple[str, int | None, object]]:
     """(name, groups, method) of the single device and of every method in ``names`` ("astra" once per G,
     ``codebooks[str(G)]`` a codebook file or :class:`Codebooks`; "pp" once per chunk count of ``tokens``,
     :func:`~astra_lab.baselines.pipeline_parallel.chunk_counts`)."""
@@ -101,7 +101,8 @@ def build(model, names: list[str], groups: list[int], codebooks: dict[str, str |
                 books = codebooks[str(g)]
                 books = books if isinstance(books, Codebooks) else Codebooks.load(books)
                 out.append(("astra", g, wrap(AstraEngine(model, books, table_budget_bytes=table_budget_bytes,
-                                                         encode=encode, exchange_parts=exchange_parts))))
+                                                         encode=encode, exchange_parts=exchange_parts,
+                                                         partition=partition))))
         elif name == "pp":
             for c in chunk_counts(tokens, models.adapt(model).causal):
                 out.append(("pp", None, wrap(baselines.build("pp", model, pp_chunks=c))))
@@ -122,7 +123,7 @@ def method_fields(name: str, method, inputs: torch.Tensor, world: int) -> dict:
     if name == "astra":
         fields.update(remote_formulation=method.remote_formulations(inputs, world), encoding=method.encode,
                       quantize=method.quantize,
-                      exchange_parts=method.exchange_parts)
+                      exchange_parts=method.exchange_parts, partition=method.partition)
     if name == "pp":
         fields["pp_chunks"] = method.pp_chunks
     if isinstance(method, FirstToken) or getattr(method, "first_token", False):

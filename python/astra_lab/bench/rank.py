@@ -205,7 +205,7 @@ def main(spec_path: str) -> None:
     inputs = models.example_inputs(model, spec.tokens, 1, seed=spec.seed)
     methods = bench_methods.build(model, spec.methods, spec.groups, spec.codebooks,
                                   table_budget_bytes=spec.table_budget_bytes, encode=spec.encode, tokens=spec.tokens,
-                                  exchange_parts=spec.exchange_parts)
+                                  exchange_parts=spec.exchange_parts, partition=spec.partition)
     rank0 = transport.rank == 0
 
     fastest = max((b for b in spec.bandwidths if b is not None), default=None)
