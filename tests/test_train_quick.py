@@ -133,3 +133,16 @@ def test_minilm_pipeline():
     values = {(r["variant"], r["groups"]): r["value"] for r in rows}
     assert values[("original", None)] == pytest.approx(1.0, abs=1e-5)
     assert all(0.0 < v <= 1.0 + 1e-6 for v in values.values())
+
+
+@pytest.mark.parametrize("config,sizes", [(None, "71, 66, 61 and 58"), ("LLAMA", "72, 66, 61 and 57")])
+def test_kjv_notes_name_the_balanced_cut_of_their_model(config, sizes):
+    from astra.partition import sequence_layout
+    from astra_lab.train import kjv
+
+    cfg = kjv.KjvConfig() if config is None else getattr(kjv, config)
+    adapter = astra.adapt(kjv.build_model(cfg))
+    layout = sequence_layout(adapter, cfg.context, cfg.ranks)
+    cut = [layout.size(r) for r in range(cfg.ranks)]
+    assert f"{', '.join(map(str, cut[:-1]))} and {cut[-1]}" == sizes
+    assert sizes in results.NOTES["kjv_llama" if cfg.architecture == "llama" else "kjv"]

@@ -25,16 +25,22 @@ TITLES = {
 
 
 # What a task's table decides, printed under it (the figures it cites are the table's own rows).
+def _even_cut(sizes: str) -> str:
+    return ("The N = 4 rows of this task were measured with each 256-byte window cut into four equal chunks "
+            f"(`--partition even`); the default `balanced` cut, which the same command now simulates, gives the "
+            f"ranks {sizes} bytes (equal work: a later rank attends to more earlier bytes).")
+
+
 NOTES = {
-    "kjv_llama": (
-        "The default `quantize` for the Llama families stays `input`. At N = 4 both choices keep the perplexity "
-        "within 0.4 % of the original at every G, zero-shot and fine-tuned (G = 32: input 3.3781, kv 3.3765, "
-        "against 3.3857 for the original trained on for as many steps), so accuracy does not choose between "
-        "them. The bytes do: `kv` sends 2G codes per token (the key's and the value's), twice `input`'s at the "
-        "same G. On the SmolLM2-135M shape at N = 2 and G = 32 (benchmarks/RESULTS.md, L6) `kv` is a little "
-        "faster where the link is not the limit (10 Mbps: 1.71x against 1.58x, no projection of the remote "
-        "tokens), and far slower where it is (2 Mbps: 0.81x against 1.69x, 1.2 MB against 0.6 MB per prompt)."
-    ),
+    "kjv": _even_cut("71, 66, 61 and 58"),  # sequence_layout of the task's model (tests/test_train_quick.py)
+    "kjv_llama": _even_cut("72, 66, 61 and 57") + " "
+    "The default `quantize` for the Llama families stays `input`. At N = 4 both choices keep the perplexity "
+    "within 0.4 % of the original at every G, zero-shot and fine-tuned (G = 32: input 3.3781, kv 3.3765, "
+    "against 3.3857 for the original trained on for as many steps), so accuracy does not choose between "
+    "them. The bytes do: `kv` sends 2G codes per token (the key's and the value's), twice `input`'s at the "
+    "same G. On the SmolLM2-135M shape at N = 2 and G = 32 (benchmarks/RESULTS.md, L6) `kv` is a little "
+    "faster where the link is not the limit (10 Mbps: 1.71x against 1.58x, no projection of the remote "
+    "tokens), and far slower where it is (2 Mbps: 0.81x against 1.69x, 1.2 MB against 0.6 MB per prompt).",
 }
 
 
