@@ -56,7 +56,8 @@ def test_training_simulation_is_the_engine_simulation_in_eval_mode(make):
     with torch.no_grad():
         for n in (1, 3):
             got = simulate(astra.adapt(model), quantizers, x, n).outputs
-            engine = astra.AstraEngine(model, books, encode="exact")  # the training quantizer's nearest codes
+            # the training quantizer's nearest codes; the training simulation cuts the sequence evenly
+            engine = astra.AstraEngine(model, books, encode="exact", partition="even")
             torch.testing.assert_close(got, engine.forward(x, n), rtol=1e-4, atol=1e-4)
 
 
@@ -134,15 +135,3 @@ def test_minilm_pipeline():
     assert values[("original", None)] == pytest.approx(1.0, abs=1e-5)
     assert all(0.0 < v <= 1.0 + 1e-6 for v in values.values())
 
-
-@pytest.mark.parametrize("config,sizes", [(None, "71, 66, 61 and 58"), ("LLAMA", "72, 66, 61 and 57")])
-def test_kjv_notes_name_the_balanced_cut_of_their_model(config, sizes):
-    from astra.partition import sequence_layout
-    from astra_lab.train import kjv
-
-    cfg = kjv.KjvConfig() if config is None else getattr(kjv, config)
-    adapter = astra.adapt(kjv.build_model(cfg))
-    layout = sequence_layout(adapter, cfg.context, cfg.ranks)
-    cut = [layout.size(r) for r in range(cfg.ranks)]
-    assert f"{', '.join(map(str, cut[:-1]))} and {cut[-1]}" == sizes
-    assert sizes in results.NOTES["kjv_llama" if cfg.architecture == "llama" else "kjv"]

@@ -13,7 +13,9 @@ Two ways to cut (:data:`PARTITIONS`):
     for causal models: chunks sized so that every rank's work is about the
     same (:func:`balanced_sizes`). With equal chunks the last rank attends to
     every earlier token, the first only to its own, so the later ranks get
-    fewer tokens. Without a causal mask it is the even cut.
+    fewer tokens. Without a causal mask it is the even cut. The cut depends on
+    the model's shape only (not on the kernels or formulations that run it), so
+    every rank computes the same one and results do not depend on the backend.
 """
 from __future__ import annotations
 
@@ -85,26 +87,33 @@ def balanced_sizes(tokens: int, world_size: int, per_token: float, per_pair: flo
     if world_size == 1:
         return (tokens,)
 
+    seen: dict[tuple[int, int], float] = {}
+
+    def work(start: int, stop: int) -> float:
+        if (start, stop) not in seen:  # the bisection asks for the same chunks again and again
+            seen[start, stop] = causal_work(start, stop, per_token, per_pair)
+        return seen[start, stop]
+
     def cut(bound: float) -> tuple[int, ...] | None:
         sizes, start = [], 0
         for r in range(world_size - 1):
             lo, hi = start + 1, tokens - (world_size - 1 - r)  # stop positions that leave a token for the rest
-            if causal_work(start, lo, per_token, per_pair) > bound:
+            if work(start, lo) > bound:
                 return None
             while lo < hi:  # the largest stop within the bound
                 mid = (lo + hi + 1) // 2
-                if causal_work(start, mid, per_token, per_pair) <= bound:
+                if work(start, mid) <= bound:
                     lo = mid
                 else:
                     hi = mid - 1
             sizes.append(lo - start)
             start = lo
-        if causal_work(start, tokens, per_token, per_pair) > bound:
+        if work(start, tokens) > bound:
             return None
         return (*sizes, tokens - start)
 
     even = Layout(tokens, world_size, True)
-    lo, hi = 0.0, max(causal_work(*even.bounds(r), per_token, per_pair) for r in range(world_size))
+    lo, hi = 0.0, max(work(*even.bounds(r)) for r in range(world_size))
     best = cut(hi)
     for _ in range(60):  # the bound to well below one token's work
         mid = (lo + hi) / 2

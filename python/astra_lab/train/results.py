@@ -25,15 +25,14 @@ TITLES = {
 
 
 # What a task's table decides, printed under it (the figures it cites are the table's own rows).
-def _even_cut(sizes: str) -> str:
-    return ("The N = 4 rows of this task were measured with each 256-byte window cut into four equal chunks "
-            f"(`--partition even`); the default `balanced` cut, which the same command now simulates, gives the "
-            f"ranks {sizes} bytes (equal work: a later rank attends to more earlier bytes).")
+EVEN_CUT = ("The training simulation, and so every row of this task, cuts each 256-byte window into equal "
+            "chunks; the engine's default cut (`--partition balanced`) gives a later rank, which attends to more "
+            "earlier bytes, fewer of them; `--partition even` is this table's cut.")
 
 
 NOTES = {
-    "kjv": _even_cut("71, 66, 61 and 58"),  # sequence_layout of the task's model (tests/test_train_quick.py)
-    "kjv_llama": _even_cut("72, 66, 61 and 57") + " "
+    "kjv": EVEN_CUT,
+    "kjv_llama": EVEN_CUT + " "
     "The default `quantize` for the Llama families stays `input`. At N = 4 both choices keep the perplexity "
     "within 0.4 % of the original at every G, zero-shot and fine-tuned (G = 32: input 3.3781, kv 3.3765, "
     "against 3.3857 for the original trained on for as many steps), so accuracy does not choose between "

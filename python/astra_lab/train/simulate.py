@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from astra import block as B
 from astra.models.base import ModelAdapter
-from astra.partition import Layout, sequence_layout
+from astra.partition import Layout
 
 from .quantizer import BlockQuantizer
 
@@ -67,7 +67,7 @@ def simulate(adapter: ModelAdapter, quantizers: list[BlockQuantizer] | None, inp
     rotation = adapter.rotary(torch.arange(t))
     if rotation is not None and adapter.class_tokens:
         raise ValueError("rotary positions with class tokens are not supported")
-    layout = sequence_layout(adapter, t, world_size)  # the engine's default cut
+    layout = Layout(t, world_size, adapter.causal)  # equal chunks: AstraEngine(partition="even")
     h = adapter.embed(inputs, 0, t)
     batch, device = h.shape[0], h.device
     ranks = _token_ranks(layout).to(device)
