@@ -30,15 +30,21 @@ int64_t balanced_block(int64_t n, int64_t target) {
 
 template <class T>
 struct AttentionPlan<T>::Workspace {
-  Workspace(int64_t heads, int64_t rows, int64_t block_rows, int64_t d, int64_t score_ld, int64_t tile_entries)
-      : queries(static_cast<size_t>(heads * rows * d)),
-        acc(static_cast<size_t>(heads * rows * d)),
-        row_max(static_cast<size_t>(heads * rows)),
-        row_sum(static_cast<size_t>(heads * rows)),
-        scores(static_cast<size_t>(block_rows * score_ld)),
-        visible(static_cast<size_t>(block_rows)),
-        key_tile(static_cast<size_t>(tile_entries * heads * d)),
-        value_tile(static_cast<size_t>(tile_entries * heads * d)) {}
+  // Buffers only grow: the workspace of a thread serves all its later calls.
+  void reserve(int64_t heads, int64_t rows, int64_t block_rows, int64_t d, int64_t score_ld, int64_t tile_entries) {
+    grow(queries, heads * rows * d);
+    grow(acc, heads * rows * d);
+    grow(row_max, heads * rows);
+    grow(row_sum, heads * rows);
+    grow(scores, block_rows * score_ld);
+    grow(visible, block_rows);
+    grow(key_tile, tile_entries * heads * d);
+    grow(value_tile, tile_entries * heads * d);
+  }
+  template <class U>
+  static void grow(std::vector<U>& v, int64_t n) {
+    if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
+  }
 
   // Per kv head of the task (head i at i * rows rows):
   std::vector<T> queries;  // (rows, d) scaled by scale * log2(e)
@@ -172,7 +178,9 @@ template <class T>
 void AttentionPlan<T>::run(int64_t begin, int64_t end, const AttentionGemms<T>& gemms,
                            const AttentionOutputs<T>& outputs) const {
   if (begin >= end) return;
-  Workspace ws(heads_per_task_, task_rows_, block_rows_, shape_.head_dim, score_ld_, tile_entries_);
+  // Kept per thread: a fresh workspace of a few MB costs its page faults on every call.
+  thread_local Workspace ws;
+  ws.reserve(heads_per_task_, task_rows_, block_rows_, shape_.head_dim, score_ld_, tile_entries_);
   for (int64_t task = begin; task < end; ++task) run_task(task, ws, gemms, outputs);
 }
 
