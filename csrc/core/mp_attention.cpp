@@ -105,12 +105,13 @@ AttentionPlan<T>::AttentionPlan(const AttentionShape& shape, const AttentionInpu
       shape.groups * shape.codes * shape.kv_heads * d * static_cast<int64_t>(sizeof(T));
   heads_per_task_ = 1;
   int64_t blocks_per_task = 1;
-  if (inputs.formulation == RemoteFormulation::kTokens && shape.remote > 0 &&
-      table_bytes > kSharedGatherTableBytes) {
-    // Each remote tile is gathered once per task: a task takes all kv heads and query blocks that
-    // still leave every thread a task, within the workspace budget.
+  if (inputs.formulation == RemoteFormulation::kTokens && shape.remote > 0) {
+    // Each remote tile is gathered once per task: a task takes all query blocks (and, with large
+    // tables, kv heads) that still leave every thread a task, within the workspace budget.
     const int64_t workers = std::max<int64_t>(1, threads);
-    heads_per_task_ = std::clamp<int64_t>(shape.kv_heads * shape.batch / workers, 1, shape.kv_heads);
+    if (table_bytes > kSharedGatherTableBytes) {
+      heads_per_task_ = std::clamp<int64_t>(shape.kv_heads * shape.batch / workers, 1, shape.kv_heads);
+    }
     const int64_t head_tasks =
         std::max<int64_t>(1, shape.batch * ((shape.kv_heads + heads_per_task_ - 1) / heads_per_task_));
     const int64_t query_tasks = (workers + head_tasks - 1) / head_tasks;  // what the threads still need

@@ -12,8 +12,9 @@
 //
 // Work: one task per (batch row, group of kv heads, block of queries); the
 // H / Hkv query heads sharing a kv head are processed together (taller GEMMs).
-// With tables beyond the caches, a task takes several query blocks (and kv
-// heads) so that each gathered remote tile serves all of them.
+// In the tokens formulation a task takes several query blocks (and, with
+// tables beyond the caches, kv heads) so that each gathered remote tile serves
+// all of them.
 // Per kv head, a task keeps its scaled queries, running max/sum and output
 // accumulators in a workspace and walks the key blocks: scores Q.K^T and the
 // P.V update run through caller-supplied GEMMs, the softmax update through
@@ -125,8 +126,9 @@ class AttentionPlan {
   // heads together, the rows stream at the core's memory bandwidth, one kv
   // head at a time they do not (benchmarks/RESULTS.md, tuning constants).
   static constexpr int64_t kSharedGatherTableBytes = 4 << 20;
-  // ... and for several query blocks per task, so that each remote tile is gathered once for all of
-  // them: up to this many elements of per-row state (scaled queries, accumulators) per task.
+  // Remote tokens are gathered for several query blocks per task (tables of any size), so that each
+  // remote tile is gathered once for all of them: up to this many elements of per-row state (scaled
+  // queries, accumulators) per task.
   static constexpr int64_t kSharedTaskElements = 2 << 20;
 
   // `kernels` must outlive the plan, and so must the inputs' memory.
