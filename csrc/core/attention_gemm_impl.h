@@ -20,25 +20,34 @@ namespace {
 constexpr int kGemmRows = 6;
 constexpr int kGemmVectors = 2;
 
-// C[r, v*W + l] (+)= sum_p A[r, p] * B[p, v*W + l] for r < MR, v < NV, over p < k.
+// C[r, v*W + l] (+)= sum_p A[r, p] * B[p, v*W + l] for r < MR, v < NV, over p < k. The loops over the
+// tile are unrolled explicitly: GCC otherwise keeps a stack copy of the accumulators, stored and
+// reloaded around every tile (many tiles here: k is only the head dim for the scores).
 template <class S, int MR, int NV, bool Accumulate>
 inline void gemm_tile(int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
                       int64_t ldc) {
   using F = typename S::F;
   constexpr int W = S::kWidth;
   F acc[MR][NV];
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = Accumulate ? S::load(c + r * ldc + v * W) : S::broadcast(0.0f);
   }
   for (int64_t p = 0; p < k; ++p) {
     F bv[NV];
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bv[v] = S::load(b + p * ldb + v * W);
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const F ar = S::broadcast(a[r * lda + p]);
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[r][v] = S::fmadd(ar, bv[v], acc[r][v]);
     }
   }
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) S::store(c + r * ldc + v * W, acc[r][v]);
   }
 }
