@@ -1,10 +1,11 @@
 // Templated fp32 GEMMs of the fused attention (AttentionGemms in mp_attention.h), instantiated once per
 // instruction set through attention_kernels_impl.h with its traits type S (load, store, broadcast,
-// fmadd). Sized for the attention's shapes: the inner dimension is the head dim (scores, Q.K^T) or a key
-// block (P.V), the outer ones a few hundred rows and keys. A register tile of kGemmRows rows by
-// kGemmVectors vectors accumulates over the whole inner dimension; the scores' right operand, the key
-// block, is first packed transposed in panels of the tile's width (a few KB, it stays in L1 while the
-// rows stream past it). No cache blocking of the inner dimension: it is at most a key block here.
+// fmadd, transpose8: an 8 x 8 block transposed). Sized for the attention's shapes: the inner dimension
+// is the head dim (scores, Q.K^T) or a key block (P.V), the outer ones a few hundred rows and keys. A
+// register tile of kGemmRows rows by kGemmVectors vectors accumulates over the whole inner dimension;
+// the scores' right operand, the key block, is first packed transposed in panels of the tile's width (a
+// few KB, it stays in L1 while the rows stream past it). No cache blocking of the inner dimension: it
+// is at most a key block here.
 //
 // Include only from attention_kernels_impl.h; everything here has internal linkage.
 #pragma once
@@ -79,23 +80,29 @@ void gemm_abt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, cons
               float* c, int64_t ldc) {
   constexpr int64_t kPanel = kGemmVectors * S::kWidth;
   if (m <= 0 || n <= 0) return;
-  thread_local std::vector<float> packed, scratch;
-  packed.assign(static_cast<size_t>(k * kPanel), 0.0f);
+  thread_local std::vector<float> packed_buffer, scratch;
+  packed_buffer.resize(static_cast<size_t>(k * kPanel));
+  float* packed = packed_buffer.data();
   for (int64_t j0 = 0; j0 < n; j0 += kPanel) {
     const int64_t cols = std::min(kPanel, n - j0);
-    for (int64_t j = 0; j < cols; ++j) {
-      const float* row = b + (j0 + j) * ldb;
-      for (int64_t p = 0; p < k; ++p) packed[static_cast<size_t>(p * kPanel + j)] = row[p];
+    // 8 x 8 blocks through registers, the rest element by element
+    const int64_t block_cols = cols / 8 * 8, block_k = k / 8 * 8;
+    for (int64_t j = 0; j < block_cols; j += 8) {
+      for (int64_t p = 0; p < block_k; p += 8) {
+        S::transpose8(b + (j0 + j) * ldb + p, ldb, packed + p * kPanel + j, kPanel);
+      }
     }
-    for (int64_t j = cols; j < kPanel; ++j) {
-      for (int64_t p = 0; p < k; ++p) packed[static_cast<size_t>(p * kPanel + j)] = 0.0f;
+    for (int64_t j = 0; j < kPanel; ++j) {
+      for (int64_t p = j < block_cols ? block_k : 0; p < k; ++p) {
+        packed[p * kPanel + j] = j < cols ? b[(j0 + j) * ldb + p] : 0.0f;
+      }
     }
     if (cols == kPanel) {
-      gemm_rows<S, kGemmVectors, false>(m, k, a, lda, packed.data(), kPanel, c + j0, ldc);
+      gemm_rows<S, kGemmVectors, false>(m, k, a, lda, packed, kPanel, c + j0, ldc);
       continue;
     }
     scratch.resize(static_cast<size_t>(m * kPanel));
-    gemm_rows<S, kGemmVectors, false>(m, k, a, lda, packed.data(), kPanel, scratch.data(), kPanel);
+    gemm_rows<S, kGemmVectors, false>(m, k, a, lda, packed, kPanel, scratch.data(), kPanel);
     for (int64_t i = 0; i < m; ++i) {
       std::copy(scratch.data() + i * kPanel, scratch.data() + i * kPanel + cols, c + i * ldc + j0);
     }
