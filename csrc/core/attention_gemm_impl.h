@@ -2,10 +2,9 @@
 // instruction set through attention_kernels_impl.h with its traits type S (load, store, broadcast,
 // fmadd, transpose8: an 8 x 8 block transposed). Sized for the attention's shapes: the inner dimension
 // is the head dim (scores, Q.K^T) or a key block (P.V), the outer ones a few hundred rows and keys. A
-// register tile of kGemmRows rows by kGemmVectors vectors accumulates over the whole inner dimension;
-// the scores' right operand, the key block, is first packed transposed in panels of the tile's width (a
-// few KB, it stays in L1 while the rows stream past it). No cache blocking of the inner dimension: it
-// is at most a key block here.
+// register tile of kGemmRows rows by kGemmVectors vectors accumulates over the inner dimension; the
+// right operand is first packed in panels of the tile's width, transposed for the scores (the key
+// block), in chunks of up to 32 KB of rows for P.V: it stays in L1 while the rows stream past it.
 //
 // Include only from attention_kernels_impl.h; everything here has internal linkage.
 #pragma once
@@ -109,16 +108,31 @@ void gemm_abt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, cons
   }
 }
 
-// C (m, n) += A (m, k) . B, B (k, n) read in place: panels of kGemmVectors vectors, then single vectors,
-// then the last columns (n % W) one by one.
+// C (m, n) += A (m, k) . B, B (k, n): panels of kGemmVectors vectors, each copied in chunks of its rows
+// to a contiguous buffer first (B's rows are a tile's or a head's, up to a few KB apart: read in place,
+// a panel's lines would fall in a few L1 sets and miss on every tile of rows), then single vectors read
+// in place, then the last columns (n % W) one by one.
 template <class S>
 void gemm_ab_add(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
                  float* c, int64_t ldc) {
   constexpr int64_t W = S::kWidth;
+  constexpr int64_t kPanel = kGemmVectors * W;
+  constexpr int64_t kChunk = 8192 / kPanel;  // rows per packed chunk: 32 KB
   if (m <= 0 || n <= 0) return;
+  thread_local std::vector<float> packed_buffer;
+  packed_buffer.resize(static_cast<size_t>(std::min(k, kChunk) * kPanel));
+  float* packed = packed_buffer.data();
   int64_t j0 = 0;
-  for (; j0 + kGemmVectors * W <= n; j0 += kGemmVectors * W) {
-    gemm_rows<S, kGemmVectors, true>(m, k, a, lda, b + j0, ldb, c + j0, ldc);
+  for (; j0 + kPanel <= n; j0 += kPanel) {
+    for (int64_t p0 = 0; p0 < k; p0 += kChunk) {
+      const int64_t rows = std::min(kChunk, k - p0);
+      for (int64_t p = 0; p < rows; ++p) {
+        for (int v = 0; v < kGemmVectors; ++v) {
+          S::store(packed + p * kPanel + v * W, S::load(b + (p0 + p) * ldb + j0 + v * W));
+        }
+      }
+      gemm_rows<S, kGemmVectors, true>(m, rows, a + p0, lda, packed, kPanel, c + j0, ldc);
+    }
   }
   for (; j0 + W <= n; j0 += W) gemm_rows<S, 1, true>(m, k, a, lda, b + j0, ldb, c + j0, ldc);
   for (int64_t i = 0; i < m; ++i) {
