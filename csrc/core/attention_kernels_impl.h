@@ -109,7 +109,8 @@ void softmax_rows(const SoftmaxRowsArgs<float>& a) {
     }
     for (; v < live; ++v) vsum0 = S::add(vsum0, prob(v));
     for (; v < vectors; ++v) S::store(s + v * W, zero);
-    const float alpha = m_old == kNegInf ? 0.0f : std::exp2(m_old - m_new);
+    // An unchanged max (the usual case past the first blocks) needs no exp2: alpha is exactly 1.
+    const float alpha = m_old == kNegInf ? 0.0f : m_old == m_new ? 1.0f : std::exp2(m_old - m_new);
     a.row_sum[r] = a.row_sum[r] * alpha + S::reduce_add(S::add(S::add(vsum0, vsum1), S::add(vsum2, vsum3)));
     a.row_max[r] = m_new;
     if (alpha != 1.0f) {

@@ -115,11 +115,13 @@ class AttentionPlan {
   // amortise the GEMM's packing of each key block.
   // Keys per block: the scores (rows x keys) stay in L2. Rows per chunk on the
   // causal diagonal: fewer wasted masked scores vs shorter GEMMs. Gathered
-  // remote tile (keys x kv heads x d, for K and V each): L2-sized.
+  // remote tile (keys x kv heads x d, for K and V each): a full key block for
+  // up to 8 kv heads of d = 64 (each block costs every row its softmax
+  // bookkeeping), a head's slice of it L2-sized.
   static constexpr int64_t kTaskRows = 256;
   static constexpr int64_t kBlockKeys = 512;
   static constexpr int64_t kDiagonalRows = 64;
-  static constexpr int64_t kTileElements = 128 * 1024;
+  static constexpr int64_t kTileElements = 256 * 1024;
   // Tables above this size (each) are gathered for several kv heads per task:
   // a table beyond the TLB's and L2's reach costs a TLB and cache miss per
   // row segment, so longer row segments are read at once: gathered for all kv
