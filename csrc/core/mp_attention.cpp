@@ -231,9 +231,11 @@ void AttentionPlan<T>::run_task(int64_t index, Workspace& ws, const AttentionGem
     if (in_.prior_out != nullptr) start_from_prior(task, head);
   }
 
-  attend_remote(task, ws, gemms);
-  for (int64_t i = 0; i < task.kv_heads; ++i) {
-    attend_local(task, head_state(task, ws, i), ws, gemms);
+  if (!attend_remote(task, ws, gemms)) {  // no remote tile: the local keys alone
+    for (int64_t i = 0; i < task.kv_heads; ++i) {
+      const HeadState head = head_state(task, ws, i);
+      for (int64_t r0 = 0; r0 < task.rows; r0 += block_rows_) attend_local(task, head, r0, ws, gemms);
+    }
   }
 
   for (int64_t i = 0; i < task.kv_heads; ++i) {
@@ -279,8 +281,10 @@ void AttentionPlan<T>::start_from_prior(const Task& task, const HeadState& head)
   }
 }
 
+// Each query block's local keys follow its last remote tile at once, while the block's queries and
+// accumulators are still in cache. Returns false when there is no remote tile (nothing attended).
 template <class T>
-void AttentionPlan<T>::attend_remote(const Task& task, Workspace& ws,
+bool AttentionPlan<T>::attend_remote(const Task& task, Workspace& ws,
                                      const AttentionGemms<T>& gemms) const {
   const int64_t d = shape_.head_dim;
   const bool codewords = in_.formulation == RemoteFormulation::kCodewords;
@@ -311,15 +315,18 @@ void AttentionPlan<T>::attend_remote(const Task& task, Workspace& ws,
     gather.bias = in_.v_bias != nullptr ? in_.v_bias + offset : nullptr;
     gather.out = ws.value_tile.data();
     kernels_.gather(gather);
+    const bool last_tile = e0 + n == entries;
     for (int64_t i = 0; i < task.kv_heads; ++i) {
       const HeadState head = head_state(task, ws, i);
       for (int64_t r0 = 0; r0 < task.rows; r0 += block_rows_) {  // the scores of one query block at a time
         attend_block(shifted(head, r0), ws, gemms, 0, std::min(block_rows_, task.rows - r0),
                      ws.key_tile.data() + i * d, width, ws.value_tile.data() + i * d, width, n,
                      bias != nullptr ? bias + e0 : nullptr, nullptr);
+        if (last_tile) attend_local(task, head, r0, ws, gemms);
       }
     }
   }
+  return entries > 0;
 }
 
 // Rows [0, entries) of the key tile hold remote tokens first_entry.. for `kv_heads` heads side by
@@ -346,17 +353,16 @@ void AttentionPlan<T>::rotate_tile(T* tile, int64_t first_entry, int64_t entries
   }
 }
 
+// The local keys of the task's query block at row `r0` of `head` (a multiple of block_rows_).
 template <class T>
-void AttentionPlan<T>::attend_local(const Task& task, const HeadState& head, Workspace& ws,
+void AttentionPlan<T>::attend_local(const Task& task, const HeadState& head, int64_t r0, Workspace& ws,
                                     const AttentionGemms<T>& gemms) const {
   if (shape_.local == 0) return;
-  for (int64_t t0 = task.t0; t0 < task.t1; t0 += block_queries_) {
-    Task block = task;
-    block.t0 = t0;
-    block.t1 = std::min(task.t1, t0 + block_queries_);
-    block.rows = (block.t1 - block.t0) * group_size_;
-    attend_local_block(block, shifted(head, (t0 - task.t0) * group_size_), ws, gemms);
-  }
+  Task block = task;
+  block.t0 = task.t0 + r0 / group_size_;
+  block.t1 = std::min(task.t1, block.t0 + block_queries_);
+  block.rows = (block.t1 - block.t0) * group_size_;
+  attend_local_block(block, shifted(head, r0), ws, gemms);
 }
 
 // One query block's rows [0, task.rows) of `head` (task.t0, task.t1: the block's queries).

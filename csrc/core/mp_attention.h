@@ -155,10 +155,10 @@ class AttentionPlan {
   void start_from_prior(const Task& task, const HeadState& head) const;
   void run_task(int64_t task, Workspace& ws, const AttentionGemms<T>& gemms,
                 const AttentionOutputs<T>& outputs) const;
-  void attend_remote(const Task& task, Workspace& ws, const AttentionGemms<T>& gemms) const;
+  bool attend_remote(const Task& task, Workspace& ws, const AttentionGemms<T>& gemms) const;
   void rotate_tile(T* tile, int64_t first_entry, int64_t entries, int64_t kv_heads) const;
   HeadState shifted(const HeadState& head, int64_t rows) const;
-  void attend_local(const Task& task, const HeadState& head, Workspace& ws,
+  void attend_local(const Task& task, const HeadState& head, int64_t r0, Workspace& ws,
                     const AttentionGemms<T>& gemms) const;
   void attend_local_block(const Task& task, const HeadState& head, Workspace& ws,
                           const AttentionGemms<T>& gemms) const;
