@@ -111,7 +111,8 @@ void softmax_rows(const SoftmaxRowsArgs<float>& a) {
     for (; v < vectors; ++v) S::store(s + v * W, zero);
     // An unchanged max (the usual case past the first blocks) needs no exp2: alpha is exactly 1.
     const float alpha = m_old == kNegInf ? 0.0f : m_old == m_new ? 1.0f : std::exp2(m_old - m_new);
-    a.row_sum[r] = a.row_sum[r] * alpha + S::reduce_add(S::add(S::add(vsum0, vsum1), S::add(vsum2, vsum3)));
+    const F vsum = S::add(S::add(vsum0, vsum1), S::add(vsum2, vsum3));
+    a.row_sum[r] = a.row_sum[r] * alpha + S::reduce_add(vsum);
     a.row_max[r] = m_new;
     if (alpha != 1.0f) {
       float* o = a.o + r * a.ldo;
@@ -141,7 +142,8 @@ void gather(const GatherArgs<float>& a) {
     if (e + kGatherAhead < a.entries) {
       const int32_t* ahead = a.codes + (e + kGatherAhead) * a.code_stride;
       for (int64_t g = 0; g < a.groups; ++g) {
-        const char* row = reinterpret_cast<const char*>(a.table + g * group_stride + ahead[g] * a.row_width + a.offset);
+        const char* row =
+            reinterpret_cast<const char*>(a.table + g * group_stride + ahead[g] * a.row_width + a.offset);
         for (int64_t b = 0; b < std::min(kGatherPrefetchBytes, bytes); b += 64) __builtin_prefetch(row + b);
       }
     }

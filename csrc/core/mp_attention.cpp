@@ -31,7 +31,8 @@ int64_t balanced_block(int64_t n, int64_t target) {
 template <class T>
 struct AttentionPlan<T>::Workspace {
   // Buffers only grow: the workspace of a thread serves all its later calls.
-  void reserve(int64_t heads, int64_t rows, int64_t block_rows, int64_t d, int64_t score_ld, int64_t tile_entries) {
+  void reserve(int64_t heads, int64_t rows, int64_t block_rows, int64_t d, int64_t score_ld,
+               int64_t tile_entries) {
     grow(queries, heads * rows * d);
     grow(acc, heads * rows * d);
     grow(row_max, heads * rows);

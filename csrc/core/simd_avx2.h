@@ -51,7 +51,8 @@ struct SimdAvx2 {
   static void transpose8(const float* src, int64_t ld, float* dst, int64_t ldd) {
     __m256 r[8], t[8];
     for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld);
-    for (int i = 0; i < 8; i += 2) {  // t[i]: columns 0 1 | 4 5 of rows i, i + 1 interleaved; t[i + 1]: 2 3 | 6 7
+    // t[i]: columns 0 1 | 4 5 of rows i, i + 1 interleaved; t[i + 1]: columns 2 3 | 6 7
+    for (int i = 0; i < 8; i += 2) {
       t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
       t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
     }
