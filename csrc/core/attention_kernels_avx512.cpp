@@ -16,6 +16,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include "core/simd_avx2.h"
 #include "core/simd_avx512.h"
 
 namespace astra::core {
@@ -28,6 +29,9 @@ struct AttentionAvx512 : SimdAvx512 {
   static F max(F a, F b) { return _mm512_max_ps(a, b); }
   static float reduce_max(F v) { return _mm512_reduce_max_ps(v); }
   static float reduce_add(F v) { return _mm512_reduce_add_ps(v); }
+  static void transpose8(const float* src, int64_t ld, float* dst, int64_t ldd) {
+    SimdAvx2::transpose8(src, ld, dst, ldd);
+  }
   static void exp2_reduced(F x, F& n, F& f) {
     n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     f = _mm512_sub_ps(x, n);

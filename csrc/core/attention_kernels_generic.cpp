@@ -18,6 +18,12 @@ struct AttentionGeneric : SimdGeneric {
   static F max(F a, F b) { return a > b ? a : b; }
   static float reduce_max(F v) { return std::max(std::max(v[0], v[1]), std::max(v[2], v[3])); }
   static float reduce_add(F v) { return (v[0] + v[2]) + (v[1] + v[3]); }
+  // dst[p * ldd + j] = src[j * ld + p] for j, p < 8.
+  static void transpose8(const float* src, int64_t ld, float* dst, int64_t ldd) {
+    for (int64_t j = 0; j < 8; ++j) {
+      for (int64_t p = 0; p < 8; ++p) dst[p * ldd + j] = src[j * ld + p];
+    }
+  }
   static void exp2_reduced(F x, F& n, F& f) {
     // Adding and subtracting 1.5 * 2^23 rounds to nearest for |x| < 2^22.
     const F magic = broadcast(12582912.0f);

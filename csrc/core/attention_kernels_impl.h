@@ -64,37 +64,54 @@ void softmax_rows(const SoftmaxRowsArgs<float>& a) {
     const int64_t visible = a.visible != nullptr ? std::min(a.visible[r], a.cols) : a.cols;
     const int64_t live =
         (std::max<int64_t>(visible, 0) + W - 1) / W;  // vectors with a visible column
-    // Pass 1: biased, masked scores (stored back when they changed) and their max.
-    F vmax = neg_inf;
-    for (int64_t v = 0; v < live; ++v) {
+    // Pass 1: biased, masked scores (stored back when they changed) and their max, in two
+    // independent chains (even and odd vectors).
+    const auto biased = [&](int64_t v) {
       F x = S::load(s + v * W);
       if (a.col_bias != nullptr) x = S::add(x, S::load(a.col_bias + v * W));
       const int64_t left = visible - v * W;
       if (left < W) x = S::select(S::first_lanes(static_cast<int>(left)), x, neg_inf);
       if (a.col_bias != nullptr || left < W) S::store(s + v * W, x);
-      vmax = S::max(vmax, x);
+      return x;
+    };
+    F vmax0 = neg_inf, vmax1 = neg_inf;
+    int64_t v = 0;
+    for (; v + 2 <= live; v += 2) {
+      vmax0 = S::max(vmax0, biased(v));
+      vmax1 = S::max(vmax1, biased(v + 1));
     }
+    if (v < live) vmax0 = S::max(vmax0, biased(v));
     const float m_old = a.row_max[r];
-    const float m_new = std::max(m_old, live > 0 ? S::reduce_max(vmax) : kNegInf);
+    const float m_new = std::max(m_old, live > 0 ? S::reduce_max(S::max(vmax0, vmax1)) : kNegInf);
     const F zero = S::broadcast(0.0f);
     if (m_new == kNegInf) {
       // S::max drops NaN: a NaN score (a NaN query or key) makes the row NaN, as in the reference
       bool nan_score = false;
       for (int64_t c = 0; c < visible && !nan_score; ++c) nan_score = std::isnan(s[c]);
-      for (int64_t v = 0; v < vectors; ++v) S::store(s + v * W, nan_score ? S::broadcast(kNaN) : zero);
+      for (v = 0; v < vectors; ++v) S::store(s + v * W, nan_score ? S::broadcast(kNaN) : zero);
       if (nan_score) a.row_max[r] = a.row_sum[r] = kNaN;
       continue;
     }
-    // Pass 2: probabilities and their sum; columns past the visible ones are 0.
+    // Pass 2: probabilities and their sum (in four chains: the adds' latency would bound the
+    // loop); columns past the visible ones are 0.
     const F vm = S::broadcast(m_new);
-    F vsum = zero;
-    for (int64_t v = 0; v < live; ++v) {
+    const auto prob = [&](int64_t v) {
       const F p = exp2<S>(S::sub(S::load(s + v * W), vm));
       S::store(s + v * W, p);
-      vsum = S::add(vsum, p);
+      return p;
+    };
+    F vsum0 = zero, vsum1 = zero, vsum2 = zero, vsum3 = zero;
+    for (v = 0; v + 4 <= live; v += 4) {
+      vsum0 = S::add(vsum0, prob(v));
+      vsum1 = S::add(vsum1, prob(v + 1));
+      vsum2 = S::add(vsum2, prob(v + 2));
+      vsum3 = S::add(vsum3, prob(v + 3));
     }
-    for (int64_t v = live; v < vectors; ++v) S::store(s + v * W, zero);
-    const float alpha = m_old == kNegInf ? 0.0f : std::exp2(m_old - m_new);
+    for (; v < live; ++v) vsum0 = S::add(vsum0, prob(v));
+    for (; v < vectors; ++v) S::store(s + v * W, zero);
+    // An unchanged max (the usual case past the first blocks) needs no exp2: alpha is exactly 1.
+    const float alpha = m_old == kNegInf ? 0.0f : m_old == m_new ? 1.0f : std::exp2(m_old - m_new);
+    const F vsum = S::add(S::add(vsum0, vsum1), S::add(vsum2, vsum3));
     a.row_sum[r] = a.row_sum[r] * alpha + S::reduce_add(vsum);
     a.row_max[r] = m_new;
     if (alpha != 1.0f) {
@@ -110,13 +127,26 @@ void softmax_rows(const SoftmaxRowsArgs<float>& a) {
 // Up to kGatherVectors vectors of a row stay in registers while the G table
 // rows are summed into them.
 constexpr int kGatherVectors = 4;
+// The rows of the entry this far ahead are prefetched, their first bytes only (the hardware prefetcher
+// follows a row once it is read): random rows, one per group, are latency-bound otherwise.
+constexpr int64_t kGatherAhead = 2;
+constexpr int64_t kGatherPrefetchBytes = 256;
 
 template <class S>
 void gather(const GatherArgs<float>& a) {
   using F = typename S::F;
   constexpr int W = S::kWidth;
   const int64_t group_stride = a.codes_per_group * a.row_width;
+  const int64_t bytes = a.width * static_cast<int64_t>(sizeof(float));
   for (int64_t e = 0; e < a.entries; ++e) {
+    if (e + kGatherAhead < a.entries) {
+      const int32_t* ahead = a.codes + (e + kGatherAhead) * a.code_stride;
+      for (int64_t g = 0; g < a.groups; ++g) {
+        const char* row =
+            reinterpret_cast<const char*>(a.table + g * group_stride + ahead[g] * a.row_width + a.offset);
+        for (int64_t b = 0; b < std::min(kGatherPrefetchBytes, bytes); b += 64) __builtin_prefetch(row + b);
+      }
+    }
     const int32_t* codes = a.codes + e * a.code_stride;
     const float* first = a.table + codes[0] * a.row_width + a.offset;
     float* out = a.out + e * a.width;

@@ -30,15 +30,22 @@ int64_t balanced_block(int64_t n, int64_t target) {
 
 template <class T>
 struct AttentionPlan<T>::Workspace {
-  Workspace(int64_t heads, int64_t rows, int64_t block_rows, int64_t d, int64_t score_ld, int64_t tile_entries)
-      : queries(static_cast<size_t>(heads * rows * d)),
-        acc(static_cast<size_t>(heads * rows * d)),
-        row_max(static_cast<size_t>(heads * rows)),
-        row_sum(static_cast<size_t>(heads * rows)),
-        scores(static_cast<size_t>(block_rows * score_ld)),
-        visible(static_cast<size_t>(block_rows)),
-        key_tile(static_cast<size_t>(tile_entries * heads * d)),
-        value_tile(static_cast<size_t>(tile_entries * heads * d)) {}
+  // Buffers only grow: the workspace of a thread serves all its later calls.
+  void reserve(int64_t heads, int64_t rows, int64_t block_rows, int64_t d, int64_t score_ld,
+               int64_t tile_entries) {
+    grow(queries, heads * rows * d);
+    grow(acc, heads * rows * d);
+    grow(row_max, heads * rows);
+    grow(row_sum, heads * rows);
+    grow(scores, block_rows * score_ld);
+    grow(visible, block_rows);
+    grow(key_tile, tile_entries * heads * d);
+    grow(value_tile, tile_entries * heads * d);
+  }
+  template <class U>
+  static void grow(std::vector<U>& v, int64_t n) {
+    if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
+  }
 
   // Per kv head of the task (head i at i * rows rows):
   std::vector<T> queries;  // (rows, d) scaled by scale * log2(e)
@@ -99,12 +106,13 @@ AttentionPlan<T>::AttentionPlan(const AttentionShape& shape, const AttentionInpu
       shape.groups * shape.codes * shape.kv_heads * d * static_cast<int64_t>(sizeof(T));
   heads_per_task_ = 1;
   int64_t blocks_per_task = 1;
-  if (inputs.formulation == RemoteFormulation::kTokens && shape.remote > 0 &&
-      table_bytes > kSharedGatherTableBytes) {
-    // Each remote tile is gathered once per task: a task takes all kv heads and query blocks that
-    // still leave every thread a task, within the workspace budget.
+  if (inputs.formulation == RemoteFormulation::kTokens && shape.remote > 0) {
+    // Each remote tile is gathered once per task: a task takes all query blocks (and, with large
+    // tables, kv heads) that still leave every thread a task, within the workspace budget.
     const int64_t workers = std::max<int64_t>(1, threads);
-    heads_per_task_ = std::clamp<int64_t>(shape.kv_heads * shape.batch / workers, 1, shape.kv_heads);
+    if (table_bytes > kSharedGatherTableBytes) {
+      heads_per_task_ = std::clamp<int64_t>(shape.kv_heads * shape.batch / workers, 1, shape.kv_heads);
+    }
     const int64_t head_tasks =
         std::max<int64_t>(1, shape.batch * ((shape.kv_heads + heads_per_task_ - 1) / heads_per_task_));
     const int64_t query_tasks = (workers + head_tasks - 1) / head_tasks;  // what the threads still need
@@ -172,7 +180,9 @@ template <class T>
 void AttentionPlan<T>::run(int64_t begin, int64_t end, const AttentionGemms<T>& gemms,
                            const AttentionOutputs<T>& outputs) const {
   if (begin >= end) return;
-  Workspace ws(heads_per_task_, task_rows_, block_rows_, shape_.head_dim, score_ld_, tile_entries_);
+  // Kept per thread: a fresh workspace of a few MB costs its page faults on every call.
+  thread_local Workspace ws;
+  ws.reserve(heads_per_task_, task_rows_, block_rows_, shape_.head_dim, score_ld_, tile_entries_);
   for (int64_t task = begin; task < end; ++task) run_task(task, ws, gemms, outputs);
 }
 
@@ -222,9 +232,11 @@ void AttentionPlan<T>::run_task(int64_t index, Workspace& ws, const AttentionGem
     if (in_.prior_out != nullptr) start_from_prior(task, head);
   }
 
-  attend_remote(task, ws, gemms);
-  for (int64_t i = 0; i < task.kv_heads; ++i) {
-    attend_local(task, head_state(task, ws, i), ws, gemms);
+  if (!attend_remote(task, ws, gemms)) {  // no remote tile: the local keys alone
+    for (int64_t i = 0; i < task.kv_heads; ++i) {
+      const HeadState head = head_state(task, ws, i);
+      for (int64_t r0 = 0; r0 < task.rows; r0 += block_rows_) attend_local(task, head, r0, ws, gemms);
+    }
   }
 
   for (int64_t i = 0; i < task.kv_heads; ++i) {
@@ -270,8 +282,10 @@ void AttentionPlan<T>::start_from_prior(const Task& task, const HeadState& head)
   }
 }
 
+// Each query block's local keys follow its last remote tile at once, while the block's queries and
+// accumulators are still in cache. Returns false when there is no remote tile (nothing attended).
 template <class T>
-void AttentionPlan<T>::attend_remote(const Task& task, Workspace& ws,
+bool AttentionPlan<T>::attend_remote(const Task& task, Workspace& ws,
                                      const AttentionGemms<T>& gemms) const {
   const int64_t d = shape_.head_dim;
   const bool codewords = in_.formulation == RemoteFormulation::kCodewords;
@@ -302,15 +316,18 @@ void AttentionPlan<T>::attend_remote(const Task& task, Workspace& ws,
     gather.bias = in_.v_bias != nullptr ? in_.v_bias + offset : nullptr;
     gather.out = ws.value_tile.data();
     kernels_.gather(gather);
+    const bool last_tile = e0 + n == entries;
     for (int64_t i = 0; i < task.kv_heads; ++i) {
       const HeadState head = head_state(task, ws, i);
       for (int64_t r0 = 0; r0 < task.rows; r0 += block_rows_) {  // the scores of one query block at a time
         attend_block(shifted(head, r0), ws, gemms, 0, std::min(block_rows_, task.rows - r0),
                      ws.key_tile.data() + i * d, width, ws.value_tile.data() + i * d, width, n,
                      bias != nullptr ? bias + e0 : nullptr, nullptr);
+        if (last_tile) attend_local(task, head, r0, ws, gemms);
       }
     }
   }
+  return entries > 0;
 }
 
 // Rows [0, entries) of the key tile hold remote tokens first_entry.. for `kv_heads` heads side by
@@ -337,17 +354,16 @@ void AttentionPlan<T>::rotate_tile(T* tile, int64_t first_entry, int64_t entries
   }
 }
 
+// The local keys of the task's query block at row `r0` of `head` (a multiple of block_rows_).
 template <class T>
-void AttentionPlan<T>::attend_local(const Task& task, const HeadState& head, Workspace& ws,
+void AttentionPlan<T>::attend_local(const Task& task, const HeadState& head, int64_t r0, Workspace& ws,
                                     const AttentionGemms<T>& gemms) const {
   if (shape_.local == 0) return;
-  for (int64_t t0 = task.t0; t0 < task.t1; t0 += block_queries_) {
-    Task block = task;
-    block.t0 = t0;
-    block.t1 = std::min(task.t1, t0 + block_queries_);
-    block.rows = (block.t1 - block.t0) * group_size_;
-    attend_local_block(block, shifted(head, (t0 - task.t0) * group_size_), ws, gemms);
-  }
+  Task block = task;
+  block.t0 = task.t0 + r0 / group_size_;
+  block.t1 = std::min(task.t1, block.t0 + block_queries_);
+  block.rows = (block.t1 - block.t0) * group_size_;
+  attend_local_block(block, shifted(head, r0), ws, gemms);
 }
 
 // One query block's rows [0, task.rows) of `head` (task.t0, task.t1: the block's queries).

@@ -12,8 +12,9 @@
 //
 // Work: one task per (batch row, group of kv heads, block of queries); the
 // H / Hkv query heads sharing a kv head are processed together (taller GEMMs).
-// With tables beyond the caches, a task takes several query blocks (and kv
-// heads) so that each gathered remote tile serves all of them.
+// In the tokens formulation a task takes several query blocks (and, with
+// tables beyond the caches, kv heads) so that each gathered remote tile serves
+// all of them.
 // Per kv head, a task keeps its scaled queries, running max/sum and output
 // accumulators in a workspace and walks the key blocks: scores Q.K^T and the
 // P.V update run through caller-supplied GEMMs, the softmax update through
@@ -114,19 +115,22 @@ class AttentionPlan {
   // amortise the GEMM's packing of each key block.
   // Keys per block: the scores (rows x keys) stay in L2. Rows per chunk on the
   // causal diagonal: fewer wasted masked scores vs shorter GEMMs. Gathered
-  // remote tile (keys x kv heads x d, for K and V each): L2-sized.
+  // remote tile (keys x kv heads x d, for K and V each): a full key block for
+  // up to 8 kv heads of d = 64 (each block costs every row its softmax
+  // bookkeeping), a head's slice of it L2-sized.
   static constexpr int64_t kTaskRows = 256;
   static constexpr int64_t kBlockKeys = 512;
   static constexpr int64_t kDiagonalRows = 64;
-  static constexpr int64_t kTileElements = 128 * 1024;
+  static constexpr int64_t kTileElements = 256 * 1024;
   // Tables above this size (each) are gathered for several kv heads per task:
   // a table beyond the TLB's and L2's reach costs a TLB and cache miss per
   // row segment, so longer row segments are read at once: gathered for all kv
   // heads together, the rows stream at the core's memory bandwidth, one kv
   // head at a time they do not (benchmarks/RESULTS.md, tuning constants).
   static constexpr int64_t kSharedGatherTableBytes = 4 << 20;
-  // ... and for several query blocks per task, so that each remote tile is gathered once for all of
-  // them: up to this many elements of per-row state (scaled queries, accumulators) per task.
+  // Remote tokens are gathered for several query blocks per task (tables of any size), so that each
+  // remote tile is gathered once for all of them: up to this many elements of per-row state (scaled
+  // queries, accumulators) per task.
   static constexpr int64_t kSharedTaskElements = 2 << 20;
 
   // `kernels` must outlive the plan, and so must the inputs' memory.
@@ -151,10 +155,10 @@ class AttentionPlan {
   void start_from_prior(const Task& task, const HeadState& head) const;
   void run_task(int64_t task, Workspace& ws, const AttentionGemms<T>& gemms,
                 const AttentionOutputs<T>& outputs) const;
-  void attend_remote(const Task& task, Workspace& ws, const AttentionGemms<T>& gemms) const;
+  bool attend_remote(const Task& task, Workspace& ws, const AttentionGemms<T>& gemms) const;
   void rotate_tile(T* tile, int64_t first_entry, int64_t entries, int64_t kv_heads) const;
   HeadState shifted(const HeadState& head, int64_t rows) const;
-  void attend_local(const Task& task, const HeadState& head, Workspace& ws,
+  void attend_local(const Task& task, const HeadState& head, int64_t r0, Workspace& ws,
                     const AttentionGemms<T>& gemms) const;
   void attend_local_block(const Task& task, const HeadState& head, Workspace& ws,
                           const AttentionGemms<T>& gemms) const;

@@ -383,12 +383,13 @@ ASTRA_TEST(rotary_remote_keys) {
 }
 
 // The register-tiled GEMMs of every SIMD build against the naive ones: ragged sizes around the tile
-// (6 rows, 2 vectors), leading dimensions past the sizes, and C's columns past n never written.
+// (6 rows, 2 vectors), an inner dimension of several packed chunks (P.V), leading dimensions past the
+// sizes, and C's columns past n never written.
 ASTRA_TEST(simd_gemms_match_naive_gemms) {
   std::mt19937 rng(9);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   const int64_t shapes[][3] = {{1, 1, 1}, {7, 13, 5}, {6, 16, 64}, {256, 513, 64}, {37, 64, 512},
-                               {5, 80, 33}, {13, 3, 0}, {0, 4, 4}, {12, 40, 17}};
+                               {5, 80, 33}, {13, 3, 0}, {0, 4, 4}, {12, 40, 17}, {9, 48, 1100}};
   for (Simd simd : {Simd::kGeneric, Simd::kAvx2, Simd::kAvx512, Simd::kAvx512Vnni}) {
     if (!astra::core::simd_supported(simd)) continue;
     const auto& kernels = astra::core::attention_kernels_f32(simd);
