@@ -19,6 +19,7 @@ Two ways to cut (:data:`PARTITIONS`):
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 PARTITIONS = ("balanced", "even")
@@ -77,6 +78,7 @@ def causal_work(start: int, stop: int, per_token: float, per_pair: float) -> flo
     return per_token * own + per_pair * (own * (own + 1) / 2 + own * start)
 
 
+@functools.lru_cache(maxsize=64)  # every forward of a shape asks again
 def balanced_sizes(tokens: int, world_size: int, per_token: float, per_pair: float) -> tuple[int, ...]:
     """Contiguous chunk sizes of a causal sequence minimizing the largest :func:`causal_work` of a rank.
 
