@@ -54,7 +54,7 @@ class SequenceParallel:
         if logits_to_keep is not None and (a.class_tokens or logits_to_keep < 0):
             raise ValueError(f"logits_to_keep={logits_to_keep}: a count >= 0 of per-token outputs, for models "
                              "without a class token")
-        layout = sequence_layout(a, a.num_tokens(inputs), transport.world_size)  # the cut ASTRA makes
+        layout = sequence_layout(a, a.num_tokens(inputs), transport.world_size)  # ASTRA's default (balanced) cut
         rank = transport.rank
         dests, srcs = layout.destinations(rank), layout.sources(rank)
         with timer("embed"):
